@@ -1,0 +1,1 @@
+//! ECS task-definition JSON (placeholder, being written).

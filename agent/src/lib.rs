@@ -1,0 +1,21 @@
+//! skiff-agent: the edge container agent and its fleet console.
+//!
+//! # Layout
+//! - [`config`]: the agent's TOML configuration, plain data validated before anything starts.
+//! - [`ecs`]: ECS task-definition JSON → [`skiff_proto::TaskDefinition`], rejecting by name what
+//!   skiff does not support.
+//! - [`core`]: the sans-IO reconciler. `handle(event, now) -> actions`; all decisions live here.
+//! - [`images`]: the local content store: OCI-layout import, image references, unpacked rootfs.
+//! - [`runtime`]: containers through youki's libcontainer, created by a single-threaded launcher
+//!   process; cgroups (v1 and v2), network namespaces, OCI runtime specs.
+//! - [`logs`]: bounded per-task logs fed from container stdout/stderr.
+//! - [`metrics`]: node (sysinfo) and task (cgroup) CPU/RAM samples.
+//! - [`mqtt`]: the broker shell: connection, last will, subscriptions, publishing.
+//! - [`agent`]: the driver: feeds shell results to the core as events and performs its actions.
+//! - [`ctl`]: the fleet console (`skiff ctl ...`).
+//! - [`local`]: local mode, desired state read from a directory of task definitions.
+
+pub mod config;
+pub mod ecs;
+pub mod images;
+pub mod runtime;

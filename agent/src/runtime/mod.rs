@@ -1,0 +1,1 @@
+//! Containers through libcontainer (placeholder, being written).

@@ -1,0 +1,25 @@
+//! Size bounds. Chosen to stay inside what managed brokers accept (AWS IoT Core: 128 KiB
+//! messages, 7 topic levels) so a fleet can move off a single mosquitto without changes.
+
+/// Largest encoded message, header included.
+pub const MAX_MESSAGE: usize = 128 * 1024;
+/// Longest [`crate::Name`].
+pub const MAX_NAME: usize = 64;
+/// Tasks in one desired-state document.
+pub const MAX_TASKS: usize = 64;
+/// Containers in one task definition (ECS allows 10).
+pub const MAX_CONTAINERS: usize = 10;
+/// Arguments in `entryPoint` plus `command` of one container.
+pub const MAX_ARGS: usize = 256;
+/// Environment variables of one container.
+pub const MAX_ENV: usize = 256;
+/// Longest single string (argument, environment value, image reference, path).
+pub const MAX_STRING: usize = 4096;
+/// Longest image reference.
+pub const MAX_IMAGE_REF: usize = 512;
+/// Largest log chunk in one reply.
+pub const MAX_LOG_CHUNK: usize = 64 * 1024;
+/// Samples in one metrics batch.
+pub const MAX_SAMPLES: usize = 64;
+/// Longest free-text reason in an event or reply.
+pub const MAX_REASON: usize = 1024;

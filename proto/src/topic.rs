@@ -1,0 +1,125 @@
+//! Topic scheme: everything lives under `skiff/v1/{cluster}/`, at most 6 levels deep (managed
+//! brokers allow 7 slashes).
+
+use alloc::format;
+use alloc::string::String;
+
+use crate::name::Name;
+
+/// Protocol root.
+pub const ROOT: &str = "skiff/v1";
+
+/// A topic of the scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topic {
+    /// `skiff/v1/{cluster}/desired`: cluster-wide desired state (retained).
+    ClusterDesired { cluster: Name },
+    /// `skiff/v1/{cluster}/nodes/{node}/desired`: node desired state (retained).
+    NodeDesired { cluster: Name, node: Name },
+    /// `.../nodes/{node}/status`: reported state (retained; last will).
+    Status { cluster: Name, node: Name },
+    /// `.../nodes/{node}/events` (QoS 1).
+    Events { cluster: Name, node: Name },
+    /// `.../nodes/{node}/metrics` (QoS 1).
+    Metrics { cluster: Name, node: Name },
+    /// `.../nodes/{node}/cmd`.
+    Cmd { cluster: Name, node: Name },
+    /// `.../nodes/{node}/reply`.
+    Reply { cluster: Name, node: Name },
+}
+
+impl Topic {
+    /// The topic string.
+    pub fn to_topic(&self) -> String {
+        match self {
+            Topic::ClusterDesired { cluster } => format!("{ROOT}/{cluster}/desired"),
+            Topic::NodeDesired { cluster, node } => node_topic(cluster, node, "desired"),
+            Topic::Status { cluster, node } => node_topic(cluster, node, "status"),
+            Topic::Events { cluster, node } => node_topic(cluster, node, "events"),
+            Topic::Metrics { cluster, node } => node_topic(cluster, node, "metrics"),
+            Topic::Cmd { cluster, node } => node_topic(cluster, node, "cmd"),
+            Topic::Reply { cluster, node } => node_topic(cluster, node, "reply"),
+        }
+    }
+
+    /// Parses a topic of the scheme; `None` for anything else.
+    pub fn parse(topic: &str) -> Option<Topic> {
+        let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let cluster: Name = parts.next()?.parse().ok()?;
+        match (parts.next()?, parts.next(), parts.next(), parts.next()) {
+            ("desired", None, None, None) => Some(Topic::ClusterDesired { cluster }),
+            ("nodes", Some(node), Some(leaf), None) => {
+                let node: Name = node.parse().ok()?;
+                Some(match leaf {
+                    "desired" => Topic::NodeDesired { cluster, node },
+                    "status" => Topic::Status { cluster, node },
+                    "events" => Topic::Events { cluster, node },
+                    "metrics" => Topic::Metrics { cluster, node },
+                    "cmd" => Topic::Cmd { cluster, node },
+                    "reply" => Topic::Reply { cluster, node },
+                    _ => return None,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+fn node_topic(cluster: &Name, node: &Name, leaf: &str) -> String {
+    format!("{ROOT}/{cluster}/nodes/{node}/{leaf}")
+}
+
+/// Filter for one leaf of every node of a cluster, e.g. `skiff/v1/demo/nodes/+/status`.
+pub fn all_nodes(cluster: &Name, leaf: &str) -> String {
+    format!("{ROOT}/{cluster}/nodes/+/{leaf}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn round_trips_every_topic() {
+        let (c, nd) = (n("demo"), n("pi-1"));
+        let all = [
+            Topic::ClusterDesired { cluster: c.clone() },
+            Topic::NodeDesired {
+                cluster: c.clone(),
+                node: nd.clone(),
+            },
+            Topic::Status {
+                cluster: c.clone(),
+                node: nd.clone(),
+            },
+            Topic::Events {
+                cluster: c.clone(),
+                node: nd.clone(),
+            },
+            Topic::Metrics {
+                cluster: c.clone(),
+                node: nd.clone(),
+            },
+            Topic::Cmd {
+                cluster: c.clone(),
+                node: nd.clone(),
+            },
+            Topic::Reply {
+                cluster: c,
+                node: nd,
+            },
+        ];
+        for t in all {
+            let s = t.to_topic();
+            assert!(s.matches('/').count() <= 7, "{s}");
+            assert_eq!(Topic::parse(&s), Some(t));
+        }
+        assert_eq!(Topic::parse("skiff/v1/demo/nodes/pi-1/status/x"), None);
+        assert_eq!(Topic::parse("skiff/v2/demo/desired"), None);
+        assert_eq!(Topic::parse("skiff/v1/de+mo/desired"), None);
+    }
+}

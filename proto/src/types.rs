@@ -1,0 +1,508 @@
+//! Message bodies. Field order is wire order (postcard is not self-describing): never reorder,
+//! insert or remove a field of a released message; add a new [`crate::Kind`] instead. Enums may
+//! only get variants appended.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::*;
+use crate::name::Name;
+
+/// Desired state for a cluster (topic `desired`) or one node (topic `nodes/{node}/desired`).
+/// A node runs the union of both; a node task replaces a cluster task of the same family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Increases with every change of this document; the agent ignores a version it has applied.
+    pub version: u64,
+    /// The cluster the document is for; the agent rejects a document for another cluster.
+    pub cluster: Name,
+    /// `Some(node)` for a node document, `None` for the cluster-wide one.
+    pub node: Option<Name>,
+    /// Tasks to run, at most one per family.
+    pub tasks: Vec<TaskDefinition>,
+    /// Room for the fleet key's signature over the document (checked from protocol 1 on when the
+    /// agent is configured with trusted keys).
+    pub signature: Option<Signature>,
+}
+
+/// A detached signature over a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Which trusted key made it.
+    pub key_id: Name,
+    /// Signature bytes (ed25519: 64).
+    pub bytes: Vec<u8>,
+}
+
+/// A task definition: ECS's model, the fields skiff supports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDefinition {
+    /// ECS `family`; also the task's name on the node.
+    pub family: Name,
+    /// ECS `revision` (0 when unset).
+    pub revision: u32,
+    /// 1 to [`MAX_CONTAINERS`] containers, sharing one network namespace.
+    pub containers: Vec<ContainerDefinition>,
+    /// Task-level CPU limit in CPU units (1024 = one CPU), a hard quota over all containers.
+    pub cpu: Option<u32>,
+    /// Task-level memory limit in MiB, a hard limit over all containers.
+    pub memory_mib: Option<u32>,
+    /// How the task's network namespace is set up.
+    pub network_mode: NetworkMode,
+    /// What happens when the task stops on its own.
+    pub restart_policy: RestartPolicy,
+}
+
+/// One container of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDefinition {
+    /// Unique within the task.
+    pub name: Name,
+    /// Image reference as written (`busybox`, `registry:5000/app@sha256:...`).
+    pub image: String,
+    /// Overrides the image's entrypoint when non-empty.
+    pub entry_point: Vec<String>,
+    /// Overrides the image's cmd when non-empty.
+    pub command: Vec<String>,
+    /// Added to (and overriding) the image's environment.
+    pub environment: Vec<EnvVar>,
+    /// CPU units: relative weight (cpu.shares / cpu.weight) among containers.
+    pub cpu: Option<u32>,
+    /// Hard memory limit in MiB; exceeding it OOM-kills the container.
+    pub memory_mib: Option<u32>,
+    /// Soft memory limit (reservation) in MiB.
+    pub memory_reservation_mib: Option<u32>,
+    /// When an essential container stops, the whole task stops.
+    pub essential: bool,
+    /// Working directory, overriding the image's.
+    pub working_directory: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`, overriding the image's.
+    pub user: Option<String>,
+}
+
+/// `NAME=value` for a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// ECS `networkMode`. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkMode {
+    /// Own network namespace with only loopback.
+    None,
+    /// The node's network namespace.
+    Host,
+}
+
+/// skiff's `restartPolicy` for a task. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Run once.
+    Never,
+    /// Restart when the task's exit code is not 0 (or it was killed).
+    OnFailure,
+    /// Always restart.
+    Always,
+}
+
+/// Reported state of a node (topic `nodes/{node}/status`, retained). The broker's last will
+/// publishes the same message with `state: Offline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: Name,
+    pub state: NodeState,
+    /// Agent version (`CARGO_PKG_VERSION`).
+    pub agent_version: String,
+    /// Last applied cluster-wide desired-state version (0 = none).
+    pub cluster_version: u64,
+    /// Last applied node desired-state version (0 = none).
+    pub node_version: u64,
+    /// Wall-clock time of this report, ms since the Unix epoch.
+    pub at_ms: u64,
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// Node state. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Online,
+    Offline,
+}
+
+/// State of one task on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub name: Name,
+    pub revision: u32,
+    pub state: TaskState,
+    /// How many times the task was restarted by its restart policy.
+    pub restarts: u32,
+    /// Exit of the essential container that ended the last run.
+    pub last_exit: Option<ExitInfo>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// Task lifecycle. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Being created.
+    Pending,
+    /// Every container started.
+    Running,
+    /// Being stopped (SIGTERM sent, waiting for the grace period).
+    Stopping,
+    /// Stopped and cleaned up; waits for a restart or for removal.
+    Stopped,
+    /// Could not be started.
+    Failed,
+}
+
+/// State of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: Name,
+    pub state: ContainerState,
+    pub pid: Option<u32>,
+    pub exit: Option<ExitInfo>,
+}
+
+/// Container lifecycle. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Pending,
+    Running,
+    Exited,
+}
+
+/// How a container's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code; `128 + signal` when killed by a signal, as shells and Docker report it.
+    pub code: i32,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// Killed by the kernel's OOM killer for exceeding its memory limit.
+    pub oom_killed: bool,
+}
+
+/// Which desired-state document an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    Cluster,
+    Node,
+}
+
+/// One event (topic `nodes/{node}/events`, QoS 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub node: Name,
+    /// Per-agent-run sequence number, to spot gaps.
+    pub seq: u64,
+    /// Wall-clock time, ms since the Unix epoch.
+    pub at_ms: u64,
+    pub body: EventBody,
+}
+
+/// What happened. Appending variants only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventBody {
+    /// The agent started (or reconnected after a restart).
+    AgentStarted { version: String },
+    /// A desired-state document was applied.
+    DesiredApplied { scope: Scope, version: u64 },
+    /// A desired-state document was rejected; nothing changed.
+    DesiredRejected {
+        scope: Scope,
+        version: Option<u64>,
+        reason: String,
+    },
+    /// An image was found (pulled) for a container.
+    ImageReady {
+        task: Name,
+        container: Name,
+        image: String,
+        digest: String,
+    },
+    /// A task's containers are being created.
+    TaskStarting {
+        task: Name,
+        revision: u32,
+        attempt: u32,
+    },
+    /// A container was created and started.
+    ContainerStarted {
+        task: Name,
+        container: Name,
+        pid: u32,
+    },
+    /// A container's process exited.
+    ContainerExited {
+        task: Name,
+        container: Name,
+        exit: ExitInfo,
+    },
+    /// Every container of the task runs.
+    TaskRunning { task: Name },
+    /// The task stopped and was cleaned up.
+    TaskStopped {
+        task: Name,
+        reason: StopReason,
+        exit: Option<ExitInfo>,
+    },
+    /// The task will be restarted after `delay_ms`.
+    TaskRestarting {
+        task: Name,
+        attempt: u32,
+        delay_ms: u64,
+    },
+    /// The task could not be started.
+    TaskFailed { task: Name, reason: String },
+}
+
+/// Why a task stopped. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// An essential container exited.
+    EssentialExited,
+    /// Removed from desired state.
+    Removed,
+    /// Replaced by a new definition.
+    Replaced,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// A batch of metric samples (topic `nodes/{node}/metrics`, QoS 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub node: Name,
+    pub samples: Vec<MetricsSample>,
+}
+
+/// Node and task figures at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSample {
+    pub at_ms: u64,
+    /// Node CPU use over the interval, 0..=100 × CPUs / CPUs (i.e. 0..=100).
+    pub cpu_pct: f32,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    pub tasks: Vec<TaskSample>,
+}
+
+/// One task's figures from its cgroup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSample {
+    pub task: Name,
+    /// CPU use over the interval, in % of one CPU (200 = two CPUs busy), as `docker stats`.
+    pub cpu_pct: f32,
+    /// Memory in use without reclaimable page cache (as `docker stats`).
+    pub mem_bytes: u64,
+    /// Memory limit, if any.
+    pub mem_limit_bytes: Option<u64>,
+}
+
+/// An imperative request to one node (topic `nodes/{node}/cmd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Correlation id, echoed in the [`Reply`].
+    pub id: u64,
+    pub body: CommandBody,
+}
+
+/// Requests. Appending variants only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandBody {
+    /// Is the agent there; which version.
+    Ping,
+    /// A task's log. `from`: byte offset in the task's log stream (None = the last `max_bytes`).
+    Logs {
+        task: Name,
+        from: Option<u64>,
+        max_bytes: u32,
+    },
+}
+
+/// The answer to a [`Command`] (topic `nodes/{node}/reply`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: u64,
+    pub body: ReplyBody,
+}
+
+/// Answers. Appending variants only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyBody {
+    Pong {
+        version: String,
+    },
+    /// `data` is the log from offset `start` to `end`; bytes before `start` were dropped by the
+    /// bounded log when `start` is greater than the offset asked for.
+    Logs {
+        start: u64,
+        end: u64,
+        data: Vec<u8>,
+    },
+    /// The request failed.
+    Error {
+        reason: String,
+    },
+    /// The request's kind or protocol version is not understood by this agent.
+    Unsupported {
+        reason: String,
+    },
+}
+
+/// A bound a decoded message broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundError {
+    /// Dotted path of the offending field, e.g. `tasks[0].containers[1].environment`.
+    pub field: String,
+    pub what: String,
+}
+
+impl core::fmt::Display for BoundError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}: {}", self.field, self.what)
+    }
+}
+
+fn bound_err(field: impl Into<String>, what: impl Into<String>) -> BoundError {
+    BoundError {
+        field: field.into(),
+        what: what.into(),
+    }
+}
+
+fn check_len(field: &str, n: usize, max: usize) -> Result<(), BoundError> {
+    if n > max {
+        Err(bound_err(
+            field,
+            alloc::format!("{n} entries, at most {max} allowed"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_str(field: &str, s: &str, max: usize) -> Result<(), BoundError> {
+    if s.len() > max {
+        Err(bound_err(
+            field,
+            alloc::format!("{} bytes long, at most {max} allowed", s.len()),
+        ))
+    } else if s.contains('\0') {
+        Err(bound_err(field, "contains a NUL byte"))
+    } else {
+        Ok(())
+    }
+}
+
+impl TaskDefinition {
+    /// Checks the bounds and invariants that the types alone can't express.
+    pub fn validate(&self) -> Result<(), BoundError> {
+        if self.containers.is_empty() {
+            return Err(bound_err(
+                "containerDefinitions",
+                "a task needs at least one container",
+            ));
+        }
+        check_len(
+            "containerDefinitions",
+            self.containers.len(),
+            MAX_CONTAINERS,
+        )?;
+        if !self.containers.iter().any(|c| c.essential) {
+            return Err(bound_err(
+                "containerDefinitions",
+                "at least one container must be essential",
+            ));
+        }
+        for (i, c) in self.containers.iter().enumerate() {
+            let at = |f: &str| alloc::format!("containerDefinitions[{i}].{f}");
+            if self.containers[..i].iter().any(|o| o.name == c.name) {
+                return Err(bound_err(
+                    at("name"),
+                    alloc::format!("duplicate container name {}", c.name),
+                ));
+            }
+            if c.image.is_empty() {
+                return Err(bound_err(at("image"), "is empty"));
+            }
+            check_str(&at("image"), &c.image, MAX_IMAGE_REF)?;
+            check_len(
+                &at("command"),
+                c.entry_point.len() + c.command.len(),
+                MAX_ARGS,
+            )?;
+            for a in c.entry_point.iter() {
+                check_str(&at("entryPoint"), a, MAX_STRING)?;
+            }
+            for a in c.command.iter() {
+                check_str(&at("command"), a, MAX_STRING)?;
+            }
+            check_len(&at("environment"), c.environment.len(), MAX_ENV)?;
+            for e in c.environment.iter() {
+                if e.name.is_empty() || e.name.contains('=') {
+                    return Err(bound_err(
+                        at("environment"),
+                        alloc::format!("invalid variable name {:?}", e.name),
+                    ));
+                }
+                check_str(&at("environment"), &e.name, MAX_STRING)?;
+                check_str(&at("environment"), &e.value, MAX_STRING)?;
+            }
+            if let Some(w) = &c.working_directory {
+                check_str(&at("workingDirectory"), w, MAX_STRING)?;
+                if !w.starts_with('/') {
+                    return Err(bound_err(
+                        at("workingDirectory"),
+                        "must be an absolute path",
+                    ));
+                }
+            }
+            if let Some(u) = &c.user {
+                check_str(&at("user"), u, 256)?;
+            }
+            if c.memory_mib == Some(0) || c.memory_mib.is_some_and(|m| m < 4) {
+                return Err(bound_err(at("memory"), "at least 4 MiB"));
+            }
+            if let (Some(r), Some(m)) = (c.memory_reservation_mib, c.memory_mib) {
+                if r > m {
+                    return Err(bound_err(at("memoryReservation"), "greater than memory"));
+                }
+            }
+        }
+        if self.memory_mib.is_some_and(|m| m < 4) {
+            return Err(bound_err("memory", "at least 4 MiB"));
+        }
+        if self.cpu == Some(0) {
+            return Err(bound_err("cpu", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+impl DesiredState {
+    /// Bounds of the whole document and of every task in it.
+    pub fn validate(&self) -> Result<(), BoundError> {
+        check_len("tasks", self.tasks.len(), MAX_TASKS)?;
+        for (i, t) in self.tasks.iter().enumerate() {
+            if self.tasks[..i].iter().any(|o| o.family == t.family) {
+                return Err(bound_err(
+                    alloc::format!("tasks[{i}].family"),
+                    alloc::format!("duplicate family {}", t.family),
+                ));
+            }
+            t.validate().map_err(|e| BoundError {
+                field: alloc::format!("tasks[{i}] ({}).{}", t.family, e.field),
+                what: e.what,
+            })?;
+        }
+        Ok(())
+    }
+}
