@@ -1,1 +1,319 @@
-//! Agent configuration (placeholder, being written).
+//! The agent's configuration: plain data read from TOML, validated before anything starts.
+//!
+//! Every field has a default, so an empty file is a valid configuration (node id = host name,
+//! cluster `default`, broker on localhost). See `systemd/agent.toml` for a commented example.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use skiff_proto::Name;
+
+/// Largest configuration file accepted.
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// Agent configuration (`/etc/skiff/agent.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id: its MQTT client id and topic level. Default: the host name.
+    pub node_id: Option<String>,
+    /// Cluster (topic prefix `skiff/v1/{cluster}/`). Default `default`.
+    pub cluster: String,
+    /// Broker URL, `mqtt://host[:port]` (port 1883 by default).
+    pub broker: String,
+    /// Durable state: the image store. Default `/var/lib/skiff`.
+    pub data_dir: PathBuf,
+    /// Volatile state: container bundles, rootfs mounts, logs, libcontainer state.
+    /// Default `/run/skiff` (tmpfs on most systems, so it spares the SD card).
+    pub run_dir: PathBuf,
+    /// Seconds between metrics samples. Default 10, 1..=3600.
+    pub metrics_interval_secs: u64,
+    /// Samples batched into one metrics message. Default 1 (publish every sample), 1..=64.
+    pub metrics_batch: usize,
+    /// Seconds between SIGTERM and SIGKILL when a task is stopped. Default 10, 0..=3600.
+    pub stop_grace_secs: u64,
+    /// Bytes of log kept per task (stdout and stderr of all its containers). Default 65536.
+    pub log_limit_bytes: usize,
+    /// Cgroup under which task cgroups are made (`/{cgroup_parent}/{task}/{container}`).
+    /// Default `skiff`.
+    pub cgroup_parent: String,
+    /// MQTT keep-alive in seconds; the broker publishes the last will after 1.5 × this.
+    /// Default 30, 5..=3600.
+    pub keepalive_secs: u64,
+    /// Log filter, `RUST_LOG` syntax (`info`, `skiff_agent=debug,warn`). `RUST_LOG` wins.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: None,
+            cluster: "default".into(),
+            broker: "mqtt://127.0.0.1:1883".into(),
+            data_dir: PathBuf::from("/var/lib/skiff"),
+            run_dir: PathBuf::from("/run/skiff"),
+            metrics_interval_secs: 10,
+            metrics_batch: 1,
+            stop_grace_secs: 10,
+            log_limit_bytes: 64 * 1024,
+            cgroup_parent: "skiff".into(),
+            keepalive_secs: 30,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration can't be used. Exit code 78 (EX_CONFIG) in the binary.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is {len} bytes, larger than the {MAX_CONFIG_BYTES}-byte limit")]
+    TooLarge { path: PathBuf, len: u64 },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config field {field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// A broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+            .ok_or_else(|| {
+                format!("{s:?}: expected mqtt://host[:port] (TLS comes with mqtts:// later)")
+            })?;
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err(format!("{s:?}: expected mqtt://host[:port]"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("{s:?}: bad port {p:?}"))?;
+                (h, port)
+            }
+            _ => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(format!("{s:?}: expected mqtt://host[:port]"));
+        }
+        Ok(BrokerUrl {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// A configuration checked field by field; what the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub node: Name,
+    pub cluster: Name,
+    pub broker: BrokerUrl,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub metrics_interval: Duration,
+    pub metrics_batch: usize,
+    pub stop_grace: Duration,
+    pub log_limit_bytes: usize,
+    pub cgroup_parent: Name,
+    pub keepalive: Duration,
+    pub log: String,
+}
+
+impl Config {
+    /// Reads a TOML file (bounded) and parses it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read)?.len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                len,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Checks every field; `hostname` is used when `node_id` is unset.
+    pub fn validate(
+        &self,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Validated, ConfigError> {
+        let node_id = match &self.node_id {
+            Some(n) => n.clone(),
+            None => hostname()
+                .ok_or_else(|| invalid("node_id", "unset and the host name is unknown"))?,
+        };
+        let node: Name = node_id
+            .parse()
+            .map_err(|e| invalid("node_id", format!("{node_id:?}: {e}")))?;
+        let cluster: Name = self
+            .cluster
+            .parse()
+            .map_err(|e| invalid("cluster", format!("{:?}: {e}", self.cluster)))?;
+        let broker = self.broker.parse().map_err(|e| invalid("broker", e))?;
+        let cgroup_parent: Name = self
+            .cgroup_parent
+            .parse()
+            .map_err(|e| invalid("cgroup_parent", format!("{:?}: {e}", self.cgroup_parent)))?;
+        for (field, dir) in [("data_dir", &self.data_dir), ("run_dir", &self.run_dir)] {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    field,
+                    format!("{} is not an absolute path", dir.display()),
+                ));
+            }
+        }
+        let range = |field, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(field, format!("{v} is outside {lo}..={hi}")))
+            }
+        };
+        let metrics = range("metrics_interval_secs", self.metrics_interval_secs, 1, 3600)?;
+        let batch = range("metrics_batch", self.metrics_batch as u64, 1, 64)?;
+        let grace = range("stop_grace_secs", self.stop_grace_secs, 0, 3600)?;
+        let logs = range(
+            "log_limit_bytes",
+            self.log_limit_bytes as u64,
+            4096,
+            16 << 20,
+        )?;
+        let keepalive = range("keepalive_secs", self.keepalive_secs, 5, 3600)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| invalid("log", format!("{:?}: {e}", self.log)))?;
+        Ok(Validated {
+            node,
+            cluster,
+            broker,
+            data_dir: self.data_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            metrics_interval: Duration::from_secs(metrics),
+            metrics_batch: usize::try_from(batch).unwrap_or(1),
+            stop_grace: Duration::from_secs(grace),
+            log_limit_bytes: usize::try_from(logs).unwrap_or(64 * 1024),
+            cgroup_parent,
+            keepalive: Duration::from_secs(keepalive),
+            log: self.log.clone(),
+        })
+    }
+}
+
+/// The host name, from the kernel.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Validated, ConfigError> {
+        let c: Config = toml::from_str(s).map_err(|e| ConfigError::Parse {
+            path: "t.toml".into(),
+            source: Box::new(e),
+        })?;
+        c.validate(|| Some("host-1".into()))
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let v = parse("").expect("defaults are valid");
+        assert_eq!(v.node.as_str(), "host-1");
+        assert_eq!(v.cluster.as_str(), "default");
+        assert_eq!(
+            v.broker,
+            BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: 1883
+            }
+        );
+        assert_eq!(v.metrics_interval, Duration::from_secs(10));
+        assert_eq!(v.stop_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let err = |s: &str| parse(s).map(|_| ()).expect_err(s).to_string();
+        assert!(err("nodeid = 'x'").contains("unknown field `nodeid`"));
+        assert_eq!(err("node_id = 'a/b'"), "config field node_id: \"a/b\": name contains '/'; only letters, digits, '_', '.' and '-' are allowed");
+        assert!(err("broker = 'http://x'").starts_with("config field broker:"));
+        assert!(err("broker = 'mqtt://x:99999'").contains("bad port"));
+        assert_eq!(
+            err("metrics_interval_secs = 0"),
+            "config field metrics_interval_secs: 0 is outside 1..=3600"
+        );
+        assert!(err("data_dir = 'rel'").contains("not an absolute path"));
+        assert!(err("metrics_interval_secs = 'x'").contains("invalid type"));
+    }
+
+    #[test]
+    fn broker_urls() {
+        let b = |s: &str| s.parse::<BrokerUrl>();
+        assert_eq!(
+            b("mqtt://h"),
+            Ok(BrokerUrl {
+                host: "h".into(),
+                port: 1883
+            })
+        );
+        assert_eq!(
+            b("mqtt://h:1884/"),
+            Ok(BrokerUrl {
+                host: "h".into(),
+                port: 1884
+            })
+        );
+        assert_eq!(
+            b("mqtt://[::1]:1884"),
+            Ok(BrokerUrl {
+                host: "::1".into(),
+                port: 1884
+            })
+        );
+        assert!(b("h:1883").is_err());
+        assert!(b("mqtt://").is_err());
+        assert!(b("mqtt://u@h").is_err());
+    }
+}

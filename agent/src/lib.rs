@@ -10,12 +10,23 @@
 //!   process; cgroups (v1 and v2), network namespaces, OCI runtime specs.
 //! - [`logs`]: bounded per-task logs fed from container stdout/stderr.
 //! - [`metrics`]: node (sysinfo) and task (cgroup) CPU/RAM samples.
-//! - [`mqtt`]: the broker shell: connection, last will, subscriptions, publishing.
+//! - [`mqtt`]: the broker shell: connection, last will, subscriptions, reconnects.
 //! - [`agent`]: the driver: feeds shell results to the core as events and performs its actions.
 //! - [`ctl`]: the fleet console (`skiff ctl ...`).
 //! - [`local`]: local mode, desired state read from a directory of task definitions.
+//! - [`display`]: human-readable lines for events, metrics and status.
+//! - [`clock`]: the shells' clock (the core is handed the time).
 
+pub mod agent;
+pub mod clock;
 pub mod config;
+pub mod core;
+pub mod ctl;
+pub mod display;
 pub mod ecs;
 pub mod images;
+pub mod local;
+pub mod logs;
+pub mod metrics;
+pub mod mqtt;
 pub mod runtime;

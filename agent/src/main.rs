@@ -1,9 +1,563 @@
-//! The `skiff` binary (placeholder: the CLI is being written).
+//! The `skiff` binary: parses the command line and calls into the library. Each failure class
+//! has its own exit code so systemd's `RestartPreventExitStatus=` can tell a bad configuration
+//! (78) from a broken host (71).
 
-fn main() -> std::process::ExitCode {
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use skiff_agent::config::{Config, ConfigError, Validated};
+use skiff_agent::ctl::{self, CtlError, Target};
+use skiff_agent::{agent, images, logs};
+use skiff_proto::Name;
+
+/// Exit code for a configuration error (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+/// Exit code when the host can't run containers (EX_OSERR).
+const EXIT_OS: u8 = 71;
+/// Exit code for invalid input files (EX_DATAERR).
+const EXIT_DATA: u8 = 65;
+const DEFAULT_CONFIG: &str = "/etc/skiff/agent.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "skiff: an edge container agent for small ARM devices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the agent (needs root).
+    Agent(AgentArgs),
+    /// Drive a cluster through the broker (fleet console).
+    Ctl(CtlArgs),
+    /// Task-definition files.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// The local image store.
+    Image(ImageArgs),
+    /// Print a task's log on this device.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Agent configuration file (TOML). Missing default file = built-in defaults.
+    #[arg(short, long, default_value = DEFAULT_CONFIG, env = "SKIFF_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Local mode: run the task definitions (*.json) in DIR, no broker; print what happens.
+    #[arg(long, value_name = "DIR")]
+    local: Option<PathBuf>,
+    /// Override `data_dir` from the config.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Override `run_dir` from the config.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CtlArgs {
+    /// Broker URL.
+    #[arg(long, env = "SKIFF_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Cluster name.
+    #[arg(long, env = "SKIFF_CLUSTER", default_value = "default")]
+    cluster: String,
+    /// Seconds to wait for the broker and for nodes to answer.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: CtlCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCmd {
+    /// Add or replace tasks in the desired state of a node (or of the whole cluster).
+    Apply {
+        /// Task-definition files (ECS JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Target one node; without it, every node of the cluster.
+        #[arg(long)]
+        node: Option<String>,
+        /// Don't wait for the nodes to apply it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove a task from the desired state (its containers are stopped and deleted).
+    Stop {
+        task: String,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the desired state document as JSON.
+    Desired {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// List the cluster's nodes from their retained status.
+    Nodes {
+        /// One JSON object per node.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print events and metrics (and status with --status) as they arrive.
+    Watch {
+        #[arg(long)]
+        node: Option<String>,
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+        /// Events only.
+        #[arg(long, conflicts_with = "metrics_only")]
+        events_only: bool,
+        /// Metrics only.
+        #[arg(long)]
+        metrics_only: bool,
+        /// Also status reports.
+        #[arg(long)]
+        status: bool,
+        /// Exit after N messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+    },
+    /// Fetch a task's log from a node.
+    Logs {
+        task: String,
+        #[arg(long)]
+        node: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Bytes from the end to start with.
+        #[arg(long, default_value_t = 16384)]
+        tail: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCmd {
+    /// Check task-definition files offline; prints the normalised definition.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ImageArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Override `data_dir` from the config.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: ImageCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// Import an OCI image layout (directory or tar).
+    Import {
+        path: PathBuf,
+        /// Name for the image (`busybox` = docker.io/library/busybox:latest).
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// List images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image's name.
+    Rm { reference: String },
+}
+
+#[derive(Debug, Args)]
+struct LogsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Override `run_dir` from the config.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    task: String,
+    /// Keep printing new output.
+    #[arg(short, long)]
+    follow: bool,
+    /// Bytes from the end to print.
+    #[arg(long, default_value_t = 65536)]
+    tail: u64,
+}
+
+fn main() -> ExitCode {
     // The launcher is re-executed from this binary; it must run before anything starts a thread.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__launcher") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__launcher")
+    {
         return skiff_agent::runtime::launcher_main();
     }
-    std::process::ExitCode::SUCCESS
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Agent(a) => run_agent(a),
+        Cmd::Ctl(c) => run_ctl(c),
+        Cmd::Task(TaskCmd::Validate { files }) => validate(&files),
+        Cmd::Image(i) => run_image(i),
+        Cmd::Logs(l) => run_logs(l),
+    }
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("skiff: {msg}");
+    ExitCode::from(code)
+}
+
+/// The configuration file, or the defaults when the default file does not exist.
+fn load_config(arg: &ConfigArg) -> Result<Config, ConfigError> {
+    if arg.config == std::path::Path::new(DEFAULT_CONFIG) && !arg.config.exists() {
+        return Ok(Config::default());
+    }
+    Config::load(&arg.config)
+}
+
+fn validated(arg: &ConfigArg, edit: impl FnOnce(&mut Config)) -> Result<Validated, ConfigError> {
+    let mut cfg = load_config(arg)?;
+    edit(&mut cfg);
+    cfg.validate(skiff_agent::config::hostname)
+}
+
+fn init_tracing(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // Under systemd, journald stamps the time itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_agent(a: AgentArgs) -> ExitCode {
+    let cfg = match validated(&a.config, |c| {
+        if let Some(d) = a.data_dir {
+            c.data_dir = d;
+        }
+        if let Some(d) = a.run_dir {
+            c.run_dir = d;
+        }
+    }) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
+    if let Some(dir) = &a.local {
+        if !dir.is_dir() {
+            return fail(
+                EXIT_CONFIG,
+                format!("--local {}: not a directory", dir.display()),
+            );
+        }
+    }
+    init_tracing(&cfg.log);
+    let mode = match a.local {
+        Some(dir) => agent::Mode::Local(dir),
+        None => agent::Mode::Broker,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_OS, format!("cannot start the async runtime: {e}")),
+    };
+    let result = rt.block_on(agent::run(cfg, mode, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ agent::AgentError::Runtime(_)) => fail(EXIT_OS, e),
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn name(field: &str, s: &str) -> Result<Name, CtlError> {
+    s.parse()
+        .map_err(|e| CtlError::BadInput(format!("{field} {s:?}: {e}")))
+}
+
+fn run_ctl(c: CtlArgs) -> ExitCode {
+    let target = (|| -> Result<Target, CtlError> {
+        Ok(Target {
+            broker: c
+                .broker
+                .parse()
+                .map_err(|e: String| CtlError::BadInput(format!("--broker {e}")))?,
+            cluster: name("--cluster", &c.cluster)?,
+            timeout: Duration::from_secs(c.timeout.max(1)),
+        })
+    })();
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => return fail(e.exit_code(), e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_OS, format!("cannot start the async runtime: {e}")),
+    };
+    let node = |n: Option<String>| n.map(|n| name("--node", &n)).transpose();
+    let result = rt.block_on(async {
+        match c.cmd {
+            CtlCmd::Apply {
+                files,
+                node: n,
+                no_wait,
+            } => {
+                let defs = ctl::read_task_files(&files)?;
+                ctl::apply(&target, defs, node(n)?, !no_wait).await
+            }
+            CtlCmd::Stop {
+                task,
+                node: n,
+                no_wait,
+            } => ctl::stop(&target, name("task", &task)?, node(n)?, !no_wait).await,
+            CtlCmd::Desired { node: n } => ctl::show_desired(&target, node(n)?).await,
+            CtlCmd::Nodes { json } => ctl::nodes(&target, json).await,
+            CtlCmd::Watch {
+                node: n,
+                json,
+                events_only,
+                metrics_only,
+                status,
+                count,
+                duration,
+            } => {
+                let opts = ctl::WatchOptions {
+                    node: node(n)?,
+                    json,
+                    events: !metrics_only,
+                    metrics: !events_only,
+                    status,
+                    count,
+                    duration: duration.map(Duration::from_secs),
+                };
+                ctl::watch(&target, opts).await
+            }
+            CtlCmd::Logs {
+                task,
+                node: n,
+                follow,
+                tail,
+            } => {
+                ctl::logs(
+                    &target,
+                    name("--node", &n)?,
+                    name("task", &task)?,
+                    tail,
+                    follow,
+                )
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.exit_code(), e),
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut bad = 0;
+    for f in files {
+        match skiff_agent::local::read_task_file(f) {
+            Ok(def) => {
+                let c = def.containers.len();
+                println!(
+                    "{}: ok: family {} revision {}, {c} container(s)",
+                    f.display(),
+                    def.family,
+                    def.revision
+                );
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        ExitCode::from(EXIT_DATA)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_image(i: ImageArgs) -> ExitCode {
+    let cfg = match validated(&i.config, |c| {
+        if let Some(d) = i.data_dir {
+            c.data_dir = d;
+        }
+    }) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
+    let root = cfg.data_dir.join("images");
+    let store = match images::ImageStore::open(&root) {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("image store at {}: {e}", root.display())),
+    };
+    match i.cmd {
+        ImageCmd::Import { path, tag } => {
+            let tag = match tag.map(|t| t.parse::<images::ImageRef>()).transpose() {
+                Ok(t) => t,
+                Err(e) => return fail(EXIT_DATA, format!("--tag: {e}")),
+            };
+            eprintln!("importing {} ...", path.display());
+            match store.import(&path, tag.as_ref()) {
+                Ok(imported) => {
+                    for img in imported {
+                        println!(
+                            "imported {} {} ({}, {:.1} MiB, {} new blobs)",
+                            img.reference,
+                            img.digest,
+                            img.platform,
+                            img.size as f64 / 1048576.0,
+                            img.blobs_written
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_DATA, e),
+            }
+        }
+        ImageCmd::Ls { json } => match store.list() {
+            Ok(list) => {
+                if !json {
+                    println!(
+                        "{:<50} {:<20} {:<14} {:>9}",
+                        "IMAGE", "DIGEST", "PLATFORM", "SIZE"
+                    );
+                }
+                for e in list {
+                    if json {
+                        let j = serde_json::json!({
+                            "reference": e.reference.to_string(),
+                            "digest": e.digest.to_string(),
+                            "platform": e.platform.to_string(),
+                            "size": e.size,
+                            "imported_at": e.imported_at,
+                        });
+                        println!("{j}");
+                    } else {
+                        let digest = e.digest.to_string();
+                        let short = digest.get(..19).unwrap_or(&digest);
+                        let mib = e.size as f64 / 1048576.0;
+                        println!(
+                            "{:<50} {short:<20} {:<14} {mib:>5.1} MiB",
+                            e.reference.to_string(),
+                            e.platform.to_string()
+                        );
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
+        ImageCmd::Rm { reference } => {
+            let r = match reference.parse::<images::ImageRef>() {
+                Ok(r) => r,
+                Err(e) => return fail(EXIT_DATA, e),
+            };
+            match store.remove(&r) {
+                Ok(_) => {
+                    println!("removed {r}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
+    }
+}
+
+fn run_logs(l: LogsArgs) -> ExitCode {
+    let cfg = match validated(&l.config, |c| {
+        if let Some(d) = l.run_dir {
+            c.run_dir = d;
+        }
+    }) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
+    let task: Name = match l.task.parse() {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_DATA, format!("task {:?}: {e}", l.task)),
+    };
+    let dir = cfg.run_dir.join("logs");
+    let (data, mut len) = match logs::read_tail(&dir, &task, l.tail) {
+        Ok(x) => x,
+        Err(e) => return fail(1, e),
+    };
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = out.write_all(&data);
+    let _ = out.flush();
+    if !l.follow {
+        return ExitCode::SUCCESS;
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let path = logs::log_path(&dir, &task);
+        let now = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if now < len {
+            len = 0; // rotated
+        }
+        if now > len {
+            if let Ok(mut f) = std::fs::File::open(&path) {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut buf = Vec::new();
+                if f.seek(SeekFrom::Start(len)).is_ok() && f.read_to_end(&mut buf).is_ok() {
+                    let _ = out.write_all(&buf);
+                    let _ = out.flush();
+                }
+            }
+            len = now;
+        }
+    }
 }

@@ -274,6 +274,8 @@ pub enum StopReason {
     Replaced,
     /// The agent is shutting down.
     Shutdown,
+    /// Its containers could not all be started.
+    StartFailed,
 }
 
 /// A batch of metric samples (topic `nodes/{node}/metrics`, QoS 1).

@@ -1,1 +1,369 @@
-fn main() {}
+//! `skiff-bench`: the walking skeleton's figures, each beside a peer measured in the same run.
+//!
+//! ```text
+//! cargo build --release && sudo target/release/skiff-bench [--runs 20]
+//! ```
+//!
+//! - apply → first output line and apply → `exited` event for a trivial task (median of N), beside
+//!   `runc run` and `crun run` of the same rootfs (create + start + wait + delete);
+//! - agent RSS idle and with 10 running tasks, beside the broker's (mosquitto) RSS;
+//! - release binary size, beside runc, crun and mosquitto.
+//!
+//! Needs root, mosquitto, busybox-static; runc and crun are measured when installed.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use skiff_agent::config::BrokerUrl;
+use skiff_agent::mqtt::{self, Inbound};
+use skiff_proto::codec::{decode, encode, Message};
+use skiff_proto::{
+    ContainerDefinition, DesiredState, EventBody, Name, NetworkMode, RestartPolicy, TaskDefinition,
+};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Work(PathBuf);
+impl Work {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn name(s: &str) -> Res<Name> {
+    Ok(s.parse()?)
+}
+
+fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefinition> {
+    Ok(TaskDefinition {
+        family: name(family)?,
+        revision: 1,
+        containers: vec![ContainerDefinition {
+            name: name("main")?,
+            image: "busybox".into(),
+            entry_point: vec![],
+            command: args.iter().map(|s| s.to_string()).collect(),
+            environment: vec![],
+            cpu: None,
+            memory_mib: None,
+            memory_reservation_mib: None,
+            essential: true,
+            working_directory: None,
+            user: None,
+        }],
+        cpu: None,
+        memory_mib: None,
+        network_mode: NetworkMode::None,
+        restart_policy: policy,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn children_rss_kib(pid: u32) -> u64 {
+    // The launcher: the agent's direct child running `skiff __launcher`.
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            ppid == Some(pid) && cmd.contains("__launcher")
+        })
+        .map(rss_kib)
+        .sum()
+}
+
+fn size_mib(p: &Path) -> String {
+    std::fs::metadata(p).map_or("-".into(), |m| {
+        format!("{:.2} MiB", m.len() as f64 / 1048576.0)
+    })
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
+
+/// `RUNTIME run` of `true` on a bundle over `rootfs`: create + start + wait + delete, median ms.
+fn peer_run(tool: &Path, rootfs: &Path, runs: usize, work: &Path) -> Res<f64> {
+    let bundle = work.join(format!(
+        "bundle-{}",
+        tool.file_name().and_then(|s| s.to_str()).unwrap_or("rt")
+    ));
+    std::fs::create_dir_all(&bundle)?;
+    let st = Command::new(tool)
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()?;
+    if !st.success() {
+        return Err("spec failed".into());
+    }
+    let spec_path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec_path)?)?;
+    spec["root"]["path"] = serde_json::json!(rootfs);
+    spec["root"]["readonly"] = serde_json::json!(true);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(["true"]);
+    spec["linux"]["cgroupsPath"] = serde_json::json!("/skiff-bench-peer");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        let out = Command::new(tool)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(format!("bench-{i}"))
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
+        }
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(times))
+}
+
+fn main() -> Res<()> {
+    let runs: usize = std::env::args()
+        .skip_while(|a| a != "--runs")
+        .nth(1)
+        .map_or(Ok(20), |s| s.parse())?;
+    let exe = std::env::current_exe()?;
+    let skiff = exe.parent().ok_or("no exe dir")?.join("skiff");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let work = Work(std::env::temp_dir().join(format!("skiff-bench-{}", std::process::id())));
+    std::fs::create_dir_all(work.path())?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = work.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )?;
+    let broker = Kill(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let layout = work.path().join("busybox-oci");
+    let st = Command::new("sh")
+        .arg(repo.join("tests/fixtures/make-busybox-oci.sh"))
+        .arg(&layout)
+        .status()?;
+    if !st.success() {
+        return Err("building the busybox image failed".into());
+    }
+    let data = work.path().join("data");
+    let run = work.path().join("run");
+    let cfg = work.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_id = \"bench\"\ncluster = \"bench\"\nbroker = \"mqtt://127.0.0.1:{port}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\ncgroup_parent = \"skiff-bench\"\nlog = \"warn\"\nstop_grace_secs = 1\n",
+            data.display(),
+            run.display()
+        ),
+    )?;
+    let st = Command::new(&skiff)
+        .args(["image", "--config"])
+        .arg(&cfg)
+        .arg("import")
+        .arg(&layout)
+        .args(["--tag", "busybox"])
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        return Err("import failed".into());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let agent = Kill(
+        Command::new(&skiff)
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let agent_pid = agent.0.id();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (apply_first, apply_exit, idle_rss, idle_launcher, busy_rss, busy_launcher) = rt.block_on(async {
+        let cluster = name("bench")?;
+        let node = name("bench")?;
+        let desired = skiff_proto::topic::Topic::NodeDesired { cluster: cluster.clone(), node: node.clone() }.to_topic();
+        let events = skiff_proto::topic::Topic::Events { cluster: cluster.clone(), node: node.clone() }.to_topic();
+        let status = skiff_proto::topic::Topic::Status { cluster: cluster.clone(), node: node.clone() }.to_topic();
+        let mut conn = mqtt::connect(mqtt::ConnectOptions {
+            client_id: "skiff-bench".into(),
+            broker: BrokerUrl { host: "127.0.0.1".into(), port },
+            keepalive: Duration::from_secs(30),
+            last_will: None,
+            subscriptions: vec![events.clone(), status.clone()],
+        });
+        // Wait for the agent to be online.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, conn.inbound.recv()).await? {
+                Some(Inbound::Publish { topic, payload, .. }) if topic == status => {
+                    if let Ok(Message::Status(s)) = decode(&payload) {
+                        if s.state == skiff_proto::NodeState::Online {
+                            break;
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => return Err::<_, Box<dyn std::error::Error>>("broker gone".into()),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle_rss = rss_kib(agent_pid);
+        let idle_launcher = children_rss_kib(agent_pid);
+        let mut version = 0u64;
+        let mut publish = |tasks: Vec<TaskDefinition>| -> Res<Vec<u8>> {
+            version += 1;
+            Ok(encode(&Message::DesiredState(DesiredState { version, cluster: cluster.clone(), node: Some(node.clone()), tasks, signature: None }))?)
+        };
+        let mut first = Vec::new();
+        let mut exited = Vec::new();
+        for i in 0..runs {
+            let family = format!("t{i}");
+            let doc = publish(vec![task(&family, &["echo", "hi"], RestartPolicy::Never)?])?;
+            let log = run.join("logs").join(format!("{family}.log"));
+            let t0 = Instant::now();
+            conn.client.publish(desired.clone(), rumqttc::QoS::AtLeastOnce, true, doc).await?;
+            let mut first_ms = None;
+            let exit_ms = loop {
+                if first_ms.is_none() && std::fs::metadata(&log).map(|m| m.len() > 0).unwrap_or(false) {
+                    first_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                match tokio::time::timeout(Duration::from_millis(1), conn.inbound.recv()).await {
+                    Ok(Some(Inbound::Publish { topic, payload, .. })) if topic == events => {
+                        if let Ok(Message::Event(e)) = decode(&payload) {
+                            if matches!(&e.body, EventBody::ContainerExited { task, .. } if task.as_str() == family) {
+                                break t0.elapsed().as_secs_f64() * 1000.0;
+                            }
+                        }
+                    }
+                    Ok(None) => return Err("broker gone".into()),
+                    _ => {}
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("task {family} did not exit").into());
+                }
+            };
+            while first_ms.is_none() && t0.elapsed() < Duration::from_secs(5) {
+                if std::fs::metadata(&log).map(|m| m.len() > 0).unwrap_or(false) {
+                    first_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            first.push(first_ms.ok_or("no output line")?);
+            exited.push(exit_ms);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Ten long-running tasks.
+        let tasks = (0..10).map(|i| task(&format!("s{i}"), &["sleep", "1000"], RestartPolicy::Always)).collect::<Res<Vec<_>>>()?;
+        let doc = publish(tasks)?;
+        conn.client.publish(desired.clone(), rumqttc::QoS::AtLeastOnce, true, doc).await?;
+        let mut running = std::collections::BTreeSet::new();
+        while running.len() < 10 {
+            match tokio::time::timeout(Duration::from_secs(30), conn.inbound.recv()).await? {
+                Some(Inbound::Publish { topic, payload, .. }) if topic == events => {
+                    if let Ok(Message::Event(e)) = decode(&payload) {
+                        if let EventBody::TaskRunning { task } = e.body {
+                            running.insert(task);
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => return Err("broker gone".into()),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let busy_rss = rss_kib(agent_pid);
+        let busy_launcher = children_rss_kib(agent_pid);
+        let doc = publish(vec![])?;
+        conn.client.publish(desired.clone(), rumqttc::QoS::AtLeastOnce, true, doc).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok((median(first), median(exited), idle_rss, idle_launcher, busy_rss, busy_launcher))
+    })?;
+    let broker_rss = rss_kib(broker.0.id());
+    // Peers on the same rootfs.
+    let rootfs = std::fs::read_dir(data.join("images/rootfs"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .next()
+        .ok_or("no rootfs")?;
+    let mut peers = Vec::new();
+    for tool in ["runc", "crun"] {
+        if let Some(p) = which(tool) {
+            match peer_run(&p, &rootfs, runs, work.path()) {
+                Ok(ms) => peers.push(format!("| `{tool} run` of `true` (create+start+wait+delete), median of {runs} | {ms:.1} ms |")),
+                Err(e) => peers.push(format!("| `{tool} run` of `true` | failed: {} |", e.to_string().lines().next().unwrap_or(""))),
+            }
+        }
+    }
+    drop(agent);
+    println!("| figure | value |\n|---|---|");
+    println!("| skiff: apply → first output line (echo), median of {runs} | {apply_first:.1} ms |");
+    println!("| skiff: apply → `exited` event (echo), median of {runs} | {apply_exit:.1} ms |");
+    for p in peers {
+        println!("{p}");
+    }
+    println!("| skiff agent RSS idle (agent + launcher) | {idle_rss} KiB + {idle_launcher} KiB |");
+    println!("| skiff agent RSS with 10 running tasks (agent + launcher) | {busy_rss} KiB + {busy_launcher} KiB |");
+    println!("| mosquitto (broker) RSS at the end of the run | {broker_rss} KiB |");
+    println!(
+        "| skiff release binary ({}) | {} |",
+        std::env::consts::ARCH,
+        size_mib(&skiff)
+    );
+    for tool in ["runc", "crun", "mosquitto"] {
+        if let Some(p) = which(tool) {
+            println!("| {tool} binary ({}) | {} |", p.display(), size_mib(&p));
+        }
+    }
+    Ok(())
+}

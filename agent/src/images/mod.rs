@@ -1,6 +1,40 @@
-//! The local image store (being written). The types below are the contract with the runtime.
+//! The local image store: skiff's ECR on the device.
+//!
+//! # Layout
+//! - [`reference`]: [`ImageRef`], image references parsed and normalised as Docker does.
+//! - [`digest`]: [`Digest`], `sha256:<hex>` content digests.
+//! - [`oci`]: the OCI (and Docker schema 2) documents the store reads, media types, platforms.
+//! - [`blobs`]: [`BlobStore`], content-addressed blobs, verified on their way in. The registry
+//!   puller (a later module here) writes blobs through [`BlobStore::write_verified`] and names
+//!   images through the same refs.json update as import.
+//! - [`store`]: [`ImageStore`]: refs.json, resolve (with lazy, crash-safe rootfs unpacking),
+//!   list, remove, catalog.
+//! - [`import`]: OCI image layout import (`skiff image import`).
+//! - [`unpack`]: applying layer tars to a rootfs: whiteouts, links, nothing escapes.
+//!
+//! The types below are the contract with the runtime.
 
 use std::path::PathBuf;
+
+pub mod blobs;
+pub mod digest;
+mod fsutil;
+pub mod import;
+pub mod oci;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+#[cfg(test)]
+mod fixture_tests;
+
+pub use blobs::{BlobError, BlobStore};
+pub use digest::{Digest, DigestError};
+pub use import::{ImportError, ImportedImage};
+pub use oci::Platform;
+pub use reference::{ImageRef, RefError};
+pub use store::{ImageEntry, ImageStore, StoreError};
+pub use unpack::UnpackError;
 
 /// What the runtime needs from an image's OCI config (`config` object of the image config blob).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,6 +1,836 @@
-//! Containers through libcontainer (placeholder, being written).
+//! Containers through youki's libcontainer.
+//!
+//! # Layout
+//! - this file: [`Runtime`], the handle the agent uses from any tokio task. Preparing and
+//!   removing tasks (cgroups, network namespace, rootfs, `config.json`) happens here, on
+//!   blocking threads; creating, signalling and deleting containers is sent to the launcher.
+//! - [`launcher`]: the single-threaded `skiff __launcher` process that calls libcontainer (it
+//!   clones, which is only safe from a single-threaded process) and reports exits.
+//! - `wire`: the agent ↔ launcher frames.
+//! - `spec`: the OCI runtime spec of a container (Docker's rules for args, env, cwd, user).
+//! - `cgroup`: task cgroups on v1 and v2: limits, removal, stats, OOM counters.
+//! - `rootfs`: overlayfs (or copied) root filesystems, mount bookkeeping.
+//! - `netns`: named network namespaces shared by a task's containers.
+//! - `ids`: container ids `{task}+{container}`.
+//!
+//! # Files
+//! Everything lives under `run_dir` (volatile, e.g. on tmpfs):
+//! `state/` (libcontainer's root), `tasks/{task}/{container}/{rootfs,upper,work,config.json}`,
+//! `netns/{task}`. Cgroups: `/{cgroup_parent}/{task}` with the task's limits, and
+//! `/{cgroup_parent}/{task}/{container}` made by libcontainer.
 
-/// Entry point of the launcher process (`skiff __launcher`), placeholder.
-pub fn launcher_main() -> std::process::ExitCode {
-    std::process::ExitCode::FAILURE
+mod cgroup;
+mod ids;
+pub mod launcher;
+mod netns;
+mod rootfs;
+mod spec;
+mod wire;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use skiff_proto::{ExitInfo, Name, NetworkMode, TaskDefinition};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::images::ResolvedImage;
+
+pub use cgroup::CgroupError;
+pub use ids::{container_id, parse_container_id};
+pub use launcher::launcher_main;
+pub use spec::{SpecError, UserError};
+
+use cgroup::{CgroupLayout, TaskLimits};
+use wire::{Failure, FailureKind, FromLauncher, Reply, Request, RequestBody, StartRequest};
+
+/// Where and how the runtime works. Plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Everything volatile: `state/`, `tasks/`, `netns/` below it.
+    pub run_dir: PathBuf,
+    /// Cgroup path prefix (e.g. `skiff`): task cgroup `/{parent}/{task}`, container cgroup
+    /// `/{parent}/{task}/{container}`. One or more names separated by `/`.
+    pub cgroup_parent: String,
+    /// The binary to re-execute as `__launcher`: `/proc/self/exe` in the agent.
+    pub launcher_exe: PathBuf,
+}
+
+/// A container's init process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerExit {
+    pub task: Name,
+    pub container: Name,
+    pub exit: ExitInfo,
+}
+
+/// A task cgroup's figures, hierarchical over its containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskStats {
+    /// CPU time used since the cgroup was made.
+    pub cpu_usage_ns: u64,
+    /// Memory in use without reclaimable page cache (usage minus inactive file), as
+    /// `docker stats`.
+    pub mem_bytes: u64,
+    /// The task's memory limit, if any.
+    pub mem_limit_bytes: Option<u64>,
+}
+
+/// What went wrong in the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid cgroup parent {0:?}: expected names of [A-Za-z0-9_.-] separated by '/'")]
+    CgroupParent(String),
+    #[error("no usable cgroup hierarchy: {source}")]
+    CgroupLayout { source: io::Error },
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot start the launcher {exe}: {source}")]
+    LauncherSpawn { exe: PathBuf, source: io::Error },
+    #[error("launcher {exe} did not answer: {reason}")]
+    LauncherHandshake { exe: PathBuf, reason: String },
+    #[error("the launcher process is gone")]
+    LauncherGone,
+    #[error("launcher protocol: {source}")]
+    Protocol { source: io::Error },
+    #[error("task {task} has {containers} containers but {images} images were given")]
+    ImageCount {
+        task: String,
+        containers: usize,
+        images: usize,
+    },
+    #[error("task {task} is already prepared")]
+    TaskExists { task: String },
+    #[error("container {task}/{container} is not prepared")]
+    NotPrepared { task: String, container: String },
+    #[error("container {task}/{container}: {source}")]
+    Spec {
+        task: String,
+        container: String,
+        source: SpecError,
+    },
+    #[error("root filesystem of {task}/{container} at {path}: {source}")]
+    Rootfs {
+        task: String,
+        container: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cgroup of task {task}: {source}")]
+    Cgroup { task: String, source: CgroupError },
+    #[error("network namespace of task {task} at {path}: {source}")]
+    Netns {
+        task: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot remove the files of task {task} at {path}: {source}")]
+    RemoveTask {
+        task: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("no container {task}/{container}")]
+    NotFound { task: String, container: String },
+    #[error("invalid signal {signal} for {task}/{container}")]
+    InvalidSignal {
+        task: String,
+        container: String,
+        signal: i32,
+    },
+    #[error("cannot {op} container {id}: {message}")]
+    Launcher {
+        op: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("{what} panicked")]
+    Panicked { what: &'static str },
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Result<Reply, Failure>>>;
+
+/// Requests waiting for the launcher's reply; `None` once the launcher is gone.
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Option<Pending>>,
+}
+
+struct Inner {
+    run_dir: PathBuf,
+    /// `cgroup_parent` as a relative path.
+    parent: PathBuf,
+    layout: CgroupLayout,
+    shared: Arc<Shared>,
+    /// Frames to the writer task (which owns the socket's write half, so a cancelled request
+    /// never leaves half a frame behind).
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    seq: AtomicU64,
+    /// Serializes creating and removing cgroup directories, so removing an empty parent never
+    /// races with a task being created below it.
+    tree: Mutex<()>,
+    launcher_pid: u32,
+}
+
+/// Handle to the container runtime; cheap to clone, usable from many tokio tasks at once.
+/// Dropping the last clone closes the launcher's socket: the launcher exits and leaves
+/// containers running (the next start's [`Runtime::cleanup_stale`] removes them).
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("run_dir", &self.inner.run_dir)
+            .field("cgroup_parent", &self.inner.parent)
+            .field("layout", &self.inner.layout)
+            .field("launcher_pid", &self.inner.launcher_pid)
+            .finish()
+    }
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `skiff` or `/a/b` → a relative path of valid names.
+fn cgroup_parent_path(parent: &str) -> Result<PathBuf, RuntimeError> {
+    let trimmed = parent.trim_start_matches('/');
+    let mut path = PathBuf::new();
+    for part in trimmed.split('/') {
+        if part.parse::<Name>().is_err() {
+            return Err(RuntimeError::CgroupParent(parent.to_owned()));
+        }
+        path.push(part);
+    }
+    Ok(path)
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| RuntimeError::Panicked { what })
+}
+
+impl Runtime {
+    /// Starts the launcher process and checks that it answers. Exits of containers arrive on
+    /// the returned channel, one per started container (also for containers removed with
+    /// [`Runtime::remove_task`]).
+    pub async fn start(
+        cfg: RuntimeConfig,
+    ) -> Result<(Runtime, mpsc::Receiver<ContainerExit>), RuntimeError> {
+        let parent = cgroup_parent_path(&cfg.cgroup_parent)?;
+        for sub in ["state", "tasks", "netns"] {
+            let dir = cfg.run_dir.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        }
+        let run_dir = fs::canonicalize(&cfg.run_dir).map_err(io_err("resolve", &cfg.run_dir))?;
+        let layout =
+            CgroupLayout::detect().map_err(|source| RuntimeError::CgroupLayout { source })?;
+
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(io_err("create a socket pair for", &cfg.launcher_exe))?;
+        let mut cmd = Command::new(&cfg.launcher_exe);
+        cmd.arg("__launcher")
+            .arg(run_dir.join("state"))
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .current_dir("/")
+            .env_clear();
+        if let Some(filter) = std::env::var_os("RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        let spawn_err = |source| RuntimeError::LauncherSpawn {
+            exe: cfg.launcher_exe.clone(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let launcher_pid = child.id();
+        // Reap the launcher whenever it exits, independent of tokio: a runtime shutting down
+        // would cancel an async waiter and leave a zombie.
+        let waiter = std::thread::Builder::new()
+            .name("skiff-launcher-wait".into())
+            .spawn(move || match child.wait() {
+                Ok(status) => tracing::info!(%status, "launcher exited"),
+                Err(e) => tracing::warn!(error = %e, "cannot wait for the launcher"),
+            });
+        if let Err(e) = waiter {
+            tracing::warn!(error = %e, "cannot start the launcher's waiter thread");
+        }
+        // Close our copy of the launcher's end, or the launcher would never see end-of-file.
+        drop(cmd);
+        ours.set_nonblocking(true).map_err(spawn_err)?;
+        let stream = tokio::net::UnixStream::from_std(ours).map_err(spawn_err)?;
+        let (rd, wr) = stream.into_split();
+
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Some(HashMap::new())),
+        });
+        let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let (public_tx, public_rx) = mpsc::channel(64);
+        tokio::spawn(write_loop(wr, frames_rx));
+        tokio::spawn(read_loop(rd, shared.clone(), exit_tx));
+        tokio::spawn(forward_exits(exit_rx, public_tx));
+
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                run_dir,
+                parent,
+                layout,
+                shared,
+                frames: frames_tx,
+                seq: AtomicU64::new(1),
+                tree: Mutex::new(()),
+                launcher_pid,
+            }),
+        };
+        match rt.request(RequestBody::Ping).await {
+            Ok(Ok(Reply::Pong { pid })) if pid == launcher_pid => Ok((rt, public_rx)),
+            other => Err(RuntimeError::LauncherHandshake {
+                exe: cfg.launcher_exe,
+                reason: match other {
+                    Err(e) => e.to_string(),
+                    Ok(Err(f)) => f.message,
+                    Ok(Ok(r)) => format!("unexpected reply {r:?}"),
+                },
+            }),
+        }
+    }
+
+    /// Process id of the launcher.
+    pub fn launcher_pid(&self) -> u32 {
+        self.inner.launcher_pid
+    }
+
+    async fn request(&self, body: RequestBody) -> Result<Result<Reply, Failure>, RuntimeError> {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::encode(&Request { seq, body })
+            .map_err(|source| RuntimeError::Protocol { source })?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending =
+                self.inner
+                    .shared
+                    .pending
+                    .lock()
+                    .map_err(|_| RuntimeError::Panicked {
+                        what: "launcher reader",
+                    })?;
+            pending
+                .as_mut()
+                .ok_or(RuntimeError::LauncherGone)?
+                .insert(seq, tx);
+        }
+        self.inner
+            .frames
+            .send(frame)
+            .map_err(|_| RuntimeError::LauncherGone)?;
+        rx.await.map_err(|_| RuntimeError::LauncherGone)
+    }
+
+    fn task_dir(&self, task: &str) -> PathBuf {
+        self.inner.run_dir.join("tasks").join(task)
+    }
+
+    fn netns_path(&self, task: &str) -> PathBuf {
+        self.inner.run_dir.join("netns").join(task)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.inner.run_dir.join("state")
+    }
+
+    /// Ids of the containers in libcontainer's state directory (all, or those of one task).
+    fn state_ids(&self, task: Option<&Name>) -> Result<Vec<String>, RuntimeError> {
+        let dir = self.state_dir();
+        let prefix = task.map(ids::task_prefix);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let e = e.map_err(io_err("list", &dir))?;
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if prefix.as_ref().is_none_or(|p| name.starts_with(p.as_str())) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn delete_container(&self, id: &str) -> Result<(), RuntimeError> {
+        match self
+            .request(RequestBody::Delete { id: id.to_owned() })
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(f) => Err(RuntimeError::Launcher {
+                op: "delete",
+                id: id.to_owned(),
+                message: f.message,
+            }),
+        }
+    }
+
+    /// At agent start: force-kill and delete every container left in `run_dir/state`, unmount
+    /// and remove bundles, network namespaces and every cgroup below `cgroup_parent`. Returns
+    /// what it removed: `task/container` for each container, `task` for each other task
+    /// leftover (prepared but never started, or partly removed).
+    pub async fn cleanup_stale(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut removed = Vec::new();
+        for id in self.state_ids(None)? {
+            self.delete_container(&id).await?;
+            removed.push(match parse_container_id(&id) {
+                Some((t, c)) => format!("{t}/{c}"),
+                None => id,
+            });
+        }
+        let this = self.clone();
+        let tasks = blocking("stale task cleanup", move || this.cleanup_leftovers()).await??;
+        for t in tasks {
+            if !removed
+                .iter()
+                .any(|r| r.split('/').next() == Some(t.as_str()))
+            {
+                removed.push(t);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every task directory, network namespace and task cgroup; returns the task names.
+    fn cleanup_leftovers(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut tasks = Vec::new();
+        for sub in ["tasks", "netns"] {
+            let dir = self.inner.run_dir.join(sub);
+            for e in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+                let e = e.map_err(io_err("list", &dir))?;
+                if let Some(name) = e.file_name().to_str() {
+                    tasks.push(name.to_owned());
+                }
+            }
+        }
+        tasks.extend(self.inner.layout.children(&self.inner.parent));
+        tasks.sort();
+        tasks.dedup();
+        for t in &tasks {
+            self.remove_task_local(t)?;
+        }
+        Ok(tasks)
+    }
+
+    /// Creates the task cgroup with the task-level limits, the task's network namespace
+    /// (`NetworkMode::None`: loopback only; `Host`: none), and for each container an overlay
+    /// rootfs over its image (a copy if overlayfs fails) and its OCI `config.json`.
+    /// `images[i]` belongs to `task.containers[i]`. On error nothing is left behind.
+    pub async fn prepare_task(
+        &self,
+        task: &TaskDefinition,
+        images: &[ResolvedImage],
+    ) -> Result<(), RuntimeError> {
+        if images.len() != task.containers.len() {
+            return Err(RuntimeError::ImageCount {
+                task: task.family.to_string(),
+                containers: task.containers.len(),
+                images: images.len(),
+            });
+        }
+        let this = self.clone();
+        let task = task.clone();
+        let images = images.to_vec();
+        blocking("prepare_task", move || {
+            this.prepare_blocking(&task, &images)
+        })
+        .await?
+    }
+
+    fn prepare_blocking(
+        &self,
+        task: &TaskDefinition,
+        images: &[ResolvedImage],
+    ) -> Result<(), RuntimeError> {
+        let name = task.family.as_str();
+        let task_dir = self.task_dir(name);
+        match fs::create_dir(&task_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::TaskExists {
+                    task: task.family.to_string(),
+                })
+            }
+            Err(e) => return Err(io_err("create", &task_dir)(e)),
+        }
+        let res = self.prepare_inner(task, images);
+        if res.is_err() {
+            if let Err(e) = self.remove_task_local(name) {
+                tracing::warn!(task = name, error = %e, "cleanup after a failed prepare");
+            }
+        }
+        res
+    }
+
+    fn prepare_inner(
+        &self,
+        task: &TaskDefinition,
+        images: &[ResolvedImage],
+    ) -> Result<(), RuntimeError> {
+        let name = task.family.as_str();
+        let rel = self.inner.parent.join(name);
+        let limits = TaskLimits::from_task(task.cpu, task.memory_mib);
+        let swap_limit = {
+            let _tree = self.inner.tree.lock().map_err(|_| RuntimeError::Panicked {
+                what: "cgroup tree",
+            })?;
+            self.inner.layout.create_task(&rel, &limits)
+        }
+        .map_err(|source| RuntimeError::Cgroup {
+            task: name.to_owned(),
+            source,
+        })?;
+        let netns = match task.network_mode {
+            NetworkMode::None => {
+                let path = self.netns_path(name);
+                netns::create(&path).map_err(|source| RuntimeError::Netns {
+                    task: name.to_owned(),
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(path)
+            }
+            NetworkMode::Host => None,
+        };
+        for (c, image) in task.containers.iter().zip(images) {
+            self.prepare_container(task, c, image, netns.clone(), swap_limit)?;
+        }
+        Ok(())
+    }
+
+    fn prepare_container(
+        &self,
+        task: &TaskDefinition,
+        c: &skiff_proto::ContainerDefinition,
+        image: &ResolvedImage,
+        netns: Option<PathBuf>,
+        swap_limit: bool,
+    ) -> Result<(), RuntimeError> {
+        let spec_err = |source| RuntimeError::Spec {
+            task: task.family.to_string(),
+            container: c.name.to_string(),
+            source,
+        };
+        let rootfs_err = |path: &Path| {
+            let path = path.to_path_buf();
+            |source| RuntimeError::Rootfs {
+                task: task.family.to_string(),
+                container: c.name.to_string(),
+                path,
+                source,
+            }
+        };
+        if !image.rootfs.is_dir() {
+            return Err(rootfs_err(&image.rootfs)(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the image rootfs is not a directory",
+            )));
+        }
+        let bundle = self.task_dir(task.family.as_str()).join(c.name.as_str());
+        let rootfs = bundle.join("rootfs");
+        let upper = bundle.join("upper");
+        let work = bundle.join("work");
+        for d in [&rootfs, &upper, &work] {
+            fs::create_dir_all(d).map_err(rootfs_err(d))?;
+        }
+        // Resolve the user from the image before anything is mounted.
+        let passwd = spec::read_user_db(&image.rootfs, "passwd").map_err(spec_err)?;
+        let group = spec::read_user_db(&image.rootfs, "group").map_err(spec_err)?;
+        let user = spec::resolve_user(spec::user_setting(c, &image.config), &passwd, &group)
+            .map_err(|e| spec_err(SpecError::User(e)))?;
+        let kind = rootfs::make_rootfs(&image.rootfs, &upper, &work, &rootfs)
+            .map_err(rootfs_err(&rootfs))?;
+        tracing::debug!(task = %task.family, container = %c.name, ?kind, "rootfs ready");
+        let cwd = spec::cwd(c, &image.config);
+        rootfs::ensure_dir(&rootfs, &cwd, user.uid, user.gid).map_err(rootfs_err(&rootfs))?;
+        let cgroups_path = Path::new("/")
+            .join(&self.inner.parent)
+            .join(task.family.as_str())
+            .join(c.name.as_str());
+        let oci = spec::build(&spec::SpecParams {
+            task,
+            container: c,
+            image: &image.config,
+            user,
+            rootfs,
+            netns,
+            cgroups_path,
+            swap_limit,
+        })
+        .map_err(spec_err)?;
+        let config = bundle.join("config.json");
+        oci.save(&config).map_err(|e| spec_err(SpecError::Oci(e)))?;
+        Ok(())
+    }
+
+    /// Creates and starts a prepared container. Its stdout and stderr both go to `stdio`, a
+    /// FIFO the caller has already opened for reading (the launcher opens it write-only).
+    /// Returns the host pid of the container's init. A container whose previous run exited
+    /// can be started again: it keeps its rootfs changes, as `docker restart`.
+    pub async fn start_container(
+        &self,
+        task: &Name,
+        container: &Name,
+        stdio: &Path,
+    ) -> Result<u32, RuntimeError> {
+        let bundle = self.task_dir(task.as_str()).join(container.as_str());
+        if !bundle.join("config.json").is_file() {
+            return Err(RuntimeError::NotPrepared {
+                task: task.to_string(),
+                container: container.to_string(),
+            });
+        }
+        let stdio = if stdio.is_absolute() {
+            stdio.to_path_buf()
+        } else {
+            // The launcher runs in `/`.
+            std::env::current_dir()
+                .map_err(io_err("resolve", stdio))?
+                .join(stdio)
+        };
+        let rel = self
+            .inner
+            .parent
+            .join(task.as_str())
+            .join(container.as_str());
+        let id = container_id(task, container);
+        let reply = self
+            .request(RequestBody::Start(StartRequest {
+                id: id.clone(),
+                bundle,
+                stdio,
+                oom_file: self.inner.layout.oom_file(&rel),
+            }))
+            .await?;
+        match reply {
+            Ok(Reply::Started { pid }) => Ok(pid),
+            Ok(other) => Err(RuntimeError::Launcher {
+                op: "start",
+                id,
+                message: format!("unexpected reply {other:?}"),
+            }),
+            Err(f) => Err(RuntimeError::Launcher {
+                op: "start",
+                id,
+                message: f.message,
+            }),
+        }
+    }
+
+    /// Sends `signal` (a libc signal number) to the container's init. A container that already
+    /// exited is `Ok(())`.
+    pub async fn kill(
+        &self,
+        task: &Name,
+        container: &Name,
+        signal: i32,
+    ) -> Result<(), RuntimeError> {
+        let id = container_id(task, container);
+        match self
+            .request(RequestBody::Kill {
+                id: id.clone(),
+                signal,
+            })
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(Failure {
+                kind: FailureKind::NotFound,
+                ..
+            }) => Err(RuntimeError::NotFound {
+                task: task.to_string(),
+                container: container.to_string(),
+            }),
+            Err(Failure {
+                kind: FailureKind::Invalid,
+                ..
+            }) => Err(RuntimeError::InvalidSignal {
+                task: task.to_string(),
+                container: container.to_string(),
+                signal,
+            }),
+            Err(f) => Err(RuntimeError::Launcher {
+                op: "kill",
+                id,
+                message: f.message,
+            }),
+        }
+    }
+
+    /// Force-deletes every container of the task (their exits are reported first), unmounts
+    /// and removes its directories, network namespace and cgroups. Idempotent.
+    pub async fn remove_task(&self, task: &Name) -> Result<(), RuntimeError> {
+        for id in self.state_ids(Some(task))? {
+            self.delete_container(&id).await?;
+        }
+        let this = self.clone();
+        let name = task.as_str().to_owned();
+        blocking("remove_task", move || this.remove_task_local(&name)).await?
+    }
+
+    /// The agent-side part of removing a task: mounts, files, network namespace, cgroups.
+    fn remove_task_local(&self, task: &str) -> Result<(), RuntimeError> {
+        let dir = self.task_dir(task);
+        rootfs::remove_dir_unmounted(&dir).map_err(|source| RuntimeError::RemoveTask {
+            task: task.to_owned(),
+            path: dir.clone(),
+            source,
+        })?;
+        let ns = self.netns_path(task);
+        netns::remove(&ns).map_err(|source| RuntimeError::Netns {
+            task: task.to_owned(),
+            path: ns.clone(),
+            source,
+        })?;
+        let _tree = self.inner.tree.lock().map_err(|_| RuntimeError::Panicked {
+            what: "cgroup tree",
+        })?;
+        self.inner
+            .layout
+            .remove_tree(&self.inner.parent.join(task))
+            .map_err(|source| RuntimeError::Cgroup {
+                task: task.to_owned(),
+                source,
+            })?;
+        self.inner.layout.remove_empty_ancestors(&self.inner.parent);
+        Ok(())
+    }
+
+    /// CPU and memory of the task's cgroup, hierarchical over its containers: a few small file
+    /// reads. `None` if the task has no cgroup.
+    pub fn task_stats(&self, task: &Name) -> Option<TaskStats> {
+        self.inner
+            .layout
+            .stats(&self.inner.parent.join(task.as_str()))
+    }
+}
+
+/// Writes frames to the launcher until every [`Runtime`] clone is gone; dropping the write half
+/// then shuts the socket down and the launcher exits.
+async fn write_loop(mut wr: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(frame) = frames.recv().await {
+        if let Err(e) = wr.write_all(&frame).await {
+            tracing::warn!(error = %e, "cannot write to the launcher");
+            return;
+        }
+    }
+}
+
+async fn read_frame(rd: &mut OwnedReadHalf) -> io::Result<Option<FromLauncher>> {
+    let mut prefix = [0u8; 4];
+    match rd.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut body = vec![0u8; wire::frame_len(prefix)?];
+    rd.read_exact(&mut body).await?;
+    wire::decode(&body).map(Some)
+}
+
+/// Dispatches the launcher's replies and exit notices until it goes away, then fails every
+/// pending request.
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    shared: Arc<Shared>,
+    exits: mpsc::UnboundedSender<ContainerExit>,
+) {
+    loop {
+        match read_frame(&mut rd).await {
+            Ok(Some(FromLauncher::Reply { seq, result })) => {
+                let tx = shared
+                    .pending
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.as_mut().and_then(|p| p.remove(&seq)));
+                if let Some(tx) = tx {
+                    let _ = tx.send(result);
+                }
+            }
+            Ok(Some(FromLauncher::Exited { id, exit })) => match parse_container_id(&id) {
+                Some((task, container)) => {
+                    let _ = exits.send(ContainerExit {
+                        task,
+                        container,
+                        exit,
+                    });
+                }
+                None => tracing::warn!(id, "exit of a container that is not skiff's"),
+            },
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "bad frame from the launcher");
+                break;
+            }
+        }
+    }
+    if let Ok(mut p) = shared.pending.lock() {
+        // Dropping the senders fails every waiting request with `LauncherGone`.
+        p.take();
+    }
+}
+
+/// Moves exits from the unbounded internal channel to the caller's bounded one, so a slow
+/// consumer never stalls replies from the launcher.
+async fn forward_exits(
+    mut rx: mpsc::UnboundedReceiver<ContainerExit>,
+    tx: mpsc::Sender<ContainerExit>,
+) {
+    while let Some(exit) = rx.recv().await {
+        if tx.send(exit).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_parent_paths() {
+        assert_eq!(cgroup_parent_path("skiff").expect("ok"), Path::new("skiff"));
+        assert_eq!(cgroup_parent_path("/a/b").expect("ok"), Path::new("a/b"));
+        for bad in ["", "/", "a//b", "..", "a/../b", "a/.x", "a b", "a/"] {
+            assert!(cgroup_parent_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn runtime_is_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Runtime>();
+        check::<RuntimeError>();
+        fn cloneable<T: Clone>() {}
+        cloneable::<Runtime>();
+    }
 }

@@ -1,0 +1,673 @@
+//! The driver: wires the shells to the core.
+//!
+//! One loop receives everything that happens (broker messages, container exits, results of
+//! actions, timers, shutdown), turns it into a [`core::Event`], hands it to [`Core::handle`] and
+//! performs the returned [`Action`]s. Actions that take time (starting, removing a task) run in
+//! their own tokio tasks and report back as events; the loop never waits on them, nor on the
+//! broker (publishing uses `try_publish`: while offline, messages are dropped and counted; the
+//! durable outbox is a later step).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+use skiff_proto::codec::{decode_as, encode, Kind, Message};
+use skiff_proto::topic::Topic;
+use skiff_proto::{
+    Command, CommandBody, Event as EventMsg, EventBody, Metrics, MetricsSample, Name, NodeState,
+    Reply, ReplyBody, Scope, Status, TaskDefinition,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::config::Validated;
+use crate::core::{Action, Catalog, Core, CoreConfig, Event, Signal};
+use crate::images::{ImageRef, ImageStore, ResolvedImage};
+use crate::logs::Logs;
+use crate::metrics::Sampler;
+use crate::mqtt::{self, Inbound};
+use crate::runtime::{ContainerExit, Runtime, RuntimeConfig};
+use crate::{display, local};
+
+/// Where desired state comes from.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// From the broker.
+    Broker,
+    /// From task-definition files in a directory; events and container output are printed.
+    Local(PathBuf),
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("image store at {path}: {source}")]
+    Store {
+        path: PathBuf,
+        source: crate::images::StoreError,
+    },
+    #[error("container runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Agent version reported in status and events.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the agent until `shutdown` resolves, then stops every task and returns.
+pub async fn run(
+    cfg: Validated,
+    mode: Mode,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let images_dir = cfg.data_dir.join("images");
+    let store = ImageStore::open(&images_dir).map_err(|source| AgentError::Store {
+        path: images_dir,
+        source,
+    })?;
+    let stdio_dir = cfg.run_dir.join("stdio");
+    std::fs::create_dir_all(&stdio_dir).map_err(|source| AgentError::Io {
+        what: "cannot create",
+        path: stdio_dir.clone(),
+        source,
+    })?;
+    let (runtime, mut exits) = Runtime::start(RuntimeConfig {
+        run_dir: cfg.run_dir.clone(),
+        cgroup_parent: cfg.cgroup_parent.to_string(),
+        launcher_exe: PathBuf::from("/proc/self/exe"),
+    })
+    .await?;
+    let stale = runtime.cleanup_stale().await?;
+    if !stale.is_empty() {
+        tracing::warn!(containers = ?stale, "removed containers left by a previous run");
+    }
+    let logs_dir = cfg.run_dir.join("logs");
+    let logs =
+        Logs::new(logs_dir.clone(), cfg.log_limit_bytes).map_err(|source| AgentError::Io {
+            what: "cannot create",
+            path: logs_dir,
+            source,
+        })?;
+
+    let local = matches!(mode, Mode::Local(_));
+    let conn = match &mode {
+        Mode::Broker => Some(mqtt::connect(mqtt::ConnectOptions {
+            client_id: cfg.node.to_string(),
+            broker: cfg.broker.clone(),
+            keepalive: cfg.keepalive,
+            last_will: Some((
+                Topic::Status {
+                    cluster: cfg.cluster.clone(),
+                    node: cfg.node.clone(),
+                }
+                .to_topic(),
+                offline_status(&cfg.node, crate::clock::wall_ms()),
+            )),
+            subscriptions: vec![
+                Topic::ClusterDesired {
+                    cluster: cfg.cluster.clone(),
+                }
+                .to_topic(),
+                Topic::NodeDesired {
+                    cluster: cfg.cluster.clone(),
+                    node: cfg.node.clone(),
+                }
+                .to_topic(),
+                Topic::Cmd {
+                    cluster: cfg.cluster.clone(),
+                    node: cfg.node.clone(),
+                }
+                .to_topic(),
+            ],
+        })),
+        Mode::Local(_) => None,
+    };
+    let (client, mut inbound) = match conn {
+        Some(c) => (Some(c.client), Some(c.inbound)),
+        None => (None, None),
+    };
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let clock = Clock::default();
+    let shells = Shells {
+        runtime: runtime.clone(),
+        store: Arc::new(store),
+        logs: logs.clone(),
+        events: events_tx,
+        stdio_dir,
+        echo: local,
+        readers: Arc::new(std::sync::Mutex::new(HashMap::new())),
+    };
+    let out = Output {
+        client,
+        node: cfg.node.clone(),
+        cluster: cfg.cluster.clone(),
+        seq: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        print: local,
+    };
+    let mut core = Core::new(CoreConfig {
+        node: cfg.node.clone(),
+        cluster: cfg.cluster.clone(),
+        agent_version: VERSION.into(),
+        stop_grace_ms: u64::try_from(cfg.stop_grace.as_millis()).unwrap_or(u64::MAX),
+    });
+    let mut sampler = Sampler::new();
+    let mut batch: Vec<MetricsSample> = Vec::new();
+    let mut metrics_tick = tokio::time::interval(cfg.metrics_interval);
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut local_watch = match &mode {
+        Mode::Local(dir) => Some(local::Watcher::new(dir.clone())),
+        Mode::Broker => None,
+    };
+    let mut local_tick = tokio::time::interval(local::POLL);
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+
+    tracing::info!(node = %cfg.node, cluster = %cfg.cluster, version = VERSION, "skiff agent starting");
+    out.perform(core.handle(Event::Started, clock.now()), &shells);
+    loop {
+        let deadline = core
+            .next_deadline()
+            .map(|ms| tokio::time::Instant::from_std(clock.instant(ms)));
+        tokio::select! {
+            () = &mut shutdown, if !stopping => {
+                stopping = true;
+                tracing::info!("shutting down: stopping every task");
+                out.perform(core.handle(Event::Shutdown, clock.now()), &shells);
+            }
+            Some(ev) = events_rx.recv() => out.perform(core.handle(ev, clock.now()), &shells),
+            Some(exit) = exits.recv() => {
+                let ContainerExit { task, container, exit } = exit;
+                shells.drain_reader(&task, &container).await;
+                let ev = Event::ContainerExited { task, container, exit };
+                out.perform(core.handle(ev, clock.now()), &shells);
+            }
+            Some(msg) = recv(&mut inbound) => {
+                if let Some(ev) = handle_inbound(msg, &cfg, &shells, &out).await {
+                    out.perform(core.handle(ev, clock.now()), &shells);
+                }
+            }
+            _ = metrics_tick.tick() => {
+                let now = clock.now();
+                let tasks = core.active_tasks().into_iter().map(|t| {
+                    let stats = runtime.task_stats(&t);
+                    (t, stats)
+                }).collect();
+                let sample = sampler.sample(tasks, now.mono_ms, now.wall_ms);
+                if out.print {
+                    println!("{}", display::sample(cfg.node.as_str(), &sample));
+                }
+                batch.push(sample);
+                if batch.len() >= cfg.metrics_batch {
+                    out.metrics(std::mem::take(&mut batch));
+                }
+            }
+            _ = local_tick.tick(), if local_watch.is_some() => {
+                if let Some(tasks) = local_watch.as_mut().and_then(local::Watcher::poll) {
+                    let images = shells.catalog().await;
+                    out.perform(core.handle(Event::LocalDesired { tasks, images }, clock.now()), &shells);
+                }
+            }
+            _ = sleep_until(deadline) => out.perform(core.handle(Event::Tick, clock.now()), &shells),
+        }
+        if stopping && core.is_idle() {
+            break;
+        }
+    }
+    out.offline().await;
+    tracing::info!(
+        dropped_while_offline = out.dropped.load(Ordering::Relaxed),
+        "skiff agent stopped"
+    );
+    Ok(())
+}
+
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The retained status the broker publishes as last will, and the agent on a clean exit.
+fn offline_status(node: &Name, at_ms: u64) -> Vec<u8> {
+    let status = Status {
+        node: node.clone(),
+        state: NodeState::Offline,
+        agent_version: VERSION.into(),
+        cluster_version: 0,
+        node_version: 0,
+        at_ms,
+        tasks: vec![],
+    };
+    encode(&Message::Status(status)).unwrap_or_default()
+}
+
+/// Broker messages: desired state goes to the core, commands are answered here.
+async fn handle_inbound(
+    msg: Inbound,
+    cfg: &Validated,
+    shells: &Shells,
+    out: &Output,
+) -> Option<Event> {
+    match msg {
+        Inbound::Connected => {
+            tracing::info!(broker = %format!("{}:{}", cfg.broker.host, cfg.broker.port), "connected to the broker");
+            Some(Event::Connected)
+        }
+        Inbound::Disconnected(reason) => {
+            tracing::warn!(%reason, "broker connection lost; reconnecting, tasks keep running");
+            None
+        }
+        Inbound::Subscribed | Inbound::PubAck => None,
+        Inbound::Publish { topic, payload, .. } => match Topic::parse(&topic) {
+            Some(Topic::ClusterDesired { .. }) => Some(Event::DesiredPayload {
+                scope: Scope::Cluster,
+                payload,
+                images: shells.catalog().await,
+            }),
+            Some(Topic::NodeDesired { .. }) => Some(Event::DesiredPayload {
+                scope: Scope::Node,
+                payload,
+                images: shells.catalog().await,
+            }),
+            Some(Topic::Cmd { .. }) => {
+                out.reply(answer(&payload, &shells.logs));
+                None
+            }
+            _ => {
+                tracing::debug!(%topic, "ignoring message on an unexpected topic");
+                None
+            }
+        },
+    }
+}
+
+/// The reply to a command payload.
+fn answer(payload: &[u8], logs: &Logs) -> Reply {
+    let cmd = match decode_as(Kind::Command, payload) {
+        Ok(Message::Command(c)) => c,
+        Ok(_) | Err(_) => {
+            let reason = match decode_as(Kind::Command, payload) {
+                Err(e) => e.to_string(),
+                Ok(m) => format!("unexpected {} message", m.kind().name()),
+            };
+            tracing::warn!(%reason, "rejected a command");
+            return Reply {
+                id: 0,
+                body: ReplyBody::Unsupported { reason },
+            };
+        }
+    };
+    let Command { id, body } = cmd;
+    let body = match body {
+        CommandBody::Ping => ReplyBody::Pong {
+            version: VERSION.into(),
+        },
+        CommandBody::Logs {
+            task,
+            from,
+            max_bytes,
+        } => {
+            let max = usize::try_from(max_bytes)
+                .unwrap_or(usize::MAX)
+                .min(skiff_proto::limits::MAX_LOG_CHUNK);
+            match logs.read(&task, from, max) {
+                Some(c) => ReplyBody::Logs {
+                    start: c.start,
+                    end: c.end,
+                    data: c.data,
+                },
+                None => ReplyBody::Error {
+                    reason: format!("no log for task {task} on this node"),
+                },
+            }
+        }
+    };
+    Reply { id, body }
+}
+
+/// Publishing (broker mode) or printing (local mode).
+#[derive(Debug)]
+struct Output {
+    client: Option<AsyncClient>,
+    node: Name,
+    cluster: Name,
+    seq: AtomicU64,
+    dropped: AtomicU64,
+    print: bool,
+}
+
+impl Output {
+    fn perform(&self, actions: Vec<Action>, shells: &Shells) {
+        for action in actions {
+            match action {
+                Action::StartTask { def } => shells.start_task(def),
+                Action::Signal {
+                    task,
+                    container,
+                    signal,
+                } => shells.signal(task, container, signal),
+                Action::RemoveTask { task } => shells.remove_task(task),
+                Action::Event(body) => self.event(body),
+                Action::Status(status) => {
+                    let topic = Topic::Status {
+                        cluster: self.cluster.clone(),
+                        node: self.node.clone(),
+                    };
+                    self.publish(topic, &Message::Status(status), true);
+                }
+            }
+        }
+    }
+
+    fn event(&self, body: EventBody) {
+        let line = display::event_body(&body);
+        match &body {
+            EventBody::DesiredRejected { .. } | EventBody::TaskFailed { .. } => {
+                tracing::warn!("{line}")
+            }
+            _ => tracing::info!("{line}"),
+        }
+        let ev = EventMsg {
+            node: self.node.clone(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            at_ms: crate::clock::wall_ms(),
+            body,
+        };
+        if self.print {
+            println!("{}", display::event(&ev));
+        }
+        let topic = Topic::Events {
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+        };
+        self.publish(topic, &Message::Event(ev), false);
+    }
+
+    fn metrics(&self, samples: Vec<MetricsSample>) {
+        let topic = Topic::Metrics {
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+        };
+        self.publish(
+            topic,
+            &Message::Metrics(Metrics {
+                node: self.node.clone(),
+                samples,
+            }),
+            false,
+        );
+    }
+
+    fn reply(&self, reply: Reply) {
+        let topic = Topic::Reply {
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+        };
+        self.publish(topic, &Message::Reply(reply), false);
+    }
+
+    fn publish(&self, topic: Topic, msg: &Message, retain: bool) {
+        let Some(client) = &self.client else { return };
+        let bytes = match encode(msg) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode an outgoing message");
+                return;
+            }
+        };
+        if let Err(e) = client.try_publish(topic.to_topic(), QoS::AtLeastOnce, retain, bytes) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(error = %e, dropped = n, "broker queue full; message dropped");
+        }
+    }
+
+    /// Clean exit: the retained status says offline (the last will only covers unclean exits).
+    async fn offline(&self) {
+        let Some(client) = &self.client else { return };
+        let topic = Topic::Status {
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+        }
+        .to_topic();
+        let _ = client.try_publish(
+            topic,
+            QoS::AtLeastOnce,
+            true,
+            offline_status(&self.node, crate::clock::wall_ms()),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = client.try_disconnect();
+    }
+}
+
+type ReaderKey = (Name, Name);
+
+/// Handles to the shells, cloned into the tokio tasks that perform actions.
+#[derive(Debug, Clone)]
+struct Shells {
+    runtime: Runtime,
+    store: Arc<ImageStore>,
+    logs: Logs,
+    events: mpsc::UnboundedSender<Event>,
+    stdio_dir: PathBuf,
+    echo: bool,
+    /// Log readers of running containers: told to drain and stop when the container exits.
+    readers: Arc<std::sync::Mutex<HashMap<ReaderKey, oneshot::Sender<oneshot::Sender<()>>>>>,
+}
+
+impl Shells {
+    async fn catalog(&self) -> Catalog {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.catalog()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the image catalog");
+                Catalog::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "image catalog task failed");
+                Catalog::new()
+            }
+        }
+    }
+
+    fn send(&self, ev: Event) {
+        // The loop owns the receiver for the agent's whole life.
+        let _ = self.events.send(ev);
+    }
+
+    fn start_task(&self, def: Arc<TaskDefinition>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let task = def.family.clone();
+            let ev = match me.try_start(&def).await {
+                Ok(()) => Event::TaskStarted { task },
+                Err(reason) => Event::TaskStartFailed { task, reason },
+            };
+            me.send(ev);
+        });
+    }
+
+    async fn try_start(&self, def: &TaskDefinition) -> Result<(), String> {
+        let mut images: Vec<ResolvedImage> = Vec::with_capacity(def.containers.len());
+        for c in &def.containers {
+            let r: ImageRef = c
+                .image
+                .parse()
+                .map_err(|e| format!("container {}: image {:?}: {e}", c.name, c.image))?;
+            let store = self.store.clone();
+            let lookup = r.clone();
+            let found = tokio::task::spawn_blocking(move || store.resolve(&lookup))
+                .await
+                .map_err(|e| format!("image lookup task: {e}"))?
+                .map_err(|e| format!("container {}: {e}", c.name))?;
+            let image = found.ok_or_else(|| {
+                format!("container {}: image {r} is not in the local store", c.name)
+            })?;
+            images.push(image);
+        }
+        for (c, image) in def.containers.iter().zip(&images) {
+            let (image, digest) = (image.reference.clone(), image.digest.clone());
+            let body = EventBody::ImageReady {
+                task: def.family.clone(),
+                container: c.name.clone(),
+                image,
+                digest,
+            };
+            tracing::debug!("{}", display::event_body(&body));
+        }
+        self.runtime
+            .prepare_task(def, &images)
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = def.containers.len() > 1;
+        for c in &def.containers {
+            let fifo = self.open_stdio(&def.family, &c.name, prefix).await?;
+            let pid = self
+                .runtime
+                .start_container(&def.family, &c.name, &fifo)
+                .await
+                .map_err(|e| e.to_string());
+            match pid {
+                Ok(pid) => self.send(Event::ContainerStarted {
+                    task: def.family.clone(),
+                    container: c.name.clone(),
+                    pid,
+                }),
+                Err(e) => {
+                    self.drain_reader(&def.family, &c.name).await;
+                    return Err(format!("container {}: {e}", c.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the container's stdio FIFO and starts the task that copies it into the log.
+    async fn open_stdio(
+        &self,
+        task: &Name,
+        container: &Name,
+        prefix: bool,
+    ) -> Result<PathBuf, String> {
+        let path = self.stdio_dir.join(format!("{task}@{container}.fifo"));
+        let _ = std::fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| format!("cannot make {}: {e}", path.display()))?;
+        // Read-write so the pipe never reports EOF between writers; the end is the exit.
+        let rx = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let (stop_tx, mut stop_rx) = oneshot::channel::<oneshot::Sender<()>>();
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((task.clone(), container.clone()), stop_tx);
+        let (logs, echo, task, container) = (
+            self.logs.clone(),
+            self.echo,
+            task.clone(),
+            container.clone(),
+        );
+        let fifo = path.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            let copy = |n: usize, buf: &[u8]| {
+                logs.append(&task, &container, prefix, &buf[..n]);
+                if echo {
+                    for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                        println!("{task}/{container} | {line}");
+                    }
+                }
+            };
+            let done = loop {
+                tokio::select! {
+                    biased;
+                    r = rx.readable() => {
+                        if r.is_err() { break None; }
+                        match rx.try_read(&mut buf) {
+                            Ok(0) => break None,
+                            Ok(n) => copy(n, &buf),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => break None,
+                        }
+                    }
+                    done = &mut stop_rx => break done.ok(),
+                }
+            };
+            // The writer has exited: whatever it wrote is in the pipe now.
+            while let Ok(n) = rx.try_read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                copy(n, &buf);
+            }
+            drop(rx);
+            let _ = std::fs::remove_file(&fifo);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        });
+        Ok(path)
+    }
+
+    /// Stops a container's log reader after copying what is left; waits until it is copied.
+    async fn drain_reader(&self, task: &Name, container: &Name) {
+        let stop = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(task.clone(), container.clone()));
+        if let Some(stop) = stop {
+            let (done_tx, done_rx) = oneshot::channel();
+            if stop.send(done_tx).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+            }
+        }
+    }
+
+    fn signal(&self, task: Name, container: Name, signal: Signal) {
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            let sig = match signal {
+                Signal::Term => libc::SIGTERM,
+                Signal::Kill => libc::SIGKILL,
+            };
+            if let Err(e) = runtime.kill(&task, &container, sig).await {
+                tracing::warn!(%task, %container, error = %e, "cannot signal container");
+            }
+        });
+    }
+
+    fn remove_task(&self, task: Name) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let error = me
+                .runtime
+                .remove_task(&task)
+                .await
+                .err()
+                .map(|e| e.to_string());
+            me.send(Event::TaskRemoved { task, error });
+        });
+    }
+}

@@ -1,0 +1,863 @@
+//! The sans-IO core: every decision of the agent, none of its I/O.
+//!
+//! [`Core::handle`] takes an [`Event`] (something that happened: a desired-state payload arrived,
+//! a container exited, a deadline passed) and the current [`Time`], updates the state and
+//! returns [`Action`]s for the shells to perform. No clock reads, no files, no tokio: tests
+//! drive it with a fake clock and check the actions.
+//!
+//! A task moves through [`Phase`]s:
+//!
+//! ```text
+//!            StartTask                 all started           essential exit / removed / replaced
+//! (desired) ──────────▶ Starting ───────────────▶ Running ─────────────────────────────▶ Stopping
+//!                          │ start failed                                     SIGTERM, grace, SIGKILL
+//!                          └──────────────────────────────────────────────────────────────┘ │
+//!                                                                            all exited     ▼
+//!    Backoff ◀── restart policy ── Stopped ◀── TaskRemoved ── Removing ◀── RemoveTask ──────┘
+//! ```
+//!
+//! Exits are only awaited, never assumed: a task's runtime state is removed only after every
+//! container it started has been seen to exit, so a later instance of the same task never
+//! receives a stale exit.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use skiff_proto::codec::{decode_as, Kind, Message};
+use skiff_proto::{
+    ContainerState, ContainerStatus, DesiredState, EventBody, ExitInfo, Name, NodeState,
+    RestartPolicy, Scope, Status, StopReason, TaskDefinition, TaskState, TaskStatus,
+};
+
+use crate::images::ImageRef;
+
+/// Time as the shell sees it: monotonic for deadlines, wall clock for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    /// Milliseconds of a monotonic clock (arbitrary origin).
+    pub mono_ms: u64,
+    /// Milliseconds since the Unix epoch (may be wrong on a device without RTC).
+    pub wall_ms: u64,
+}
+
+/// Images in the local store: canonical reference → manifest digest.
+pub type Catalog = BTreeMap<String, String>;
+
+/// Signals the core asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Kill,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The agent started.
+    Started,
+    /// The broker connection is up (again): report status.
+    Connected,
+    /// A desired-state payload arrived on the cluster or node topic.
+    DesiredPayload {
+        scope: Scope,
+        payload: Vec<u8>,
+        images: Catalog,
+    },
+    /// Desired state from local files (local mode): replaces the node document; `Err` says
+    /// which file is wrong.
+    LocalDesired {
+        tasks: Result<Vec<TaskDefinition>, String>,
+        images: Catalog,
+    },
+    /// A container of a starting task was created and started.
+    ContainerStarted {
+        task: Name,
+        container: Name,
+        pid: u32,
+    },
+    /// Every container of the task was started.
+    TaskStarted { task: Name },
+    /// Starting the task failed (image, rootfs, runtime); containers started before are running.
+    TaskStartFailed { task: Name, reason: String },
+    /// A container's process exited.
+    ContainerExited {
+        task: Name,
+        container: Name,
+        exit: ExitInfo,
+    },
+    /// The task's runtime state was removed.
+    TaskRemoved { task: Name, error: Option<String> },
+    /// The agent is shutting down: stop everything.
+    Shutdown,
+    /// Time passed (a deadline from [`Core::next_deadline`] may have expired).
+    Tick,
+}
+
+/// Something the shells must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Resolve images, prepare and start every container of the task; report
+    /// `ContainerStarted`s then `TaskStarted` or `TaskStartFailed`.
+    StartTask { def: Arc<TaskDefinition> },
+    /// Signal one container.
+    Signal {
+        task: Name,
+        container: Name,
+        signal: Signal,
+    },
+    /// Delete the task's containers and everything prepared for it; report `TaskRemoved`.
+    RemoveTask { task: Name },
+    /// Publish an event (and log it).
+    Event(EventBody),
+    /// Publish the node status (retained).
+    Status(Status),
+}
+
+/// Where a task is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `StartTask` issued; containers being started.
+    Starting,
+    /// Every container started.
+    Running,
+    /// Waiting for containers to exit; SIGKILL at `deadline`.
+    Stopping { killed: bool },
+    /// `RemoveTask` issued.
+    Removing,
+    /// Not running; nothing more will happen unless desired state changes.
+    Stopped,
+    /// Will restart at `deadline`.
+    Backoff,
+    /// Start failed and the policy does not retry.
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct ContainerRec {
+    name: Name,
+    essential: bool,
+    state: ContainerState,
+    pid: Option<u32>,
+    exit: Option<ExitInfo>,
+}
+
+#[derive(Debug, Clone)]
+struct TaskRec {
+    /// Definition of the current (or last) run.
+    def: Arc<TaskDefinition>,
+    phase: Phase,
+    /// `StartTask` issued and neither `TaskStarted` nor `TaskStartFailed` seen yet.
+    start_pending: bool,
+    containers: Vec<ContainerRec>,
+    /// Restarts by policy since the definition was applied.
+    restarts: u32,
+    /// Restarts in a row that ran shorter than [`STABLE_MS`] (drives the backoff).
+    rapid_restarts: u32,
+    started_at_ms: u64,
+    last_exit: Option<ExitInfo>,
+    failure: Option<String>,
+    stop_reason: Option<StopReason>,
+    deadline: Option<u64>,
+}
+
+/// A run at least this long resets the restart backoff.
+pub const STABLE_MS: u64 = 30_000;
+/// First restart delay; doubles per rapid restart.
+pub const BACKOFF_BASE_MS: u64 = 1_000;
+/// Longest restart delay.
+pub const BACKOFF_MAX_MS: u64 = 60_000;
+/// After SIGKILL, how long to wait for exits before removing anyway (launcher lost them).
+pub const KILL_WAIT_MS: u64 = 5_000;
+
+/// Static settings of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub node: Name,
+    pub cluster: Name,
+    pub agent_version: String,
+    /// SIGTERM → SIGKILL.
+    pub stop_grace_ms: u64,
+}
+
+/// The agent's state and decisions.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    cluster_doc: Option<DesiredState>,
+    node_doc: Option<DesiredState>,
+    tasks: BTreeMap<Name, TaskRec>,
+    shutting_down: bool,
+}
+
+impl Core {
+    pub fn new(cfg: CoreConfig) -> Core {
+        Core {
+            cfg,
+            cluster_doc: None,
+            node_doc: None,
+            tasks: BTreeMap::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Handles one event at `now`.
+    pub fn handle(&mut self, event: Event, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        let before = self.status_key();
+        match event {
+            Event::Started => {
+                out.push(Action::Event(EventBody::AgentStarted {
+                    version: self.cfg.agent_version.clone(),
+                }));
+            }
+            Event::Connected => out.push(Action::Status(self.status(now))),
+            Event::DesiredPayload {
+                scope,
+                payload,
+                images,
+            } => self.on_payload(scope, &payload, &images, now, &mut out),
+            Event::LocalDesired {
+                tasks: Err(reason), ..
+            } => reject(&mut out, Scope::Node, None, reason),
+            Event::LocalDesired {
+                tasks: Ok(tasks),
+                images,
+            } => {
+                let version = self.node_doc.as_ref().map_or(0, |d| d.version) + 1;
+                let doc = DesiredState {
+                    version,
+                    cluster: self.cfg.cluster.clone(),
+                    node: Some(self.cfg.node.clone()),
+                    tasks,
+                    signature: None,
+                };
+                match doc.validate() {
+                    Ok(()) => self.on_doc(Scope::Node, doc, &images, now, &mut out),
+                    Err(e) => reject(&mut out, Scope::Node, None, e.to_string()),
+                }
+            }
+            Event::ContainerStarted {
+                task,
+                container,
+                pid,
+            } => self.on_started(&task, &container, pid, now, &mut out),
+            Event::TaskStarted { task } => self.on_task_started(&task, now, &mut out),
+            Event::TaskStartFailed { task, reason } => {
+                self.on_start_failed(&task, reason, now, &mut out)
+            }
+            Event::ContainerExited {
+                task,
+                container,
+                exit,
+            } => self.on_exited(&task, &container, exit, now, &mut out),
+            Event::TaskRemoved { task, error } => self.on_removed(&task, error, now, &mut out),
+            Event::Shutdown => {
+                self.shutting_down = true;
+                let names: Vec<Name> = self.tasks.keys().cloned().collect();
+                for name in names {
+                    self.stop(&name, StopReason::Shutdown, now, &mut out);
+                }
+            }
+            Event::Tick => self.on_tick(now, &mut out),
+        }
+        if self.status_key() != before && !matches!(out.last(), Some(Action::Status(_))) {
+            out.push(Action::Status(self.status(now)));
+        }
+        out
+    }
+
+    /// Earliest monotonic deadline at which a `Tick` is needed.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.tasks.values().filter_map(|t| t.deadline).min()
+    }
+
+    /// True when shutting down and nothing is left running.
+    pub fn is_idle(&self) -> bool {
+        self.tasks.values().all(|t| {
+            matches!(t.phase, Phase::Stopped | Phase::Failed | Phase::Backoff) && !t.start_pending
+        })
+    }
+
+    /// Tasks that have containers now (for metrics).
+    pub fn active_tasks(&self) -> Vec<Name> {
+        self.tasks
+            .iter()
+            .filter(|(_, t)| {
+                matches!(
+                    t.phase,
+                    Phase::Starting | Phase::Running | Phase::Stopping { .. }
+                )
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Current phase of a task (for tests and diagnostics).
+    pub fn phase(&self, task: &Name) -> Option<Phase> {
+        self.tasks.get(task).map(|t| t.phase)
+    }
+
+    /// The status report.
+    pub fn status(&self, now: Time) -> Status {
+        Status {
+            node: self.cfg.node.clone(),
+            state: NodeState::Online,
+            agent_version: self.cfg.agent_version.clone(),
+            cluster_version: self.cluster_doc.as_ref().map_or(0, |d| d.version),
+            node_version: self.node_doc.as_ref().map_or(0, |d| d.version),
+            at_ms: now.wall_ms,
+            tasks: self
+                .tasks
+                .iter()
+                .map(|(name, t)| TaskStatus {
+                    name: name.clone(),
+                    revision: t.def.revision,
+                    state: match t.phase {
+                        Phase::Starting => TaskState::Pending,
+                        Phase::Running => TaskState::Running,
+                        Phase::Stopping { .. } | Phase::Removing => TaskState::Stopping,
+                        Phase::Stopped | Phase::Backoff => TaskState::Stopped,
+                        Phase::Failed => TaskState::Failed,
+                    },
+                    restarts: t.restarts,
+                    last_exit: t.last_exit,
+                    containers: t
+                        .containers
+                        .iter()
+                        .map(|c| ContainerStatus {
+                            name: c.name.clone(),
+                            state: c.state,
+                            pid: c.pid,
+                            exit: c.exit,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The status report without its timestamp: what decides whether a new report is due.
+    fn status_key(&self) -> Status {
+        self.status(Time {
+            mono_ms: 0,
+            wall_ms: 0,
+        })
+    }
+
+    fn on_payload(
+        &mut self,
+        scope: Scope,
+        payload: &[u8],
+        images: &Catalog,
+        now: Time,
+        out: &mut Vec<Action>,
+    ) {
+        match decode_as(Kind::DesiredState, payload) {
+            Ok(Message::DesiredState(doc)) => self.on_doc(scope, doc, images, now, out),
+            Ok(other) => reject(
+                out,
+                scope,
+                None,
+                format!("unexpected {} message", other.kind().name()),
+            ),
+            Err(e) => reject(out, scope, None, e.to_string()),
+        }
+    }
+
+    fn on_doc(
+        &mut self,
+        scope: Scope,
+        doc: DesiredState,
+        images: &Catalog,
+        now: Time,
+        out: &mut Vec<Action>,
+    ) {
+        let version = Some(doc.version);
+        if doc.cluster != self.cfg.cluster {
+            let reason = format!(
+                "document is for cluster {}, this node is in {}",
+                doc.cluster, self.cfg.cluster
+            );
+            return reject(out, scope, version, reason);
+        }
+        match (scope, &doc.node) {
+            (Scope::Cluster, Some(n)) => {
+                return reject(
+                    out,
+                    scope,
+                    version,
+                    format!("node document for {n} on the cluster topic"),
+                )
+            }
+            (Scope::Node, None) => {
+                return reject(
+                    out,
+                    scope,
+                    version,
+                    "cluster document on a node topic".into(),
+                )
+            }
+            (Scope::Node, Some(n)) if *n != self.cfg.node => {
+                return reject(
+                    out,
+                    scope,
+                    version,
+                    format!("document is for node {n}, this is {}", self.cfg.node),
+                )
+            }
+            _ => {}
+        }
+        if self.shutting_down {
+            return reject(out, scope, version, "the agent is shutting down".into());
+        }
+        let current = match scope {
+            Scope::Cluster => &self.cluster_doc,
+            Scope::Node => &self.node_doc,
+        };
+        if let Some(cur) = current {
+            if doc.version == cur.version && doc.tasks == cur.tasks {
+                return; // the broker re-delivered the retained document
+            }
+            if doc.version <= cur.version {
+                let reason = format!(
+                    "version {} is not newer than the applied version {}",
+                    doc.version, cur.version
+                );
+                return reject(out, scope, version, reason);
+            }
+        }
+        for t in &doc.tasks {
+            for c in &t.containers {
+                if let Err(reason) = image_available(&c.image, images) {
+                    let reason = format!("task {} container {}: {reason}", t.family, c.name);
+                    return reject(out, scope, version, reason);
+                }
+            }
+        }
+        out.push(Action::Event(EventBody::DesiredApplied {
+            scope,
+            version: doc.version,
+        }));
+        match scope {
+            Scope::Cluster => self.cluster_doc = Some(doc),
+            Scope::Node => self.node_doc = Some(doc),
+        }
+        self.reconcile(now, out);
+    }
+
+    /// The merged desired tasks: the node's document over the cluster's.
+    fn desired(&self) -> BTreeMap<Name, &TaskDefinition> {
+        let mut all = BTreeMap::new();
+        for doc in [&self.cluster_doc, &self.node_doc].into_iter().flatten() {
+            for t in &doc.tasks {
+                all.insert(t.family.clone(), t);
+            }
+        }
+        all
+    }
+
+    fn reconcile(&mut self, now: Time, out: &mut Vec<Action>) {
+        let desired: BTreeMap<Name, Arc<TaskDefinition>> = self
+            .desired()
+            .into_iter()
+            .map(|(n, d)| (n, Arc::new(d.clone())))
+            .collect();
+        let names: BTreeSet<Name> = self.tasks.keys().chain(desired.keys()).cloned().collect();
+        for name in names {
+            let want = desired.get(&name);
+            let Some(rec) = self.tasks.get_mut(&name) else {
+                if let Some(def) = want {
+                    self.start_new(def.clone(), now, out);
+                }
+                continue;
+            };
+            match want {
+                None => self.stop(&name, StopReason::Removed, now, out),
+                Some(def) if *def != rec.def => {
+                    if matches!(rec.phase, Phase::Stopped | Phase::Failed | Phase::Backoff) {
+                        self.tasks.remove(&name);
+                        self.start_new(def.clone(), now, out);
+                    } else {
+                        self.stop(&name, StopReason::Replaced, now, out);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn start_new(&mut self, def: Arc<TaskDefinition>, now: Time, out: &mut Vec<Action>) {
+        let rec = TaskRec {
+            def: def.clone(),
+            phase: Phase::Stopped,
+            start_pending: false,
+            containers: Vec::new(),
+            restarts: 0,
+            rapid_restarts: 0,
+            started_at_ms: now.mono_ms,
+            last_exit: None,
+            failure: None,
+            stop_reason: None,
+            deadline: None,
+        };
+        self.tasks.insert(def.family.clone(), rec);
+        self.launch(&def.family, now, out);
+    }
+
+    /// Issues `StartTask` for a known task.
+    fn launch(&mut self, name: &Name, now: Time, out: &mut Vec<Action>) {
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        t.phase = Phase::Starting;
+        t.start_pending = true;
+        t.stop_reason = None;
+        t.failure = None;
+        t.deadline = None;
+        t.started_at_ms = now.mono_ms;
+        t.containers = t
+            .def
+            .containers
+            .iter()
+            .map(|c| ContainerRec {
+                name: c.name.clone(),
+                essential: c.essential,
+                state: ContainerState::Pending,
+                pid: None,
+                exit: None,
+            })
+            .collect();
+        out.push(Action::Event(EventBody::TaskStarting {
+            task: name.clone(),
+            revision: t.def.revision,
+            attempt: t.restarts + 1,
+        }));
+        out.push(Action::StartTask { def: t.def.clone() });
+    }
+
+    /// Begins stopping a task for `reason` (idempotent).
+    fn stop(&mut self, name: &Name, reason: StopReason, now: Time, out: &mut Vec<Action>) {
+        let grace = self.cfg.stop_grace_ms;
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        // A removal or replacement outranks an exit or failure already being handled.
+        if t.stop_reason.is_none()
+            || matches!(
+                reason,
+                StopReason::Removed | StopReason::Replaced | StopReason::Shutdown
+            )
+        {
+            t.stop_reason = Some(reason);
+        }
+        match t.phase {
+            Phase::Starting | Phase::Running => {
+                t.phase = Phase::Stopping { killed: false };
+                t.deadline = Some(now.mono_ms + grace);
+                for c in t
+                    .containers
+                    .iter()
+                    .filter(|c| c.state == ContainerState::Running)
+                {
+                    out.push(Action::Signal {
+                        task: name.clone(),
+                        container: c.name.clone(),
+                        signal: Signal::Term,
+                    });
+                }
+                self.maybe_remove(name, out);
+            }
+            Phase::Stopping { .. } | Phase::Removing => {}
+            Phase::Stopped | Phase::Backoff | Phase::Failed => {
+                t.deadline = None;
+                self.finish(name, now, out);
+            }
+        }
+    }
+
+    /// Issues `RemoveTask` once nothing of the task runs or is being started.
+    fn maybe_remove(&mut self, name: &Name, out: &mut Vec<Action>) {
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        let running = t
+            .containers
+            .iter()
+            .any(|c| c.state == ContainerState::Running);
+        if matches!(t.phase, Phase::Stopping { .. }) && !running && !t.start_pending {
+            t.phase = Phase::Removing;
+            t.deadline = None;
+            out.push(Action::RemoveTask { task: name.clone() });
+        }
+    }
+
+    fn on_started(
+        &mut self,
+        name: &Name,
+        container: &Name,
+        pid: u32,
+        _now: Time,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        let stopping = matches!(t.phase, Phase::Stopping { .. });
+        let killed = matches!(t.phase, Phase::Stopping { killed: true });
+        let Some(c) = t.containers.iter_mut().find(|c| c.name == *container) else {
+            return;
+        };
+        if c.state != ContainerState::Pending {
+            return;
+        }
+        c.state = ContainerState::Running;
+        c.pid = Some(pid);
+        out.push(Action::Event(EventBody::ContainerStarted {
+            task: name.clone(),
+            container: container.clone(),
+            pid,
+        }));
+        if stopping {
+            // Started after the task was told to stop: stop it too.
+            let signal = if killed { Signal::Kill } else { Signal::Term };
+            out.push(Action::Signal {
+                task: name.clone(),
+                container: container.clone(),
+                signal,
+            });
+        }
+    }
+
+    fn on_task_started(&mut self, name: &Name, _now: Time, out: &mut Vec<Action>) {
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        if !t.start_pending {
+            return;
+        }
+        t.start_pending = false;
+        if t.phase == Phase::Starting {
+            t.phase = Phase::Running;
+            out.push(Action::Event(EventBody::TaskRunning { task: name.clone() }));
+        }
+        self.maybe_remove(name, out);
+    }
+
+    fn on_start_failed(&mut self, name: &Name, reason: String, now: Time, out: &mut Vec<Action>) {
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        if !t.start_pending {
+            return;
+        }
+        t.start_pending = false;
+        t.failure = Some(reason.clone());
+        out.push(Action::Event(EventBody::TaskFailed {
+            task: name.clone(),
+            reason,
+        }));
+        if t.phase == Phase::Starting {
+            t.phase = Phase::Running; // so that stop() signals what did start
+            self.stop(name, StopReason::StartFailed, now, out);
+        } else {
+            self.maybe_remove(name, out);
+        }
+    }
+
+    fn on_exited(
+        &mut self,
+        name: &Name,
+        container: &Name,
+        exit: ExitInfo,
+        now: Time,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        let Some(c) = t.containers.iter_mut().find(|c| c.name == *container) else {
+            return;
+        };
+        if c.state != ContainerState::Running {
+            return;
+        }
+        c.state = ContainerState::Exited;
+        c.exit = Some(exit);
+        c.pid = None;
+        let essential = c.essential;
+        out.push(Action::Event(EventBody::ContainerExited {
+            task: name.clone(),
+            container: container.clone(),
+            exit,
+        }));
+        if essential && t.stop_reason.is_none() {
+            t.last_exit = Some(exit);
+        }
+        if essential && matches!(t.phase, Phase::Starting | Phase::Running) {
+            self.stop(name, StopReason::EssentialExited, now, out);
+        } else {
+            self.maybe_remove(name, out);
+        }
+    }
+
+    fn on_removed(&mut self, name: &Name, error: Option<String>, now: Time, out: &mut Vec<Action>) {
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        if t.phase != Phase::Removing {
+            return;
+        }
+        if let Some(e) = error {
+            out.push(Action::Event(EventBody::TaskFailed {
+                task: name.clone(),
+                reason: format!("cleanup: {e}"),
+            }));
+        }
+        t.phase = Phase::Stopped;
+        let reason = t.stop_reason.unwrap_or(StopReason::EssentialExited);
+        let exit = if reason == StopReason::EssentialExited {
+            t.last_exit
+        } else {
+            None
+        };
+        out.push(Action::Event(EventBody::TaskStopped {
+            task: name.clone(),
+            reason,
+            exit,
+        }));
+        self.finish(name, now, out);
+    }
+
+    /// A task is stopped and cleaned: forget it, replace it, restart it or leave it.
+    fn finish(&mut self, name: &Name, now: Time, out: &mut Vec<Action>) {
+        let want = self.desired().get(name).map(|d| (*d).clone());
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        let Some(want) = want.filter(|_| !self.shutting_down) else {
+            if !self.shutting_down {
+                self.tasks.remove(name);
+            }
+            return;
+        };
+        if *t.def != want {
+            self.tasks.remove(name);
+            return self.start_new(Arc::new(want), now, out);
+        }
+        let failed_start = t.failure.is_some();
+        let restart = match t.def.restart_policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => failed_start || t.last_exit.is_none_or(|e| e.code != 0),
+            RestartPolicy::Never => false,
+        };
+        let on_its_own = matches!(
+            t.stop_reason,
+            Some(StopReason::EssentialExited | StopReason::StartFailed)
+        );
+        if !restart || !on_its_own {
+            t.phase = if failed_start {
+                Phase::Failed
+            } else {
+                Phase::Stopped
+            };
+            return;
+        }
+        let ran = now.mono_ms.saturating_sub(t.started_at_ms);
+        t.rapid_restarts = if ran >= STABLE_MS {
+            0
+        } else {
+            t.rapid_restarts.saturating_add(1)
+        };
+        let delay = backoff_ms(t.rapid_restarts);
+        t.phase = Phase::Backoff;
+        t.deadline = Some(now.mono_ms + delay);
+        out.push(Action::Event(EventBody::TaskRestarting {
+            task: name.clone(),
+            attempt: t.restarts + 2,
+            delay_ms: delay,
+        }));
+    }
+
+    fn on_tick(&mut self, now: Time, out: &mut Vec<Action>) {
+        let due: Vec<Name> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.deadline.is_some_and(|d| d <= now.mono_ms))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let Some(t) = self.tasks.get_mut(&name) else {
+                continue;
+            };
+            match t.phase {
+                Phase::Stopping { killed: false } => {
+                    t.phase = Phase::Stopping { killed: true };
+                    t.deadline = Some(now.mono_ms + KILL_WAIT_MS);
+                    for c in t
+                        .containers
+                        .iter()
+                        .filter(|c| c.state == ContainerState::Running)
+                    {
+                        out.push(Action::Signal {
+                            task: name.clone(),
+                            container: c.name.clone(),
+                            signal: Signal::Kill,
+                        });
+                    }
+                }
+                Phase::Stopping { killed: true } => {
+                    // The exits never came (launcher lost): remove anyway, marking them unknown.
+                    for c in t
+                        .containers
+                        .iter_mut()
+                        .filter(|c| c.state == ContainerState::Running)
+                    {
+                        c.state = ContainerState::Exited;
+                        c.pid = None;
+                    }
+                    t.start_pending = false;
+                    self.maybe_remove(&name, out);
+                }
+                Phase::Backoff => {
+                    t.deadline = None;
+                    t.restarts += 1;
+                    self.launch(&name, now, out);
+                }
+                _ => t.deadline = None,
+            }
+        }
+    }
+}
+
+/// Restart delay after `rapid` short runs in a row: 1 s, 2 s, 4 s ... 60 s.
+pub fn backoff_ms(rapid: u32) -> u64 {
+    let shift = rapid.saturating_sub(1).min(16);
+    (BACKOFF_BASE_MS << shift).min(BACKOFF_MAX_MS)
+}
+
+fn reject(out: &mut Vec<Action>, scope: Scope, version: Option<u64>, reason: String) {
+    out.push(Action::Event(EventBody::DesiredRejected {
+        scope,
+        version,
+        reason,
+    }));
+}
+
+/// Checks that an image reference is valid and in the store.
+pub fn image_available(image: &str, images: &Catalog) -> Result<(), String> {
+    let r: ImageRef = image.parse().map_err(|e| format!("image {image:?}: {e}"))?;
+    let canonical = r.to_string();
+    let by_digest = r
+        .digest()
+        .is_some_and(|d| images.values().any(|v| *v == d.to_string()));
+    if images.contains_key(&canonical) || by_digest {
+        Ok(())
+    } else {
+        Err(format!(
+            "image {canonical} is not in the local store (add it with `skiff image import`)"
+        ))
+    }
+}

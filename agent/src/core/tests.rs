@@ -1,0 +1,655 @@
+//! Reconciler tests: the core driven with a fake clock, its actions checked; the "runtime" is
+//! the test itself, answering actions with the events a real runtime would send.
+
+use super::*;
+use skiff_proto::codec::{encode, header_bytes};
+use skiff_proto::{ContainerDefinition, NetworkMode};
+
+fn n(s: &str) -> Name {
+    s.parse().expect("valid name")
+}
+
+fn at(ms: u64) -> Time {
+    Time {
+        mono_ms: ms,
+        wall_ms: 1_764_000_000_000 + ms,
+    }
+}
+
+fn container(name: &str, essential: bool) -> ContainerDefinition {
+    ContainerDefinition {
+        name: n(name),
+        image: "busybox".into(),
+        entry_point: vec![],
+        command: vec!["true".into()],
+        environment: vec![],
+        cpu: None,
+        memory_mib: None,
+        memory_reservation_mib: None,
+        essential,
+        working_directory: None,
+        user: None,
+    }
+}
+
+fn task(family: &str, policy: RestartPolicy) -> TaskDefinition {
+    TaskDefinition {
+        family: n(family),
+        revision: 1,
+        containers: vec![container("main", true)],
+        cpu: None,
+        memory_mib: None,
+        network_mode: NetworkMode::None,
+        restart_policy: policy,
+    }
+}
+
+fn catalog() -> Catalog {
+    [(
+        "docker.io/library/busybox:latest".to_string(),
+        "sha256:aa".to_string(),
+    )]
+    .into()
+}
+
+fn core() -> Core {
+    Core::new(CoreConfig {
+        node: n("pi-1"),
+        cluster: n("demo"),
+        agent_version: "0.1.0".into(),
+        stop_grace_ms: 10_000,
+    })
+}
+
+fn doc(version: u64, tasks: Vec<TaskDefinition>) -> Vec<u8> {
+    encode(&Message::DesiredState(DesiredState {
+        version,
+        cluster: n("demo"),
+        node: Some(n("pi-1")),
+        tasks,
+        signature: None,
+    }))
+    .expect("encodes")
+}
+
+fn apply(c: &mut Core, version: u64, tasks: Vec<TaskDefinition>, now: Time) -> Vec<Action> {
+    c.handle(
+        Event::DesiredPayload {
+            scope: Scope::Node,
+            payload: doc(version, tasks),
+            images: catalog(),
+        },
+        now,
+    )
+}
+
+fn starts(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::StartTask { def } => Some(def.family.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signals(actions: &[Action]) -> Vec<(String, String, Signal)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal {
+                task,
+                container,
+                signal,
+            } => Some((task.to_string(), container.to_string(), *signal)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn removes(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RemoveTask { task } => Some(task.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(actions: &[Action]) -> Vec<EventBody> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rejection(actions: &[Action]) -> Option<String> {
+    events(actions).into_iter().find_map(|e| match e {
+        EventBody::DesiredRejected { reason, .. } => Some(reason),
+        _ => None,
+    })
+}
+
+fn last_status(actions: &[Action]) -> Option<Status> {
+    actions.iter().rev().find_map(|a| match a {
+        Action::Status(s) => Some(s.clone()),
+        _ => None,
+    })
+}
+
+/// Plays the runtime: starts every container of the task.
+fn run(c: &mut Core, family: &str, now: Time) -> Vec<Action> {
+    let def = c.tasks.get(&n(family)).expect("task").def.clone();
+    let mut out = Vec::new();
+    for (i, ct) in def.containers.iter().enumerate() {
+        let pid = 100 + u32::try_from(i).expect("small");
+        out.extend(c.handle(
+            Event::ContainerStarted {
+                task: n(family),
+                container: ct.name.clone(),
+                pid,
+            },
+            now,
+        ));
+    }
+    out.extend(c.handle(Event::TaskStarted { task: n(family) }, now));
+    out
+}
+
+fn exit(c: &mut Core, family: &str, container: &str, code: i32, now: Time) -> Vec<Action> {
+    let exit = ExitInfo {
+        code,
+        signal: None,
+        oom_killed: false,
+    };
+    c.handle(
+        Event::ContainerExited {
+            task: n(family),
+            container: n(container),
+            exit,
+        },
+        now,
+    )
+}
+
+fn removed(c: &mut Core, family: &str, now: Time) -> Vec<Action> {
+    c.handle(
+        Event::TaskRemoved {
+            task: n(family),
+            error: None,
+        },
+        now,
+    )
+}
+
+#[test]
+fn starts_missing_tasks_and_reports_running() {
+    let mut c = core();
+    let a = apply(&mut c, 1, vec![task("web", RestartPolicy::Always)], at(0));
+    assert_eq!(starts(&a), ["web"]);
+    assert!(events(&a).contains(&EventBody::DesiredApplied {
+        scope: Scope::Node,
+        version: 1
+    }));
+    let a = run(&mut c, "web", at(10));
+    assert!(events(&a).contains(&EventBody::TaskRunning { task: n("web") }));
+    let status = last_status(&a).expect("status published on change");
+    assert_eq!(status.node_version, 1);
+    assert_eq!(status.tasks[0].state, TaskState::Running);
+    assert_eq!(status.tasks[0].containers[0].pid, Some(100));
+}
+
+#[test]
+fn reapplying_the_same_document_is_idempotent() {
+    let mut c = core();
+    apply(&mut c, 1, vec![task("web", RestartPolicy::Never)], at(0));
+    run(&mut c, "web", at(1));
+    // Retained re-delivery: same version, same content: nothing at all.
+    assert_eq!(
+        apply(&mut c, 1, vec![task("web", RestartPolicy::Never)], at(2)),
+        vec![]
+    );
+    // New version, same task: applied, but the task is left alone.
+    let a = apply(&mut c, 2, vec![task("web", RestartPolicy::Never)], at(3));
+    assert!(
+        starts(&a).is_empty() && signals(&a).is_empty() && removes(&a).is_empty(),
+        "{a:?}"
+    );
+    assert!(events(&a).contains(&EventBody::DesiredApplied {
+        scope: Scope::Node,
+        version: 2
+    }));
+}
+
+#[test]
+fn stops_removed_tasks_with_term_then_kill_after_grace() {
+    let mut c = core();
+    apply(&mut c, 1, vec![task("web", RestartPolicy::Always)], at(0));
+    run(&mut c, "web", at(1));
+    let a = apply(&mut c, 2, vec![], at(1_000));
+    assert_eq!(signals(&a), [("web".into(), "main".into(), Signal::Term)]);
+    assert_eq!(c.next_deadline(), Some(11_000));
+    assert!(signals(&c.handle(Event::Tick, at(10_999))).is_empty());
+    let a = c.handle(Event::Tick, at(11_000));
+    assert_eq!(signals(&a), [("web".into(), "main".into(), Signal::Kill)]);
+    let a = exit(&mut c, "web", "main", 137, at(11_010));
+    assert_eq!(removes(&a), ["web"]);
+    let a = removed(&mut c, "web", at(11_020));
+    assert!(events(&a).contains(&EventBody::TaskStopped {
+        task: n("web"),
+        reason: StopReason::Removed,
+        exit: None
+    }));
+    assert_eq!(c.phase(&n("web")), None, "forgotten once removed");
+    assert!(last_status(&a).expect("status").tasks.is_empty());
+}
+
+#[test]
+fn a_task_that_exits_zero_with_never_stays_stopped() {
+    let mut c = core();
+    apply(&mut c, 1, vec![task("job", RestartPolicy::Never)], at(0));
+    run(&mut c, "job", at(1));
+    let a = exit(&mut c, "job", "main", 0, at(5));
+    assert_eq!(removes(&a), ["job"]);
+    let a = removed(&mut c, "job", at(6));
+    let exit0 = ExitInfo {
+        code: 0,
+        signal: None,
+        oom_killed: false,
+    };
+    assert!(events(&a).contains(&EventBody::TaskStopped {
+        task: n("job"),
+        reason: StopReason::EssentialExited,
+        exit: Some(exit0)
+    }));
+    assert_eq!(c.phase(&n("job")), Some(Phase::Stopped));
+    assert_eq!(c.next_deadline(), None);
+    assert!(c
+        .handle(Event::Tick, at(1_000_000))
+        .iter()
+        .all(|a| !matches!(a, Action::StartTask { .. })));
+}
+
+#[test]
+fn restart_by_policy_with_growing_backoff() {
+    for (policy, code, restarts) in [
+        (RestartPolicy::Always, 0, true),
+        (RestartPolicy::OnFailure, 3, true),
+        (RestartPolicy::OnFailure, 0, false),
+        (RestartPolicy::Never, 3, false),
+    ] {
+        let mut c = core();
+        apply(&mut c, 1, vec![task("svc", policy)], at(0));
+        run(&mut c, "svc", at(1));
+        exit(&mut c, "svc", "main", code, at(2));
+        let a = removed(&mut c, "svc", at(3));
+        let restarting = events(&a)
+            .into_iter()
+            .find(|e| matches!(e, EventBody::TaskRestarting { .. }));
+        assert_eq!(
+            restarting.is_some(),
+            restarts,
+            "{policy:?} exit {code}: {a:?}"
+        );
+        if restarts {
+            assert_eq!(c.next_deadline(), Some(1_003));
+            let a = c.handle(Event::Tick, at(1_003));
+            assert_eq!(starts(&a), ["svc"]);
+            run(&mut c, "svc", at(1_004));
+            exit(&mut c, "svc", "main", code, at(1_005));
+            removed(&mut c, "svc", at(1_006));
+            assert_eq!(
+                c.next_deadline(),
+                Some(3_006),
+                "second rapid restart waits 2 s"
+            );
+            let s = c.status(at(1_007));
+            assert_eq!(s.tasks[0].restarts, 1);
+            assert_eq!(s.tasks[0].last_exit.map(|e| e.code), Some(code));
+        }
+    }
+}
+
+#[test]
+fn backoff_resets_after_a_stable_run() {
+    assert_eq!(
+        (1..=8).map(backoff_ms).collect::<Vec<_>>(),
+        [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
+    );
+    let mut c = core();
+    apply(&mut c, 1, vec![task("svc", RestartPolicy::Always)], at(0));
+    run(&mut c, "svc", at(0));
+    exit(&mut c, "svc", "main", 1, at(100));
+    removed(&mut c, "svc", at(100));
+    c.handle(Event::Tick, at(1_100));
+    run(&mut c, "svc", at(1_100));
+    exit(&mut c, "svc", "main", 1, at(1_100 + STABLE_MS));
+    removed(&mut c, "svc", at(1_100 + STABLE_MS));
+    assert_eq!(c.next_deadline(), Some(1_100 + STABLE_MS + BACKOFF_BASE_MS));
+}
+
+#[test]
+fn essential_exit_stops_the_task_and_non_essential_does_not() {
+    let mut c = core();
+    let mut t = task("pair", RestartPolicy::Never);
+    t.containers.push(container("sidecar", false));
+    apply(&mut c, 1, vec![t], at(0));
+    run(&mut c, "pair", at(1));
+    let a = exit(&mut c, "pair", "sidecar", 1, at(2));
+    assert!(signals(&a).is_empty() && removes(&a).is_empty(), "{a:?}");
+    assert_eq!(c.phase(&n("pair")), Some(Phase::Running));
+    // Sidecar gone; now bring the sidecar back in a fresh task to test the other direction.
+    let mut c = core();
+    let mut t = task("pair", RestartPolicy::Never);
+    t.containers.push(container("sidecar", false));
+    apply(&mut c, 1, vec![t], at(0));
+    run(&mut c, "pair", at(1));
+    let a = exit(&mut c, "pair", "main", 2, at(2));
+    assert_eq!(
+        signals(&a),
+        [("pair".into(), "sidecar".into(), Signal::Term)]
+    );
+    assert!(removes(&a).is_empty(), "waits for the sidecar to exit");
+    let a = exit(&mut c, "pair", "sidecar", 143, at(3));
+    assert_eq!(removes(&a), ["pair"]);
+    removed(&mut c, "pair", at(4));
+    let s = c.status(at(5));
+    assert_eq!(
+        s.tasks[0].last_exit.map(|e| e.code),
+        Some(2),
+        "the task's exit is the essential container's"
+    );
+}
+
+#[test]
+fn an_essential_exit_during_start_waits_for_the_start_to_finish() {
+    let mut c = core();
+    let mut t = task("fast", RestartPolicy::Never);
+    t.containers.push(container("slow", false));
+    apply(&mut c, 1, vec![t], at(0));
+    c.handle(
+        Event::ContainerStarted {
+            task: n("fast"),
+            container: n("main"),
+            pid: 1,
+        },
+        at(1),
+    );
+    let a = exit(&mut c, "fast", "main", 0, at(2));
+    assert!(
+        removes(&a).is_empty(),
+        "the runtime may still be starting `slow`"
+    );
+    let a = c.handle(
+        Event::ContainerStarted {
+            task: n("fast"),
+            container: n("slow"),
+            pid: 2,
+        },
+        at(3),
+    );
+    assert_eq!(signals(&a), [("fast".into(), "slow".into(), Signal::Term)]);
+    c.handle(Event::TaskStarted { task: n("fast") }, at(4));
+    let a = exit(&mut c, "fast", "slow", 143, at(5));
+    assert_eq!(removes(&a), ["fast"]);
+}
+
+#[test]
+fn a_failed_start_cleans_up_and_retries_only_by_policy() {
+    for (policy, retry) in [(RestartPolicy::Never, false), (RestartPolicy::Always, true)] {
+        let mut c = core();
+        apply(&mut c, 1, vec![task("bad", policy)], at(0));
+        let a = c.handle(
+            Event::TaskStartFailed {
+                task: n("bad"),
+                reason: "no rootfs".into(),
+            },
+            at(1),
+        );
+        assert!(events(&a).contains(&EventBody::TaskFailed {
+            task: n("bad"),
+            reason: "no rootfs".into()
+        }));
+        assert_eq!(removes(&a), ["bad"]);
+        removed(&mut c, "bad", at(2));
+        let expect = if retry { Phase::Backoff } else { Phase::Failed };
+        assert_eq!(c.phase(&n("bad")), Some(expect));
+        assert_eq!(
+            c.status(at(3)).tasks[0].state,
+            if retry {
+                TaskState::Stopped
+            } else {
+                TaskState::Failed
+            }
+        );
+    }
+}
+
+#[test]
+fn a_changed_definition_replaces_the_running_task() {
+    let mut c = core();
+    apply(&mut c, 1, vec![task("web", RestartPolicy::Always)], at(0));
+    run(&mut c, "web", at(1));
+    let mut v2 = task("web", RestartPolicy::Always);
+    v2.revision = 2;
+    let a = apply(&mut c, 2, vec![v2], at(2));
+    assert_eq!(signals(&a), [("web".into(), "main".into(), Signal::Term)]);
+    assert!(starts(&a).is_empty(), "old one first");
+    exit(&mut c, "web", "main", 143, at(3));
+    let a = removed(&mut c, "web", at(4));
+    assert!(events(&a).contains(&EventBody::TaskStopped {
+        task: n("web"),
+        reason: StopReason::Replaced,
+        exit: None
+    }));
+    assert_eq!(starts(&a), ["web"]);
+    assert_eq!(c.status(at(5)).tasks[0].revision, 2);
+}
+
+#[test]
+fn node_document_overrides_the_cluster_document() {
+    let mut c = core();
+    let cluster = encode(&Message::DesiredState(DesiredState {
+        version: 1,
+        cluster: n("demo"),
+        node: None,
+        tasks: vec![
+            task("web", RestartPolicy::Always),
+            task("db", RestartPolicy::Always),
+        ],
+        signature: None,
+    }))
+    .expect("encodes");
+    let a = c.handle(
+        Event::DesiredPayload {
+            scope: Scope::Cluster,
+            payload: cluster,
+            images: catalog(),
+        },
+        at(0),
+    );
+    assert_eq!(starts(&a), ["db", "web"]);
+    let mut web2 = task("web", RestartPolicy::Always);
+    web2.revision = 9;
+    let a = apply(&mut c, 1, vec![web2], at(1));
+    assert!(starts(&a).is_empty());
+    assert!(
+        removes(&a).is_empty() && signals(&a).is_empty(),
+        "neither is running yet: {a:?}"
+    );
+    run(&mut c, "db", at(2));
+    let a = run(&mut c, "web", at(2));
+    // web was started as revision 1, then replaced once started.
+    assert_eq!(signals(&a), [("web".into(), "main".into(), Signal::Term)]);
+}
+
+#[test]
+fn bad_payloads_are_rejected_by_name_and_change_nothing() {
+    let mut c = core();
+    apply(&mut c, 5, vec![task("web", RestartPolicy::Always)], at(0));
+    run(&mut c, "web", at(1));
+    let before = c.status(at(2));
+    let mut oversized = header_bytes(Kind::DesiredState).to_vec();
+    oversized.resize(skiff_proto::limits::MAX_MESSAGE + 1, 0);
+    let truncated = doc(6, vec![task("x", RestartPolicy::Never)]);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"\xff\x00garbage".to_vec(), "bad magic"),
+        (
+            truncated[..truncated.len() - 3].to_vec(),
+            "malformed desired_state message",
+        ),
+        (oversized, "larger than the 131072-byte limit"),
+        (b"SK\x01\x63".to_vec(), "unsupported message kind 99"),
+        (b"SK\x07\x01".to_vec(), "unsupported protocol version 7"),
+        (
+            encode(&Message::Command(skiff_proto::Command {
+                id: 1,
+                body: skiff_proto::CommandBody::Ping,
+            }))
+            .expect("enc"),
+            "expected a desired_state message",
+        ),
+        (
+            doc(4, vec![]),
+            "version 4 is not newer than the applied version 5",
+        ),
+    ];
+    for (payload, want) in cases {
+        let a = c.handle(
+            Event::DesiredPayload {
+                scope: Scope::Node,
+                payload,
+                images: catalog(),
+            },
+            at(3),
+        );
+        let reason = rejection(&a).unwrap_or_else(|| panic!("not rejected: {want}: {a:?}"));
+        assert!(reason.contains(want), "{reason:?} does not say {want:?}");
+        assert!(starts(&a).is_empty() && signals(&a).is_empty() && removes(&a).is_empty());
+        assert_eq!(
+            c.status(at(2)),
+            before,
+            "state changed by a rejected payload ({want})"
+        );
+    }
+}
+
+#[test]
+fn a_document_naming_a_missing_image_is_rejected_whole() {
+    let mut c = core();
+    apply(&mut c, 1, vec![task("web", RestartPolicy::Always)], at(0));
+    run(&mut c, "web", at(1));
+    let mut other = task("other", RestartPolicy::Never);
+    other.containers[0].image = "registry.example:5000/team/app:2".into();
+    let a = apply(&mut c, 2, vec![other], at(2));
+    let reason = rejection(&a).expect("rejected");
+    assert_eq!(
+        reason,
+        "task other container main: image registry.example:5000/team/app:2 is not in the local store (add it with `skiff image import`)"
+    );
+    assert!(signals(&a).is_empty(), "web keeps running");
+    assert_eq!(c.status(at(3)).node_version, 1);
+}
+
+#[test]
+fn documents_for_elsewhere_are_rejected() {
+    let mut c = core();
+    let mut d = DesiredState {
+        version: 1,
+        cluster: n("other"),
+        node: Some(n("pi-1")),
+        tasks: vec![],
+        signature: None,
+    };
+    let payload = encode(&Message::DesiredState(d.clone())).expect("enc");
+    let a = c.handle(
+        Event::DesiredPayload {
+            scope: Scope::Node,
+            payload,
+            images: catalog(),
+        },
+        at(0),
+    );
+    assert_eq!(
+        rejection(&a).as_deref(),
+        Some("document is for cluster other, this node is in demo")
+    );
+    d.cluster = n("demo");
+    d.node = Some(n("pi-2"));
+    let payload = encode(&Message::DesiredState(d)).expect("enc");
+    let a = c.handle(
+        Event::DesiredPayload {
+            scope: Scope::Node,
+            payload,
+            images: catalog(),
+        },
+        at(0),
+    );
+    assert_eq!(
+        rejection(&a).as_deref(),
+        Some("document is for node pi-2, this is pi-1")
+    );
+}
+
+#[test]
+fn shutdown_stops_everything_and_restarts_nothing() {
+    let mut c = core();
+    apply(
+        &mut c,
+        1,
+        vec![
+            task("a", RestartPolicy::Always),
+            task("b", RestartPolicy::Always),
+        ],
+        at(0),
+    );
+    run(&mut c, "a", at(1));
+    run(&mut c, "b", at(1));
+    let a = c.handle(Event::Shutdown, at(2));
+    assert_eq!(signals(&a).len(), 2);
+    assert!(!c.is_idle());
+    for t in ["a", "b"] {
+        exit(&mut c, t, "main", 143, at(3));
+        let a = removed(&mut c, t, at(4));
+        assert!(starts(&a).is_empty());
+    }
+    assert!(c.is_idle());
+    assert_eq!(c.next_deadline(), None);
+}
+
+#[test]
+fn lost_exits_do_not_wedge_a_stop() {
+    let mut c = core();
+    apply(&mut c, 1, vec![task("web", RestartPolicy::Always)], at(0));
+    run(&mut c, "web", at(1));
+    apply(&mut c, 2, vec![], at(2));
+    c.handle(Event::Tick, at(10_002));
+    let a = c.handle(Event::Tick, at(10_002 + KILL_WAIT_MS));
+    assert_eq!(removes(&a), ["web"]);
+}
+
+#[test]
+fn local_desired_state_replaces_the_node_document() {
+    let mut c = core();
+    let a = c.handle(
+        Event::LocalDesired {
+            tasks: Ok(vec![task("a", RestartPolicy::Never)]),
+            images: catalog(),
+        },
+        at(0),
+    );
+    assert_eq!(starts(&a), ["a"]);
+    run(&mut c, "a", at(1));
+    let a = c.handle(
+        Event::LocalDesired {
+            tasks: Ok(vec![]),
+            images: catalog(),
+        },
+        at(2),
+    );
+    assert_eq!(signals(&a).len(), 1);
+}

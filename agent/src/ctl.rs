@@ -1,0 +1,638 @@
+//! The fleet console: `skiff ctl ...` talks to a cluster through the broker.
+//!
+//! Desired state is a retained document per cluster and per node. `apply` and `stop` read the
+//! current document, change it, publish it with a newer version and wait for the target node(s)
+//! to say `applied` or `rejected`. A rejected document is replaced at once by the previous
+//! content (with a newer version), so the broker never keeps a document the node refuses: after
+//! a reboot the node still finds the state it was running.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::Write;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+use skiff_proto::codec::{decode, decode_as, encode, Kind, Message};
+use skiff_proto::topic::{all_nodes, Topic};
+use skiff_proto::{
+    Command, CommandBody, DesiredState, EventBody, Name, NodeState, ReplyBody, Status,
+    TaskDefinition,
+};
+use tokio::time::Instant;
+
+use crate::config::BrokerUrl;
+use crate::display;
+use crate::mqtt::{self, Inbound};
+
+/// Why a console command failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach the broker at {broker}: {reason}")]
+    Unreachable { broker: String, reason: String },
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CtlError {
+    /// Exit code: 65 bad input (EX_DATAERR), 69 broker unreachable (EX_UNAVAILABLE),
+    /// 75 timeout (EX_TEMPFAIL), 1 rejected or failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::BadInput(_) => 65,
+            CtlError::Unreachable { .. } => 69,
+            CtlError::Timeout(_) => 75,
+            CtlError::Rejected(_) | CtlError::Failed(_) => 1,
+        }
+    }
+}
+
+/// Where the console connects.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub broker: BrokerUrl,
+    pub cluster: Name,
+    /// How long to wait for the broker and for answers.
+    pub timeout: Duration,
+}
+
+/// An open console connection.
+struct Session {
+    client: AsyncClient,
+    inbound: tokio::sync::mpsc::Receiver<Inbound>,
+    pending: VecDeque<(String, Vec<u8>, bool)>,
+    broker: String,
+}
+
+impl Session {
+    /// Connects and subscribes; returns once the subscriptions are acknowledged.
+    async fn open(target: &Target, subscriptions: Vec<String>) -> Result<Session, CtlError> {
+        let broker = format!("mqtt://{}:{}", target.broker.host, target.broker.port);
+        let conn = mqtt::connect(mqtt::ConnectOptions {
+            client_id: format!(
+                "skiff-ctl-{}-{}",
+                std::process::id(),
+                crate::clock::wall_ms() % 1_000_000
+            ),
+            broker: target.broker.clone(),
+            keepalive: Duration::from_secs(30),
+            last_will: None,
+            subscriptions: subscriptions.clone(),
+        });
+        let mut s = Session {
+            client: conn.client,
+            inbound: conn.inbound,
+            pending: VecDeque::new(),
+            broker,
+        };
+        let deadline = Instant::now() + target.timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, s.inbound.recv()).await {
+                Ok(Some(Inbound::Subscribed)) => return Ok(s),
+                Ok(Some(Inbound::Connected)) if subscriptions.is_empty() => return Ok(s),
+                Ok(Some(Inbound::Disconnected(reason))) => {
+                    return Err(CtlError::Unreachable {
+                        broker: s.broker,
+                        reason,
+                    })
+                }
+                Ok(Some(Inbound::Publish {
+                    topic,
+                    payload,
+                    retained,
+                })) => s.pending.push_back((topic, payload, retained)),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    return Err(CtlError::Unreachable {
+                        broker: s.broker,
+                        reason: "no answer".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The next message, or `None` at the deadline.
+    async fn next(&mut self, deadline: Instant) -> Option<(String, Vec<u8>, bool)> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
+                Ok(Some(Inbound::Publish {
+                    topic,
+                    payload,
+                    retained,
+                })) => return Some((topic, payload, retained)),
+                Ok(Some(Inbound::Disconnected(reason))) => {
+                    eprintln!("skiff ctl: broker connection lost ({reason}); reconnecting");
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Publishes at QoS 1 and waits for the broker's acknowledgement.
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        timeout: Duration,
+    ) -> Result<(), CtlError> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .map_err(|e| CtlError::Failed(format!("cannot publish to {topic}: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
+                Ok(Some(Inbound::PubAck)) => return Ok(()),
+                Ok(Some(Inbound::Publish {
+                    topic,
+                    payload,
+                    retained,
+                })) => self.pending.push_back((topic, payload, retained)),
+                Ok(Some(Inbound::Disconnected(reason))) => {
+                    return Err(CtlError::Unreachable {
+                        broker: self.broker.clone(),
+                        reason,
+                    })
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    return Err(CtlError::Timeout(format!(
+                        "the broker did not acknowledge {topic}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Retained messages that arrive within a short quiet period after subscribing.
+    async fn retained(&mut self, quiet: Duration, cap: Duration) -> Vec<(String, Vec<u8>)> {
+        let end = Instant::now() + cap;
+        let mut out = Vec::new();
+        let mut keep = VecDeque::new();
+        loop {
+            let deadline = (Instant::now() + quiet).min(end);
+            match self.next(deadline).await {
+                Some((t, p, true)) => out.push((t, p)),
+                Some(other) => keep.push_back(other),
+                None => break,
+            }
+        }
+        self.pending.extend(keep);
+        out
+    }
+}
+
+fn desired_topic(cluster: &Name, node: Option<&Name>) -> String {
+    match node {
+        Some(n) => Topic::NodeDesired {
+            cluster: cluster.clone(),
+            node: n.clone(),
+        }
+        .to_topic(),
+        None => Topic::ClusterDesired {
+            cluster: cluster.clone(),
+        }
+        .to_topic(),
+    }
+}
+
+/// Reads task-definition files; the same checks as `skiff task validate`.
+pub fn read_task_files(paths: &[std::path::PathBuf]) -> Result<Vec<TaskDefinition>, CtlError> {
+    let mut defs: Vec<TaskDefinition> = Vec::new();
+    for p in paths {
+        let def = crate::local::read_task_file(p).map_err(CtlError::BadInput)?;
+        if defs.iter().any(|d| d.family == def.family) {
+            return Err(CtlError::BadInput(format!(
+                "{}: family {} appears twice",
+                p.display(),
+                def.family
+            )));
+        }
+        defs.push(def);
+    }
+    Ok(defs)
+}
+
+/// `skiff ctl apply`: adds or replaces tasks in the cluster's or a node's desired state.
+pub async fn apply(
+    target: &Target,
+    defs: Vec<TaskDefinition>,
+    node: Option<Name>,
+    wait: bool,
+) -> Result<(), CtlError> {
+    edit(target, node, wait, |tasks| {
+        for def in defs {
+            match tasks.iter_mut().find(|t| t.family == def.family) {
+                Some(t) => *t = def,
+                None => tasks.push(def),
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// `skiff ctl stop`: removes a task from the cluster's or a node's desired state.
+pub async fn stop(
+    target: &Target,
+    task: Name,
+    node: Option<Name>,
+    wait: bool,
+) -> Result<(), CtlError> {
+    edit(target, node.clone(), wait, |tasks| {
+        let before = tasks.len();
+        tasks.retain(|t| t.family != task);
+        if tasks.len() == before {
+            let whose = node
+                .as_ref()
+                .map_or("the cluster's".to_string(), |n| format!("node {n}'s"));
+            return Err(CtlError::BadInput(format!(
+                "task {task} is not in {whose} desired state"
+            )));
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn edit(
+    target: &Target,
+    node: Option<Name>,
+    wait: bool,
+    change: impl FnOnce(&mut Vec<TaskDefinition>) -> Result<(), CtlError>,
+) -> Result<(), CtlError> {
+    let topic = desired_topic(&target.cluster, node.as_ref());
+    let events = match &node {
+        Some(n) => Topic::Events {
+            cluster: target.cluster.clone(),
+            node: n.clone(),
+        }
+        .to_topic(),
+        None => all_nodes(&target.cluster, "events"),
+    };
+    let statuses = all_nodes(&target.cluster, "status");
+    let mut s = Session::open(target, vec![topic.clone(), events, statuses]).await?;
+    let retained = s.retained(Duration::from_millis(300), target.timeout).await;
+    let mut previous: Option<DesiredState> = None;
+    let mut online: BTreeSet<Name> = BTreeSet::new();
+    for (t, payload) in &retained {
+        if *t == topic {
+            match decode_as(Kind::DesiredState, payload) {
+                Ok(Message::DesiredState(d)) => previous = Some(d),
+                Ok(_) => {}
+                Err(e) => eprintln!("skiff ctl: ignoring the unreadable document on {topic}: {e}"),
+            }
+        } else if let Ok(Message::Status(st)) = decode(payload) {
+            if st.state == NodeState::Online {
+                online.insert(st.node);
+            }
+        }
+    }
+    let old_tasks = previous
+        .as_ref()
+        .map(|d| d.tasks.clone())
+        .unwrap_or_default();
+    let mut tasks = old_tasks.clone();
+    change(&mut tasks)?;
+    let version = previous
+        .as_ref()
+        .map_or(0, |d| d.version)
+        .saturating_add(1)
+        .max(crate::clock::wall_ms() / 1000);
+    let doc = DesiredState {
+        version,
+        cluster: target.cluster.clone(),
+        node: node.clone(),
+        tasks,
+        signature: None,
+    };
+    let bytes =
+        encode(&Message::DesiredState(doc)).map_err(|e| CtlError::BadInput(e.to_string()))?;
+    s.publish(&topic, bytes, true, target.timeout).await?;
+    println!("published desired state version {version} to {topic}");
+    if !wait {
+        return Ok(());
+    }
+    let expect: BTreeSet<Name> = match &node {
+        Some(n) => [n.clone()].into(),
+        None => online,
+    };
+    if expect.is_empty() {
+        println!(
+            "no node of cluster {} is online; nodes apply it when they connect",
+            target.cluster
+        );
+        return Ok(());
+    }
+    let outcome = await_outcome(&mut s, version, &expect, target.timeout).await;
+    let mut rejected = Vec::new();
+    for n in &expect {
+        match outcome.get(n) {
+            Some(Ok(())) => println!("{n}: applied version {version}"),
+            Some(Err(reason)) => {
+                eprintln!("{n}: rejected version {version}: {reason}");
+                rejected.push(format!("{n}: {reason}"));
+            }
+            None => eprintln!("{n}: no answer within {:?}", target.timeout),
+        }
+    }
+    if !rejected.is_empty() {
+        if node.is_some() {
+            // Put back what the node runs, so the broker never retains a refused document.
+            let restore = DesiredState {
+                version: version + 1,
+                cluster: target.cluster.clone(),
+                node,
+                tasks: old_tasks,
+                signature: None,
+            };
+            if let Ok(bytes) = encode(&Message::DesiredState(restore)) {
+                s.publish(&topic, bytes, true, target.timeout).await?;
+                eprintln!(
+                    "restored the previous desired state as version {}",
+                    version + 1
+                );
+            }
+        }
+        return Err(CtlError::Rejected(format!(
+            "desired state rejected: {}",
+            rejected.join("; ")
+        )));
+    }
+    if outcome.len() < expect.len() {
+        return Err(CtlError::Timeout("not every node answered".into()));
+    }
+    Ok(())
+}
+
+/// Waits for each expected node's `applied` / `rejected` event for `version`.
+async fn await_outcome(
+    s: &mut Session,
+    version: u64,
+    expect: &BTreeSet<Name>,
+    timeout: Duration,
+) -> BTreeMap<Name, Result<(), String>> {
+    let deadline = Instant::now() + timeout;
+    let mut outcome = BTreeMap::new();
+    while outcome.len() < expect.len() {
+        let Some((topic, payload, _)) = s.next(deadline).await else {
+            break;
+        };
+        if !matches!(Topic::parse(&topic), Some(Topic::Events { .. })) {
+            continue;
+        }
+        let Ok(Message::Event(ev)) = decode(&payload) else {
+            continue;
+        };
+        if !expect.contains(&ev.node) {
+            continue;
+        }
+        match ev.body {
+            EventBody::DesiredApplied { version: v, .. } if v == version => {
+                outcome.insert(ev.node, Ok(()));
+            }
+            EventBody::DesiredRejected {
+                version: Some(v),
+                reason,
+                ..
+            } if v == version => {
+                outcome.insert(ev.node, Err(reason));
+            }
+            _ => {}
+        }
+    }
+    outcome
+}
+
+/// `skiff ctl desired`: prints the current desired-state document (as JSON).
+pub async fn show_desired(target: &Target, node: Option<Name>) -> Result<(), CtlError> {
+    let topic = desired_topic(&target.cluster, node.as_ref());
+    let mut s = Session::open(target, vec![topic.clone()]).await?;
+    let retained = s.retained(Duration::from_millis(300), target.timeout).await;
+    let Some((_, payload)) = retained.into_iter().find(|(t, _)| *t == topic) else {
+        return Err(CtlError::Failed(format!("no desired state on {topic}")));
+    };
+    match decode(&payload) {
+        Ok(Message::DesiredState(d)) => {
+            let tasks: Vec<serde_json::Value> =
+                d.tasks.iter().map(crate::ecs::to_ecs_json).collect();
+            let json = serde_json::json!({ "version": d.version, "cluster": d.cluster, "node": d.node, "tasks": tasks });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Ok(m) => Err(CtlError::Failed(format!(
+            "{topic} holds a {} message",
+            m.kind().name()
+        ))),
+        Err(e) => Err(CtlError::Failed(format!("{topic}: {e}"))),
+    }
+}
+
+/// `skiff ctl nodes`: the cluster's nodes from their retained status.
+pub async fn nodes(target: &Target, json: bool) -> Result<(), CtlError> {
+    let mut s = Session::open(target, vec![all_nodes(&target.cluster, "status")]).await?;
+    let retained = s.retained(Duration::from_millis(300), target.timeout).await;
+    let mut nodes: Vec<Status> = retained
+        .iter()
+        .filter_map(|(_, p)| match decode(p) {
+            Ok(Message::Status(st)) => Some(st),
+            _ => None,
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    if json {
+        for n in &nodes {
+            println!("{}", serde_json::to_string(n).unwrap_or_default());
+        }
+    } else if nodes.is_empty() {
+        println!("no nodes have reported in cluster {}", target.cluster);
+    } else {
+        print!("{}", display::nodes_table(&nodes, crate::clock::wall_ms()));
+    }
+    Ok(())
+}
+
+/// What `skiff ctl watch` shows.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub node: Option<Name>,
+    pub json: bool,
+    pub events: bool,
+    pub metrics: bool,
+    pub status: bool,
+    /// Stop after this many messages.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+}
+
+/// `skiff ctl watch`: prints events, metrics and status as they arrive.
+pub async fn watch(target: &Target, opts: WatchOptions) -> Result<(), CtlError> {
+    let leaf_topic = |leaf: &str| match &opts.node {
+        Some(n) => format!(
+            "{}/{leaf}",
+            Topic::Status {
+                cluster: target.cluster.clone(),
+                node: n.clone()
+            }
+            .to_topic()
+            .trim_end_matches("/status")
+        ),
+        None => all_nodes(&target.cluster, leaf),
+    };
+    let mut subs = Vec::new();
+    for (on, leaf) in [
+        (opts.events, "events"),
+        (opts.metrics, "metrics"),
+        (opts.status, "status"),
+    ] {
+        if on {
+            subs.push(leaf_topic(leaf));
+        }
+    }
+    let mut s = Session::open(target, subs).await?;
+    let end = opts.duration.map(|d| Instant::now() + d);
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let mut seen = 0u64;
+    let mut stdout = std::io::stdout();
+    while opts.count.is_none_or(|c| seen < c) {
+        let Some((topic, payload, retained)) = s.next(end.unwrap_or(far)).await else {
+            break;
+        };
+        let lines: Vec<String> = match decode(&payload) {
+            Ok(msg) if opts.json => vec![json_line(&topic, &msg)],
+            Ok(Message::Event(e)) => vec![display::event(&e)],
+            Ok(Message::Metrics(m)) => display::metrics(&m),
+            Ok(Message::Status(st)) => {
+                let state = if st.state == NodeState::Online {
+                    "online"
+                } else {
+                    "offline"
+                };
+                let tag = if retained { " (retained)" } else { "" };
+                vec![format!(
+                    "{} {} status: {state}, {} tasks{tag}",
+                    display::clock(st.at_ms),
+                    st.node,
+                    st.tasks.len()
+                )]
+            }
+            Ok(other) => vec![format!("{topic}: {:?}", other)],
+            Err(e) => vec![format!("{topic}: undecodable message: {e}")],
+        };
+        for l in lines {
+            let _ = writeln!(stdout, "{l}");
+        }
+        let _ = stdout.flush();
+        seen += 1;
+    }
+    Ok(())
+}
+
+fn json_line(topic: &str, msg: &Message) -> String {
+    let (kind, body) = match msg {
+        Message::DesiredState(m) => ("desired_state", serde_json::to_value(m)),
+        Message::Status(m) => ("status", serde_json::to_value(m)),
+        Message::Event(m) => ("event", serde_json::to_value(m)),
+        Message::Metrics(m) => ("metrics", serde_json::to_value(m)),
+        Message::Command(m) => ("command", serde_json::to_value(m)),
+        Message::Reply(m) => ("reply", serde_json::to_value(m)),
+    };
+    serde_json::json!({ "topic": topic, "kind": kind, "message": body.unwrap_or_default() })
+        .to_string()
+}
+
+/// `skiff ctl logs`: a task's log from a node, optionally following it.
+pub async fn logs(
+    target: &Target,
+    node: Name,
+    task: Name,
+    tail: u32,
+    follow: bool,
+) -> Result<(), CtlError> {
+    let reply_topic = Topic::Reply {
+        cluster: target.cluster.clone(),
+        node: node.clone(),
+    }
+    .to_topic();
+    let cmd_topic = Topic::Cmd {
+        cluster: target.cluster.clone(),
+        node: node.clone(),
+    }
+    .to_topic();
+    let mut s = Session::open(target, vec![reply_topic.clone()]).await?;
+    let mut from: Option<u64> = None;
+    let mut id = crate::clock::wall_ms();
+    let mut stdout = std::io::stdout();
+    loop {
+        id += 1;
+        let max_bytes = if from.is_none() {
+            tail
+        } else {
+            u32::try_from(skiff_proto::limits::MAX_LOG_CHUNK).unwrap_or(u32::MAX)
+        };
+        let cmd = Command {
+            id,
+            body: CommandBody::Logs {
+                task: task.clone(),
+                from,
+                max_bytes,
+            },
+        };
+        let bytes = encode(&Message::Command(cmd)).map_err(|e| CtlError::Failed(e.to_string()))?;
+        s.publish(&cmd_topic, bytes, false, target.timeout).await?;
+        let deadline = Instant::now() + target.timeout;
+        let body = loop {
+            let Some((topic, payload, _)) = s.next(deadline).await else {
+                return Err(CtlError::Timeout(format!(
+                    "node {node} did not answer (is it online?)"
+                )));
+            };
+            if topic != reply_topic {
+                continue;
+            }
+            match decode_as(Kind::Reply, &payload) {
+                Ok(Message::Reply(r)) if r.id == id => break r.body,
+                _ => continue,
+            }
+        };
+        match body {
+            ReplyBody::Logs { start, end, data } => {
+                if let Some(f) = from {
+                    if start > f {
+                        eprintln!(
+                            "skiff ctl: {} bytes of log were dropped by the node's bounded log",
+                            start - f
+                        );
+                    }
+                }
+                let _ = stdout.write_all(&data);
+                let _ = stdout.flush();
+                from = Some(end);
+                if !follow {
+                    return Ok(());
+                }
+                if end - start < u64::from(max_bytes) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            ReplyBody::Error { reason } | ReplyBody::Unsupported { reason } => {
+                return Err(CtlError::Failed(reason))
+            }
+            ReplyBody::Pong { .. } => return Err(CtlError::Failed("unexpected pong".into())),
+        }
+    }
+}

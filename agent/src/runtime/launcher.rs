@@ -1,0 +1,440 @@
+//! The launcher: `skiff __launcher STATE_DIR`, a single-threaded process that creates, starts,
+//! signals and deletes containers through libcontainer for the agent.
+//!
+//! libcontainer clones the calling process, and after that clone even `malloc` is unsafe if the
+//! caller has other threads (youki #2425, #3011). The agent runs tokio with many threads, so it
+//! re-executes its own binary as this launcher and sends it requests over a socket on the
+//! launcher's stdin. The launcher never starts a thread.
+//!
+//! Container inits are the launcher's direct children (libcontainer clones them with
+//! `CLONE_PARENT` from its intermediate process). `SIGCHLD` is blocked and read from a signalfd
+//! polled together with the socket, so an exit is reaped and reported at once, with the OOM-kill
+//! counter of the container's cgroup read before the exit is forwarded (the cgroup is removed
+//! later, with the task).
+//!
+//! When the agent's end of the socket closes, the launcher exits and leaves containers running.
+
+// The one unsafe call resets SIGPIPE in a container's init right before execve; see
+// `SkiffExecutor::exec`.
+#![allow(unsafe_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IsTerminal};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{dup2, setsid, Pid};
+use oci_spec::runtime::Spec;
+use skiff_proto::ExitInfo;
+
+use super::cgroup::read_oom_kills;
+use super::wire::{
+    read_frame_blocking, write_frame_blocking, Failure, FailureKind, FromLauncher, Reply, Request,
+    RequestBody, StartRequest,
+};
+
+/// Entry point of `skiff __launcher STATE_DIR`. Must run before anything starts a thread.
+pub fn launcher_main() -> ExitCode {
+    init_logging();
+    let Some(state_dir) = std::env::args_os().nth(2).map(PathBuf::from) else {
+        eprintln!("skiff __launcher is started by the skiff agent, not by hand");
+        return ExitCode::from(2);
+    };
+    match run(state_dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "launcher failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Targets that warn on every container about things skiff decides on purpose (no seccomp
+/// without the libseccomp feature, v1 controllers this host does not mount).
+const QUIET_TARGETS: &str =
+    "libcontainer::process::init::process=error,libcgroups::v1::manager=error";
+
+/// Logs go to a private duplicate of stderr: libcontainer also logs from the cloned container
+/// processes after their fd 2 became the container's stderr, and those lines must not end up in
+/// the container's output.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,{QUIET_TARGETS}")));
+    let Ok(log) = io::stderr().as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
+        .with_writer(Arc::new(File::from(log)))
+        .try_init();
+}
+
+/// The agent's socket arrives as stdin. Move it off fd 0 and put `/dev/null` there, so nothing
+/// that inherits fd 0 can talk to the agent.
+fn take_socket() -> io::Result<UnixStream> {
+    let fd = io::stdin().as_fd().try_clone_to_owned()?;
+    let is_socket = File::from(fd.try_clone()?)
+        .metadata()?
+        .file_type()
+        .is_socket();
+    if !is_socket {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "stdin is not the agent's socket: skiff __launcher is started by the agent",
+        ));
+    }
+    let devnull = File::open("/dev/null")?;
+    dup2(devnull.as_raw_fd(), 0)?;
+    Ok(UnixStream::from(fd))
+}
+
+fn run(state_dir: PathBuf) -> io::Result<()> {
+    let sock = take_socket()?;
+    // Own session: a terminal's Ctrl-C aimed at the agent does not reach the launcher.
+    let _ = setsid();
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block()?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    let mut launcher = Launcher {
+        sock,
+        state_dir,
+        running: HashMap::new(),
+        pids: HashMap::new(),
+        reaped: HashSet::new(),
+    };
+    loop {
+        let (sock_ready, sig_ready) = {
+            let mut fds = [
+                PollFd::new(launcher.sock.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if sig_ready {
+            while sigfd.read_signal()?.is_some() {}
+            launcher.reap()?;
+        }
+        if sock_ready {
+            match read_frame_blocking::<Request>(&mut &launcher.sock)? {
+                Some(req) => launcher.handle(req)?,
+                None => {
+                    tracing::info!(
+                        running = launcher.running.len(),
+                        "agent closed the socket; leaving containers running"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// A started container whose init has not been reaped yet.
+struct Running {
+    id: String,
+    oom_file: Option<PathBuf>,
+}
+
+struct Launcher {
+    sock: UnixStream,
+    /// libcontainer's root directory.
+    state_dir: PathBuf,
+    /// Unreaped container inits by pid.
+    running: HashMap<i32, Running>,
+    /// Container id → pid of its unreaped init.
+    pids: HashMap<String, Pid>,
+    /// Containers this launcher started whose init it has reaped (its pid may be reused).
+    reaped: HashSet<String>,
+}
+
+impl Launcher {
+    fn send(&self, msg: &FromLauncher) -> io::Result<()> {
+        write_frame_blocking(&mut &self.sock, msg)
+    }
+
+    fn handle(&mut self, req: Request) -> io::Result<()> {
+        let result = match req.body {
+            RequestBody::Ping => Ok(Reply::Pong {
+                pid: std::process::id(),
+            }),
+            RequestBody::Start(start) => self.start(start),
+            RequestBody::Kill { id, signal } => self.kill(&id, signal),
+            RequestBody::Delete { id } => self.delete(&id),
+        };
+        self.send(&FromLauncher::Reply {
+            seq: req.seq,
+            result,
+        })
+    }
+
+    /// Reaps every exited child and reports the container inits among them.
+    fn reap(&mut self) -> io::Result<()> {
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
+                Ok(status) => self.on_wait_status(status)?,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn on_wait_status(&mut self, status: WaitStatus) -> io::Result<()> {
+        let (pid, code, signal) = match status {
+            WaitStatus::Exited(pid, code) => (pid, code, None),
+            WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
+            _ => return Ok(()),
+        };
+        let Some(child) = self.running.remove(&pid.as_raw()) else {
+            return Ok(());
+        };
+        self.pids.remove(&child.id);
+        self.reaped.insert(child.id.clone());
+        let oom_killed = child
+            .oom_file
+            .as_deref()
+            .and_then(read_oom_kills)
+            .is_some_and(|n| n > 0);
+        tracing::debug!(id = %child.id, code, ?signal, oom_killed, "container exited");
+        self.send(&FromLauncher::Exited {
+            id: child.id,
+            exit: ExitInfo {
+                code,
+                signal,
+                oom_killed,
+            },
+        })
+    }
+
+    /// Blocks until `pid` (already sent SIGKILL) is reaped, reporting its exit.
+    fn reap_one(&mut self, pid: Pid) -> io::Result<()> {
+        loop {
+            match waitpid(pid, None) {
+                Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    return self.on_wait_status(s)
+                }
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(Errno::ECHILD) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn start(&mut self, r: StartRequest) -> Result<Reply, Failure> {
+        if self.pids.contains_key(&r.id) {
+            return Err(Failure::new(
+                FailureKind::Invalid,
+                format!("container {} is running", r.id),
+            ));
+        }
+        let failed = |what: &str, e: &dyn std::error::Error| {
+            Failure::new(FailureKind::Failed, format!("{what}: {}", chain(e)))
+        };
+        let stdout = open_stdio(&r.stdio)
+            .map_err(|e| failed(&format!("cannot open {}", r.stdio.display()), &e))?;
+        let stderr = stdout
+            .try_clone()
+            .map_err(|e| failed("cannot duplicate stdio", &e))?;
+        let stdin = File::open("/dev/null").map_err(|e| failed("cannot open /dev/null", &e))?;
+        if self.reaped.remove(&r.id) {
+            // A restart: drop the state of the exited run first.
+            self.delete(&r.id)?;
+        }
+        let mut container = ContainerBuilder::new(r.id.clone(), SyscallType::default())
+            .with_executor(SkiffExecutor)
+            .with_root_path(&self.state_dir)
+            .map_err(|e| failed("invalid state directory", &e))?
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr)
+            .validate_id()
+            .map_err(|e| failed("invalid container id", &e))?
+            .as_init(&r.bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| failed("create", &e))?;
+        let Some(pid) = container.pid() else {
+            let _ = container.delete(true);
+            return Err(Failure::new(
+                FailureKind::Failed,
+                "create: libcontainer recorded no pid",
+            ));
+        };
+        if let Err(e) = container.start() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            let _ = container.delete(true);
+            return Err(failed("start", &e));
+        }
+        self.running.insert(
+            pid.as_raw(),
+            Running {
+                id: r.id.clone(),
+                oom_file: r.oom_file,
+            },
+        );
+        self.pids.insert(r.id, pid);
+        let pid = u32::try_from(pid.as_raw())
+            .map_err(|_| Failure::new(FailureKind::Failed, "negative pid"))?;
+        Ok(Reply::Started { pid })
+    }
+
+    fn kill(&mut self, id: &str, signal: i32) -> Result<Reply, Failure> {
+        let sig = Signal::try_from(signal)
+            .map_err(|_| Failure::new(FailureKind::Invalid, format!("invalid signal {signal}")))?;
+        if let Some(&pid) = self.pids.get(id) {
+            // Our unreaped child: the pid cannot have been reused.
+            return match kill(pid, sig) {
+                Ok(()) | Err(Errno::ESRCH) => Ok(Reply::Done),
+                Err(e) => Err(Failure::new(
+                    FailureKind::Failed,
+                    format!("kill {pid}: {e}"),
+                )),
+            };
+        }
+        if self.reaped.contains(id) {
+            return Ok(Reply::Done);
+        }
+        // Started by an earlier launcher: trust libcontainer's state.
+        let dir = self.state_dir.join(id);
+        if !dir.is_dir() {
+            return Err(Failure::new(
+                FailureKind::NotFound,
+                format!("no container {id}"),
+            ));
+        }
+        let mut c = Container::load(dir)
+            .map_err(|e| Failure::new(FailureKind::Failed, format!("load state: {}", chain(&e))))?;
+        if c.can_kill() {
+            c.kill(sig, false)
+                .map_err(|e| Failure::new(FailureKind::Failed, format!("kill: {}", chain(&e))))?;
+        }
+        Ok(Reply::Done)
+    }
+
+    fn delete(&mut self, id: &str) -> Result<Reply, Failure> {
+        let io_failed =
+            |what: &str, e: io::Error| Failure::new(FailureKind::Failed, format!("{what}: {e}"));
+        if let Some(&pid) = self.pids.get(id) {
+            // Kill and reap the init now: its exit (and OOM state, while the cgroup still
+            // exists) is reported before this reply.
+            let _ = kill(pid, Signal::SIGKILL);
+            self.reap_one(pid)
+                .map_err(|e| io_failed("cannot report the exit", e))?;
+        }
+        self.reaped.remove(id);
+        let dir = self.state_dir.join(id);
+        if !dir.exists() {
+            return Ok(Reply::Done);
+        }
+        match Container::load(dir.clone()) {
+            Ok(mut c) => c
+                .delete(true)
+                .map_err(|e| Failure::new(FailureKind::Failed, format!("delete: {}", chain(&e))))?,
+            Err(e) => {
+                // Unreadable state (e.g. a crash while it was written): drop it; the agent
+                // removes the cgroups, killing what is left in them.
+                tracing::warn!(id, error = %chain(&e), "removing unreadable container state");
+                fs::remove_dir_all(&dir).map_err(|e| io_failed("remove state", e))?;
+            }
+        }
+        Ok(Reply::Done)
+    }
+}
+
+/// Opens the caller's FIFO for writing. `O_NONBLOCK` makes a FIFO without a reader an error
+/// instead of a hang; it is cleared again so the container gets an ordinary blocking pipe.
+fn open_stdio(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if f.metadata()?.file_type().is_fifo() {
+        let flags = OFlag::from_bits_truncate(fcntl(f.as_raw_fd(), FcntlArg::F_GETFL)?);
+        fcntl(f.as_raw_fd(), FcntlArg::F_SETFL(flags & !OFlag::O_NONBLOCK))?;
+    }
+    Ok(f)
+}
+
+/// An error and its sources, `: `-separated, without repeating transparent wrappers.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !last.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        last = msg;
+        cur = s.source();
+    }
+    out
+}
+
+/// libcontainer's default executor, run after restoring the signal state a container expects:
+/// the launcher blocks `SIGCHLD` (for its signalfd) and Rust's runtime ignores `SIGPIPE`, and
+/// both would survive `execve`.
+#[derive(Clone)]
+struct SkiffExecutor;
+
+impl Executor for SkiffExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+            .map_err(|e| ExecutorError::Other(format!("cannot reset the signal mask: {e}")))?;
+        // SAFETY: this runs in the container's init process, which is single-threaded, right
+        // before execve. SIG_DFL installs no handler code, so nothing can run concurrently with
+        // or re-enter anything; it only undoes the SIG_IGN inherited from the launcher.
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+            .map_err(|e| ExecutorError::Other(format!("cannot reset SIGPIPE: {e}")))?;
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner detail")]
+    struct Inner;
+
+    #[test]
+    fn error_chain() {
+        assert_eq!(chain(&Outer(Inner)), "outer: inner detail");
+        assert_eq!(chain(&Inner), "inner detail");
+    }
+}

@@ -1,0 +1,69 @@
+//! Named network namespaces for tasks: an nsfs bind mount on a file, as `ip netns add` makes
+//! them, so every container of the task can join the same namespace by path.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use libcontainer::network::link::LinkClient;
+use libcontainer::network::wrapper::create_network_client;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use super::rootfs::unmount;
+
+/// Creates a new network namespace with loopback up and pins it at `path` (a new file).
+///
+/// `unshare(CLONE_NEWNET)` only moves the calling thread, so it runs on a short-lived thread of
+/// its own that exits afterwards; the bind mount keeps the namespace alive. Never run this on a
+/// pooled thread: it would stay in the new namespace.
+pub(crate) fn create(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    let target = path.to_path_buf();
+    let res = std::thread::Builder::new()
+        .name("skiff-netns".into())
+        .spawn(move || -> io::Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET)?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            loopback_up()
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")));
+    if let Err(e) = res {
+        let _ = remove(path);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Brings `lo` up in the calling thread's network namespace.
+fn loopback_up() -> io::Result<()> {
+    let mut links = LinkClient::new(create_network_client()).map_err(net_err)?;
+    let lo = links.get_by_name("lo").map_err(net_err)?;
+    links.set_up(lo.header.index).map_err(net_err)
+}
+
+fn net_err(e: libcontainer::network::NetworkError) -> io::Error {
+    io::Error::other(format!("loopback: {e}"))
+}
+
+/// Unpins and removes a namespace made by [`create`]. A missing one is fine.
+pub(crate) fn remove(path: &Path) -> io::Result<()> {
+    unmount(path)?;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}

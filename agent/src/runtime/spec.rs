@@ -1,0 +1,767 @@
+//! The OCI runtime spec (`config.json`) of one container, from its definition and its image's
+//! config, following Docker's rules for entrypoint/cmd, environment, working directory and user.
+//!
+//! Everything here is pure: the user database comes in as text, so the rules are unit-tested
+//! without a rootfs.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use oci_spec::OciSpecError;
+use skiff_proto::{ContainerDefinition, TaskDefinition};
+
+use crate::images::ImageConfig;
+
+/// `PATH` when the image sets none (Docker's default).
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Largest `/etc/passwd` or `/etc/group` read from an image.
+const MAX_USER_DB: u64 = 4 << 20;
+
+/// Why a container's spec could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("no command: neither the definition nor the image sets an entrypoint or command")]
+    NoCommand,
+    #[error("{0}")]
+    User(#[from] UserError),
+    #[error("cannot read {path} from the image: {source}")]
+    UserDb { path: PathBuf, source: io::Error },
+    #[error("invalid OCI spec: {0}")]
+    Oci(#[from] OciSpecError),
+}
+
+/// A `user` setting that cannot be resolved against the image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("unknown user {0:?}: not in the image's /etc/passwd")]
+    UnknownUser(String),
+    #[error("unknown group {0:?}: not in the image's /etc/group")]
+    UnknownGroup(String),
+    #[error("invalid user {0:?}: expected user, uid, user:group or uid:gid")]
+    Invalid(String),
+}
+
+/// Numeric identity of the container's process.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups: the groups of `/etc/group` listing the user by name.
+    pub additional_gids: Vec<u32>,
+}
+
+/// Everything [`build`] needs besides the definitions.
+#[derive(Debug, Clone)]
+pub(crate) struct SpecParams<'a> {
+    pub task: &'a TaskDefinition,
+    pub container: &'a ContainerDefinition,
+    pub image: &'a ImageConfig,
+    pub user: ResolvedUser,
+    /// Absolute path of the container's root filesystem.
+    pub rootfs: PathBuf,
+    /// The task's network namespace file; `None` = the host's network namespace.
+    pub netns: Option<PathBuf>,
+    /// `linux.cgroupsPath`, e.g. `/skiff/web/nginx`.
+    pub cgroups_path: PathBuf,
+    /// Whether the host accounts swap, so the memory limit can include swap.
+    pub swap_limit: bool,
+}
+
+/// Process arguments, Docker's way: the definition's entry point (else the image's), then the
+/// definition's command, else the image's cmd unless the entry point was overridden.
+pub(crate) fn args(c: &ContainerDefinition, img: &ImageConfig) -> Result<Vec<String>, SpecError> {
+    let (entry, cmd): (&[String], &[String]) = if !c.entry_point.is_empty() {
+        (&c.entry_point, &c.command)
+    } else if !c.command.is_empty() {
+        (&img.entrypoint, &c.command)
+    } else {
+        (&img.entrypoint, &img.cmd)
+    };
+    let args: Vec<String> = entry.iter().chain(cmd).cloned().collect();
+    if args.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    Ok(args)
+}
+
+fn env_key(var: &str) -> &str {
+    var.split_once('=').map_or(var, |(k, _)| k)
+}
+
+fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
+    let var = format!("{key}={value}");
+    match env.iter_mut().find(|e| env_key(e) == key) {
+        Some(slot) => *slot = var,
+        None => env.push(var),
+    }
+}
+
+/// Environment: the image's (with a default `PATH` if it has none), `HOSTNAME` = task family,
+/// then the definition's variables, each replacing one of the same name.
+pub(crate) fn env(
+    task: &TaskDefinition,
+    c: &ContainerDefinition,
+    img: &ImageConfig,
+) -> Vec<String> {
+    let mut env: Vec<String> = Vec::with_capacity(img.env.len() + c.environment.len() + 2);
+    for var in &img.env {
+        let key = env_key(var);
+        if key.is_empty() {
+            continue;
+        }
+        match env.iter_mut().find(|e| env_key(e) == key) {
+            Some(slot) => *slot = var.clone(),
+            None => env.push(var.clone()),
+        }
+    }
+    if !env.iter().any(|e| env_key(e) == "PATH") {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    set_env(&mut env, "HOSTNAME", task.family.as_str());
+    for var in &c.environment {
+        set_env(&mut env, &var.name, &var.value);
+    }
+    env
+}
+
+/// Working directory: the definition's, else the image's, else `/`.
+pub(crate) fn cwd(c: &ContainerDefinition, img: &ImageConfig) -> String {
+    let dir = c
+        .working_directory
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .or(img.working_dir.as_deref().filter(|d| !d.is_empty()))
+        .unwrap_or("/");
+    if dir.starts_with('/') {
+        dir.to_owned()
+    } else {
+        // Docker resolves a relative image WorkingDir against `/`.
+        format!("/{dir}")
+    }
+}
+
+/// The `user` setting in effect: the definition's, else the image's.
+pub(crate) fn user_setting<'a>(
+    c: &'a ContainerDefinition,
+    img: &'a ImageConfig,
+) -> Option<&'a str> {
+    c.user
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .or(img.user.as_deref().filter(|u| !u.is_empty()))
+}
+
+struct PasswdEntry<'a> {
+    name: &'a str,
+    uid: u32,
+    gid: u32,
+}
+
+fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    passwd.lines().filter_map(|l| {
+        if l.starts_with('#') {
+            return None;
+        }
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        let uid = f.next()?.parse().ok()?;
+        let gid = f.next()?.parse().ok()?;
+        Some(PasswdEntry { name, uid, gid })
+    })
+}
+
+struct GroupEntry<'a> {
+    name: &'a str,
+    gid: u32,
+    members: &'a str,
+}
+
+fn group_entries(group: &str) -> impl Iterator<Item = GroupEntry<'_>> {
+    group.lines().filter_map(|l| {
+        if l.starts_with('#') {
+            return None;
+        }
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        let gid = f.next()?.parse().ok()?;
+        let members = f.next().unwrap_or("");
+        Some(GroupEntry { name, gid, members })
+    })
+}
+
+fn is_numeric(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Resolves `user`, `uid`, `user:group` or `uid:gid` (`None` = root) against the image's
+/// `/etc/passwd` and `/etc/group` contents. A numeric uid unknown to the image runs with gid 0,
+/// as Docker does; a name must exist.
+pub(crate) fn resolve_user(
+    setting: Option<&str>,
+    passwd: &str,
+    group: &str,
+) -> Result<ResolvedUser, UserError> {
+    let setting = setting.unwrap_or("0");
+    let invalid = || UserError::Invalid(setting.to_owned());
+    let (user, grp) = match setting.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (setting, None),
+    };
+    if user.is_empty() || grp.is_some_and(|g| g.is_empty() || g.contains(':')) {
+        return Err(invalid());
+    }
+    let (uid, mut gid, name) = if is_numeric(user) {
+        let uid: u32 = user.parse().map_err(|_| invalid())?;
+        match passwd_entries(passwd).find(|e| e.uid == uid) {
+            Some(e) => (uid, e.gid, Some(e.name)),
+            None => (uid, 0, None),
+        }
+    } else {
+        let e = passwd_entries(passwd)
+            .find(|e| e.name == user)
+            .ok_or_else(|| UserError::UnknownUser(user.to_owned()))?;
+        (e.uid, e.gid, Some(e.name))
+    };
+    if let Some(g) = grp {
+        gid = if is_numeric(g) {
+            g.parse().map_err(|_| invalid())?
+        } else {
+            group_entries(group)
+                .find(|e| e.name == g)
+                .ok_or_else(|| UserError::UnknownGroup(g.to_owned()))?
+                .gid
+        };
+    }
+    let mut additional_gids = Vec::new();
+    if let Some(name) = name {
+        for e in group_entries(group) {
+            if e.gid != gid
+                && e.members.split(',').any(|m| m.trim() == name)
+                && !additional_gids.contains(&e.gid)
+            {
+                additional_gids.push(e.gid);
+            }
+        }
+    }
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
+/// Reads `etc/{name}` of an image rootfs without following symlinks out of it (a missing file
+/// reads as empty).
+pub(crate) fn read_user_db(rootfs: &Path, name: &str) -> Result<String, SpecError> {
+    let etc = rootfs.join("etc");
+    let path = etc.join(name);
+    let err = |source| SpecError::UserDb {
+        path: PathBuf::from("/etc").join(name),
+        source,
+    };
+    match fs::symlink_metadata(&etc) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Ok(String::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(err(e)),
+    }
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(err(e)),
+    };
+    let mut text = String::new();
+    file.take(MAX_USER_DB)
+        .read_to_string(&mut text)
+        .map_err(err)?;
+    Ok(text)
+}
+
+/// Docker's default capability set.
+const CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+fn mib_bytes(mib: u32) -> i64 {
+    i64::from(mib) << 20
+}
+
+/// The container's OCI runtime spec: `Spec::default()` (oci-spec's default mounts, masked and
+/// read-only paths, rlimits) adjusted to the definition.
+pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
+    let c = p.container;
+    let mut spec = Spec::default();
+
+    let caps: HashSet<Capability> = CAPABILITIES.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()?;
+    let mut user = UserBuilder::default().uid(p.user.uid).gid(p.user.gid);
+    if !p.user.additional_gids.is_empty() {
+        user = user.additional_gids(p.user.additional_gids.clone());
+    }
+    let default_process = spec.process().clone().unwrap_or_default();
+    let mut process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user.build()?)
+        .args(args(c, p.image)?)
+        .env(env(p.task, c, p.image))
+        .cwd(cwd(c, p.image))
+        .capabilities(capabilities)
+        // Docker's default: setuid binaries in images keep working.
+        .no_new_privileges(false);
+    if let Some(rlimits) = default_process.rlimits() {
+        process = process.rlimits(rlimits.clone());
+    }
+    spec.set_process(Some(process.build()?));
+
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(p.rootfs.clone())
+            .readonly(false)
+            .build()?,
+    ));
+    spec.set_hostname(Some(p.task.family.as_str().to_owned()));
+
+    let mut namespaces = Vec::with_capacity(5);
+    for typ in [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ] {
+        namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build()?);
+    }
+    if let Some(netns) = &p.netns {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(netns.clone())
+                .build()?,
+        );
+    }
+
+    let mut memory = LinuxMemoryBuilder::default();
+    let mut has_memory = false;
+    if let Some(m) = c.memory_mib {
+        memory = memory.limit(mib_bytes(m));
+        if p.swap_limit {
+            // memory+swap = memory: exceeding the limit OOM-kills instead of swapping.
+            memory = memory.swap(mib_bytes(m));
+        }
+        has_memory = true;
+    }
+    if let Some(r) = c.memory_reservation_mib {
+        memory = memory.reservation(mib_bytes(r));
+        has_memory = true;
+    }
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![
+        // Deny every device, then libcontainer allows its default set (null, zero, tty, ...).
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?,
+    ]);
+    if has_memory {
+        resources = resources.memory(memory.build()?);
+    }
+    if let Some(cpu) = c.cpu {
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .shares(u64::from(cpu.max(2)))
+                .build()?,
+        );
+    }
+
+    let default_linux = spec.linux().clone().unwrap_or_default();
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build()?)
+        .cgroups_path(p.cgroups_path.clone());
+    if let Some(masked) = default_linux.masked_paths() {
+        linux = linux.masked_paths(masked.clone());
+    }
+    if let Some(ro) = default_linux.readonly_paths() {
+        linux = linux.readonly_paths(ro.clone());
+    }
+    spec.set_linux(Some(linux.build()?));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_proto::{EnvVar, NetworkMode, RestartPolicy};
+
+    fn n(s: &str) -> skiff_proto::Name {
+        s.parse().expect("name")
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn container() -> ContainerDefinition {
+        ContainerDefinition {
+            name: n("app"),
+            image: "busybox".into(),
+            entry_point: vec![],
+            command: vec![],
+            environment: vec![],
+            cpu: None,
+            memory_mib: None,
+            memory_reservation_mib: None,
+            essential: true,
+            working_directory: None,
+            user: None,
+        }
+    }
+
+    fn task(c: ContainerDefinition) -> TaskDefinition {
+        TaskDefinition {
+            family: n("web"),
+            revision: 1,
+            containers: vec![c],
+            cpu: None,
+            memory_mib: None,
+            network_mode: NetworkMode::None,
+            restart_policy: RestartPolicy::Never,
+        }
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: strings(&["/entry"]),
+            cmd: strings(&["serve", "--port", "80"]),
+            env: strings(&["PATH=/bin", "LANG=C"]),
+            working_dir: Some("/srv".into()),
+            user: None,
+        }
+    }
+
+    #[test]
+    fn args_follow_docker() {
+        let img = image();
+        let mut c = container();
+        assert_eq!(
+            args(&c, &img).expect("args"),
+            strings(&["/entry", "serve", "--port", "80"])
+        );
+        c.command = strings(&["check"]);
+        assert_eq!(args(&c, &img).expect("args"), strings(&["/entry", "check"]));
+        // An entry point override drops the image's cmd.
+        c.command = vec![];
+        c.entry_point = strings(&["/bin/sh", "-c"]);
+        assert_eq!(args(&c, &img).expect("args"), strings(&["/bin/sh", "-c"]));
+        c.command = strings(&["echo hi"]);
+        assert_eq!(
+            args(&c, &img).expect("args"),
+            strings(&["/bin/sh", "-c", "echo hi"])
+        );
+        // Image with cmd only.
+        let img = ImageConfig {
+            entrypoint: vec![],
+            cmd: strings(&["sh"]),
+            ..ImageConfig::default()
+        };
+        assert_eq!(args(&container(), &img).expect("args"), strings(&["sh"]));
+        assert!(matches!(
+            args(&container(), &ImageConfig::default()),
+            Err(SpecError::NoCommand)
+        ));
+    }
+
+    #[test]
+    fn env_merges_by_name() {
+        let mut c = container();
+        c.environment = vec![
+            EnvVar {
+                name: "LANG".into(),
+                value: "C.UTF-8".into(),
+            },
+            EnvVar {
+                name: "MODE".into(),
+                value: "a=b".into(),
+            },
+        ];
+        let t = task(c.clone());
+        assert_eq!(
+            env(&t, &c, &image()),
+            strings(&["PATH=/bin", "LANG=C.UTF-8", "HOSTNAME=web", "MODE=a=b"])
+        );
+        // No PATH in the image: the default comes first.
+        let img = ImageConfig {
+            env: strings(&["A=1", "A=2"]),
+            ..ImageConfig::default()
+        };
+        let c = container();
+        assert_eq!(
+            env(&t, &c, &img),
+            vec![
+                format!("PATH={DEFAULT_PATH}"),
+                "A=2".into(),
+                "HOSTNAME=web".into()
+            ]
+        );
+        // The definition may override PATH and HOSTNAME.
+        let mut c = container();
+        c.environment = vec![
+            EnvVar {
+                name: "PATH".into(),
+                value: "/opt".into(),
+            },
+            EnvVar {
+                name: "HOSTNAME".into(),
+                value: "h".into(),
+            },
+        ];
+        assert_eq!(
+            env(&t, &c, &ImageConfig::default()),
+            strings(&["PATH=/opt", "HOSTNAME=h"])
+        );
+    }
+
+    #[test]
+    fn cwd_rules() {
+        let mut c = container();
+        assert_eq!(cwd(&c, &image()), "/srv");
+        assert_eq!(cwd(&c, &ImageConfig::default()), "/");
+        let img = ImageConfig {
+            working_dir: Some("app".into()),
+            ..ImageConfig::default()
+        };
+        assert_eq!(cwd(&c, &img), "/app");
+        c.working_directory = Some("/work".into());
+        assert_eq!(cwd(&c, &image()), "/work");
+    }
+
+    const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/sh
+# comment
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+www:x:33:33:www-data:/var/www:/usr/sbin/nologin
+broken line
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+";
+    const GROUP: &str = "\
+root:x:0:
+daemon:x:1:
+www:x:33:
+audio:x:29:www,daemon
+video:x:44:daemon
+nogroup:x:65534:
+";
+
+    fn ru(uid: u32, gid: u32, extra: &[u32]) -> ResolvedUser {
+        ResolvedUser {
+            uid,
+            gid,
+            additional_gids: extra.to_vec(),
+        }
+    }
+
+    #[test]
+    fn users() {
+        let r = |s: Option<&str>| resolve_user(s, PASSWD, GROUP);
+        assert_eq!(r(None), Ok(ru(0, 0, &[])));
+        assert_eq!(r(Some("root")), Ok(ru(0, 0, &[])));
+        assert_eq!(r(Some("www")), Ok(ru(33, 33, &[29])));
+        assert_eq!(r(Some("daemon")), Ok(ru(1, 1, &[29, 44])));
+        assert_eq!(r(Some("nobody")), Ok(ru(65534, 65534, &[])));
+        // uid known to the image: its primary group.
+        assert_eq!(r(Some("33")), Ok(ru(33, 33, &[29])));
+        // uid unknown to the image: gid 0, as Docker.
+        assert_eq!(r(Some("1000")), Ok(ru(1000, 0, &[])));
+        assert_eq!(r(Some("1000:1000")), Ok(ru(1000, 1000, &[])));
+        assert_eq!(r(Some("www:nogroup")), Ok(ru(33, 65534, &[29])));
+        assert_eq!(r(Some("www:audio")), Ok(ru(33, 29, &[])));
+        assert_eq!(r(Some("65534:44")), Ok(ru(65534, 44, &[])));
+        assert_eq!(
+            r(Some("alice")),
+            Err(UserError::UnknownUser("alice".into()))
+        );
+        assert_eq!(
+            r(Some("www:staff")),
+            Err(UserError::UnknownGroup("staff".into()))
+        );
+        for bad in ["", ":", "www:", ":0", "1:2:3", "99999999999"] {
+            assert_eq!(r(Some(bad)), Err(UserError::Invalid(bad.into())), "{bad:?}");
+        }
+        // No user database at all: numbers still work, names don't.
+        assert_eq!(resolve_user(Some("5:6"), "", ""), Ok(ru(5, 6, &[])));
+        assert!(resolve_user(Some("root"), "", "").is_err());
+        assert!(UserError::UnknownUser("alice".into())
+            .to_string()
+            .contains("/etc/passwd"));
+    }
+
+    #[test]
+    fn user_setting_precedence() {
+        let mut c = container();
+        let mut img = image();
+        assert_eq!(user_setting(&c, &img), None);
+        img.user = Some("www".into());
+        assert_eq!(user_setting(&c, &img), Some("www"));
+        c.user = Some("1:1".into());
+        assert_eq!(user_setting(&c, &img), Some("1:1"));
+    }
+
+    #[test]
+    fn user_db_does_not_follow_symlinks() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("rootfs");
+        fs::create_dir_all(root.join("etc")).expect("mkdir");
+        fs::write(tmp.path().join("host-secret"), "root:x:0:0::/:/bin/sh\n").expect("write");
+        std::os::unix::fs::symlink(tmp.path().join("host-secret"), root.join("etc/passwd"))
+            .expect("symlink");
+        assert!(read_user_db(&root, "passwd").is_err());
+        fs::write(root.join("etc/group"), GROUP).expect("write");
+        assert_eq!(read_user_db(&root, "group").expect("group"), GROUP);
+        assert_eq!(read_user_db(&root, "missing").expect("missing"), "");
+        assert_eq!(
+            read_user_db(&tmp.path().join("none"), "passwd").expect("no etc"),
+            ""
+        );
+    }
+
+    fn params<'a>(t: &'a TaskDefinition, img: &'a ImageConfig) -> SpecParams<'a> {
+        SpecParams {
+            task: t,
+            container: &t.containers[0],
+            image: img,
+            user: ru(33, 33, &[29]),
+            rootfs: "/run/skiff/tasks/web/app/rootfs".into(),
+            netns: Some("/run/skiff/netns/web".into()),
+            cgroups_path: "/skiff/web/app".into(),
+            swap_limit: true,
+        }
+    }
+
+    #[test]
+    fn spec_fields() {
+        let mut c = container();
+        c.memory_mib = Some(16);
+        c.memory_reservation_mib = Some(8);
+        c.cpu = Some(1);
+        let t = task(c);
+        let img = image();
+        let spec = build(&params(&t, &img)).expect("spec");
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.terminal(), Some(false));
+        assert_eq!(
+            process.args().as_deref(),
+            Some(&strings(&["/entry", "serve", "--port", "80"])[..])
+        );
+        assert_eq!(process.cwd(), Path::new("/srv"));
+        assert_eq!(process.user().uid(), 33);
+        assert_eq!(process.user().gid(), 33);
+        assert_eq!(process.user().additional_gids().as_deref(), Some(&[29][..]));
+        assert!(process
+            .env()
+            .as_ref()
+            .expect("env")
+            .contains(&"HOSTNAME=web".to_owned()));
+        assert_eq!(spec.hostname().as_deref(), Some("web"));
+        let root = spec.root().as_ref().expect("root");
+        assert_eq!(root.readonly(), Some(false));
+        assert_eq!(root.path(), Path::new("/run/skiff/tasks/web/app/rootfs"));
+
+        let linux = spec.linux().as_ref().expect("linux");
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/skiff/web/app"))
+        );
+        let ns = linux.namespaces().as_ref().expect("namespaces");
+        let types: Vec<_> = ns.iter().map(|n| n.typ()).collect();
+        assert_eq!(
+            types,
+            vec![
+                LinuxNamespaceType::Pid,
+                LinuxNamespaceType::Ipc,
+                LinuxNamespaceType::Uts,
+                LinuxNamespaceType::Mount,
+                LinuxNamespaceType::Network
+            ]
+        );
+        assert_eq!(
+            ns[4].path().as_deref(),
+            Some(Path::new("/run/skiff/netns/web"))
+        );
+        let res = linux.resources().as_ref().expect("resources");
+        let mem = res.memory().as_ref().expect("memory");
+        assert_eq!(mem.limit(), Some(16 << 20));
+        assert_eq!(mem.swap(), Some(16 << 20));
+        assert_eq!(mem.reservation(), Some(8 << 20));
+        // cpu.shares has a floor of 2.
+        assert_eq!(res.cpu().as_ref().and_then(|c| c.shares()), Some(2));
+        let devices = res.devices().as_ref().expect("devices");
+        assert!(!devices[0].allow());
+
+        // The spec serializes and libcontainer's loader reads it back.
+        let json = serde_json::to_string(&spec).expect("json");
+        let back: Spec = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn spec_host_network_and_no_limits() {
+        let t = task(container());
+        let img = image();
+        let mut p = params(&t, &img);
+        p.netns = None;
+        p.swap_limit = false;
+        let spec = build(&p).expect("spec");
+        let linux = spec.linux().as_ref().expect("linux");
+        let ns = linux.namespaces().as_ref().expect("namespaces");
+        assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network));
+        let res = linux.resources().as_ref().expect("resources");
+        assert!(res.memory().is_none());
+        assert!(res.cpu().is_none());
+
+        let mut c = container();
+        c.memory_mib = Some(32);
+        let t = task(c);
+        let mut p = params(&t, &img);
+        p.swap_limit = false;
+        let spec = build(&p).expect("spec");
+        let mem = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .expect("memory");
+        assert_eq!(mem.limit(), Some(32 << 20));
+        assert_eq!(mem.swap(), None);
+    }
+}

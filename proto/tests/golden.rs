@@ -1,0 +1,213 @@
+//! Golden byte fixtures: one checked-in encoding per message kind. An accidental wire change
+//! (a reordered field, a changed enum) fails here. After an *intended* change (which must be a
+//! new kind), regenerate with `SKIFF_BLESS=1 cargo test -p skiff-proto --test golden`.
+
+use std::path::PathBuf;
+
+use skiff_proto::codec::{decode, decode_as, encode, Kind, Message};
+use skiff_proto::*;
+
+fn n(s: &str) -> Name {
+    s.parse().expect("valid name")
+}
+
+fn task() -> TaskDefinition {
+    TaskDefinition {
+        family: n("web"),
+        revision: 3,
+        containers: vec![ContainerDefinition {
+            name: n("app"),
+            image: "busybox:1.36".into(),
+            entry_point: vec!["sh".into(), "-c".into()],
+            command: vec!["echo hello".into()],
+            environment: vec![EnvVar {
+                name: "MODE".into(),
+                value: "edge".into(),
+            }],
+            cpu: Some(256),
+            memory_mib: Some(64),
+            memory_reservation_mib: Some(32),
+            essential: true,
+            working_directory: Some("/srv".into()),
+            user: Some("1000:1000".into()),
+        }],
+        cpu: Some(512),
+        memory_mib: Some(128),
+        network_mode: NetworkMode::None,
+        restart_policy: RestartPolicy::OnFailure,
+    }
+}
+
+fn exit() -> ExitInfo {
+    ExitInfo {
+        code: 137,
+        signal: Some(9),
+        oom_killed: true,
+    }
+}
+
+/// One representative message per kind.
+fn samples() -> Vec<Message> {
+    vec![
+        Message::DesiredState(DesiredState {
+            version: 42,
+            cluster: n("demo"),
+            node: Some(n("pi-1")),
+            tasks: vec![task()],
+            signature: Some(Signature {
+                key_id: n("fleet-1"),
+                bytes: vec![7; 64],
+            }),
+        }),
+        Message::Status(Status {
+            node: n("pi-1"),
+            state: NodeState::Online,
+            agent_version: "0.1.0".into(),
+            cluster_version: 5,
+            node_version: 42,
+            at_ms: 1_764_000_000_000,
+            tasks: vec![TaskStatus {
+                name: n("web"),
+                revision: 3,
+                state: TaskState::Running,
+                restarts: 1,
+                last_exit: Some(exit()),
+                containers: vec![ContainerStatus {
+                    name: n("app"),
+                    state: ContainerState::Running,
+                    pid: Some(4242),
+                    exit: None,
+                }],
+            }],
+        }),
+        Message::Event(Event {
+            node: n("pi-1"),
+            seq: 9,
+            at_ms: 1_764_000_000_123,
+            body: EventBody::ContainerExited {
+                task: n("web"),
+                container: n("app"),
+                exit: exit(),
+            },
+        }),
+        Message::Metrics(Metrics {
+            node: n("pi-1"),
+            samples: vec![MetricsSample {
+                at_ms: 1_764_000_000_000,
+                cpu_pct: 12.5,
+                mem_used_bytes: 300 << 20,
+                mem_total_bytes: 4 << 30,
+                tasks: vec![TaskSample {
+                    task: n("web"),
+                    cpu_pct: 3.25,
+                    mem_bytes: 5 << 20,
+                    mem_limit_bytes: Some(64 << 20),
+                }],
+            }],
+        }),
+        Message::Command(Command {
+            id: 77,
+            body: CommandBody::Logs {
+                task: n("web"),
+                from: Some(10),
+                max_bytes: 4096,
+            },
+        }),
+        Message::Reply(Reply {
+            id: 77,
+            body: ReplyBody::Logs {
+                start: 10,
+                end: 16,
+                data: b"hello\n".to_vec(),
+            },
+        }),
+    ]
+}
+
+fn fixture(kind: Kind) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{}.bin", kind.name()))
+}
+
+#[test]
+fn every_kind_has_a_sample() {
+    let kinds: Vec<Kind> = samples().iter().map(Message::kind).collect();
+    assert_eq!(kinds, Kind::ALL.to_vec());
+}
+
+#[test]
+fn golden_fixtures_decode_to_the_samples() {
+    let bless = std::env::var_os("SKIFF_BLESS").is_some();
+    for msg in samples() {
+        let path = fixture(msg.kind());
+        let bytes = encode(&msg).expect("sample encodes");
+        if bless {
+            std::fs::write(&path, &bytes).expect("write fixture");
+        }
+        let golden = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (SKIFF_BLESS=1 creates it)", path.display()));
+        assert_eq!(
+            decode(&golden).as_ref(),
+            Ok(&msg),
+            "{} no longer decodes to the sample",
+            path.display()
+        );
+        assert_eq!(
+            bytes,
+            golden,
+            "{}: the encoding changed; a changed message needs a new kind",
+            path.display()
+        );
+        assert_eq!(decode_as(msg.kind(), &golden).as_ref(), Ok(&msg));
+    }
+}
+
+#[test]
+fn every_truncation_of_every_fixture_is_an_error() {
+    for msg in samples() {
+        let bytes = encode(&msg).expect("sample encodes");
+        for len in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..len]).is_err(),
+                "{} truncated to {len} decoded",
+                msg.kind().name()
+            );
+        }
+    }
+}
+
+#[test]
+fn flipped_header_bytes_are_named() {
+    let mut bytes = encode(&samples()[0]).expect("sample encodes");
+    bytes[2] = 2;
+    let err = decode(&bytes).expect_err("major 2");
+    assert!(err.is_unsupported());
+    assert_eq!(
+        err.to_string(),
+        "unsupported protocol version 2 (this agent speaks 1)"
+    );
+    bytes[2] = 1;
+    bytes[3] = 200;
+    assert_eq!(
+        decode(&bytes).expect_err("kind 200").to_string(),
+        "unsupported message kind 200"
+    );
+}
+
+#[test]
+fn desired_state_bounds_are_checked_on_decode() {
+    let Message::DesiredState(mut d) = samples().remove(0) else {
+        panic!("first sample")
+    };
+    d.tasks[0].containers[0].essential = false;
+    // Encode bypassing validation to play a hostile sender.
+    let mut bytes = skiff_proto::codec::header_bytes(Kind::DesiredState).to_vec();
+    bytes.extend(postcard::to_allocvec(&d).expect("encode"));
+    let err = decode(&bytes).expect_err("no essential container");
+    assert!(
+        err.to_string()
+            .contains("at least one container must be essential"),
+        "{err}"
+    );
+}

@@ -1,0 +1,536 @@
+//! Real components for end-to-end tests: a mosquitto broker on a free loopback port, the busybox
+//! OCI image built from Debian's busybox-static, the real `skiff` binary as agent and console,
+//! and `mosquitto_sub` as an independent observer.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use skiff_proto::codec::{decode, Message};
+
+pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// Why the environment can't run these tests, or None. The README says how to get everything
+/// (`tests/run.sh` installs it); CI always has it, so there a missing piece fails loudly.
+pub fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("must run as root (containers)".into());
+    }
+    for tool in ["mosquitto", "mosquitto_sub", "mosquitto_pub"] {
+        if which(tool).is_none() {
+            return Some(format!(
+                "{tool} is not installed (apt-get install mosquitto mosquitto-clients)"
+            ));
+        }
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("/bin/busybox is missing (apt-get install busybox-static)".into());
+    }
+    None
+}
+
+/// Skips the test (returns from it) when a prerequisite is missing, unless CI demands them.
+#[macro_export]
+macro_rules! require_env {
+    () => {
+        if let Some(why) = $crate::harness::missing_prerequisite() {
+            if std::env::var_os("SKIFF_E2E_REQUIRED").is_some() {
+                panic!("end-to-end prerequisite missing: {why}");
+            }
+            eprintln!("SKIPPED: {why}; see README.md (tests/run.sh installs what is needed)");
+            return;
+        }
+    };
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Waits until `f` returns Some, or panics with `what` at the deadline.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A mosquitto broker on a free loopback port, killed on drop.
+pub struct Broker {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        wait_for("mosquitto to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Broker {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Publishes raw bytes with mosquitto_pub (the way a hostile or broken client would).
+    pub fn publish_raw(&self, topic: &str, payload: &[u8], retain: bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("payload");
+        std::fs::write(&file, payload).expect("write payload");
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+        ])
+        .arg(&file);
+        if retain {
+            cmd.arg("-r");
+        }
+        let out = cmd.output().expect("run mosquitto_pub");
+        assert!(
+            out.status.success(),
+            "mosquitto_pub failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The busybox OCI image layout, built once per test run by the fixture script.
+pub fn busybox_layout() -> PathBuf {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("busybox-oci-{}", std::process::id()));
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/make-busybox-oci.sh");
+            let status = Command::new("sh")
+                .arg(&script)
+                .arg(&out)
+                .status()
+                .expect("run make-busybox-oci.sh");
+            assert!(status.success(), "make-busybox-oci.sh failed");
+            out
+        })
+        .clone()
+}
+
+static AGENTS: AtomicU32 = AtomicU32::new(0);
+
+/// A `skiff agent` process with its own data dir, run dir and cgroup parent.
+pub struct Agent {
+    pub node: String,
+    pub cluster: String,
+    pub dir: tempfile::TempDir,
+    pub cgroup_parent: String,
+    child: Option<Child>,
+    pub stderr: std::sync::Arc<Mutex<String>>,
+}
+
+impl Agent {
+    /// Imports busybox and starts the agent against `broker`.
+    pub fn start(broker: &Broker, cluster: &str, node: &str) -> Agent {
+        Self::start_with(broker, cluster, node, "")
+    }
+
+    pub fn start_with(broker: &Broker, cluster: &str, node: &str, extra_config: &str) -> Agent {
+        let n = AGENTS.fetch_add(1, Ordering::Relaxed);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cgroup_parent = format!("skiff-e2e-{}-{n}", std::process::id());
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"{node}\"\ncluster = \"{cluster}\"\nbroker = \"{}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\
+                 metrics_interval_secs = 1\nstop_grace_secs = 2\nkeepalive_secs = 5\ncgroup_parent = \"{cgroup_parent}\"\n\
+                 log = \"info\"\n{extra_config}",
+                broker.url(),
+                dir.path().join("data").display(),
+                dir.path().join("run").display(),
+            ),
+        )
+        .expect("write agent.toml");
+        let import = Command::new(SKIFF)
+            .args(["image", "--config"])
+            .arg(&config)
+            .arg("import")
+            .arg(busybox_layout())
+            .args(["--tag", "busybox"])
+            .output()
+            .expect("run skiff image import");
+        assert!(
+            import.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+        let mut agent = Agent {
+            node: node.into(),
+            cluster: cluster.into(),
+            dir,
+            cgroup_parent,
+            child: None,
+            stderr: Default::default(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(SKIFF)
+            .args(["agent", "--config"])
+            .arg(self.dir.path().join("agent.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start skiff agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = self.stderr.clone();
+        let node = self.node.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent {node}] {line}");
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        self.child = Some(child);
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("agent running")
+    }
+
+    /// SIGKILL, as a power cut would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `skiff ctl` against this agent's broker and cluster.
+    pub fn ctl(&self, broker: &Broker, args: &[&str]) -> Output {
+        let out = Command::new(SKIFF)
+            .args([
+                "ctl",
+                "--broker",
+                &broker.url(),
+                "--cluster",
+                &self.cluster,
+                "--timeout",
+                "15",
+            ])
+            .args(args)
+            .output()
+            .expect("run skiff ctl");
+        eprintln!(
+            "$ skiff ctl {}\n{}{}[exit {:?}]",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status.code()
+        );
+        out
+    }
+
+    /// Cgroup directories of this agent's tasks that still exist (v1 controllers or v2).
+    pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
+        let mut roots = vec![PathBuf::from("/sys/fs/cgroup").join(&self.cgroup_parent)];
+        for c in [
+            "memory", "cpu", "cpuacct", "pids", "cpuset", "devices", "freezer", "blkio",
+        ] {
+            roots.push(
+                PathBuf::from("/sys/fs/cgroup")
+                    .join(c)
+                    .join(&self.cgroup_parent),
+            );
+        }
+        let mut out = Vec::new();
+        for r in roots {
+            if let Ok(entries) = std::fs::read_dir(&r) {
+                out.extend(
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir()),
+                );
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+        // Whatever a killed agent or a failed test left: kill the processes in our cgroups,
+        // remove the cgroups, unmount what is mounted under our directory.
+        let mut roots = vec![PathBuf::from("/sys/fs/cgroup").join(&self.cgroup_parent)];
+        for c in [
+            "memory", "cpu", "cpuacct", "pids", "cpuset", "devices", "freezer", "blkio",
+        ] {
+            roots.push(
+                PathBuf::from("/sys/fs/cgroup")
+                    .join(c)
+                    .join(&self.cgroup_parent),
+            );
+        }
+        for r in &roots {
+            kill_cgroup_tree(r);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for r in &roots {
+            remove_cgroup_tree(r);
+        }
+        let mine = self.dir.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&mine))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn kill_cgroup_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        if e.path().is_dir() {
+            kill_cgroup_tree(&e.path());
+        }
+    }
+    for f in ["cgroup.procs", "tasks"] {
+        for pid in std::fs::read_to_string(dir.join(f))
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        if e.path().is_dir() {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A `mosquitto_sub` process printing `topic hexpayload` lines, decoded as they come.
+pub struct Sub {
+    child: Child,
+    rx: Receiver<(String, Vec<u8>)>,
+    /// Everything received so far, in order.
+    pub seen: Vec<(String, Message)>,
+}
+
+impl Sub {
+    pub fn start(broker: &Broker, topics: &[&str]) -> Sub {
+        let mut cmd = Command::new("mosquitto_sub");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-F",
+            "%t %x",
+        ]);
+        for t in topics {
+            cmd.args(["-t", t]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start mosquitto_sub");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Some((topic, hex)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Ok(bytes) = hex::decode(hex.trim()) else {
+                    continue;
+                };
+                if tx.send((topic.to_string(), bytes)).is_err() {
+                    return;
+                }
+            }
+        });
+        // mosquitto_sub has no "subscribed" signal; give it a moment to subscribe.
+        std::thread::sleep(Duration::from_millis(300));
+        Sub {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a message for which `f` returns Some; keeps every message in `seen`.
+    pub fn wait<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&str, &Message) -> Option<T>,
+    ) -> T {
+        for (t, m) in &self.seen {
+            if let Some(v) = f(t, m) {
+                return v;
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((topic, bytes)) => {
+                    let msg = decode(&bytes)
+                        .unwrap_or_else(|e| panic!("undecodable message on {topic}: {e}"));
+                    let hit = f(&topic, &msg);
+                    self.seen.push((topic, msg));
+                    if let Some(v) = hit {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let seen: Vec<String> = self
+                        .seen
+                        .iter()
+                        .map(|(t, m)| format!("{t}: {m:?}"))
+                        .collect();
+                    panic!(
+                        "timed out after {timeout:?} waiting for {what}; seen:\n{}",
+                        seen.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("mosquitto_sub exited while waiting for {what}")
+                }
+            }
+        }
+    }
+
+    /// Drains what has arrived without waiting.
+    pub fn drain(&mut self) {
+        while let Ok((topic, bytes)) = self.rx.try_recv() {
+            if let Ok(msg) = decode(&bytes) {
+                self.seen.push((topic, msg));
+            }
+        }
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a task-definition file into `dir`.
+pub fn task_file(dir: &Path, name: &str, json: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, json).expect("write task file");
+    p
+}

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Runs every check of the project: formatting, lints, the no_std build of the protocol crate, unit
+# tests and the end-to-end tests (real mosquitto, real containers). Installs what the tests need
+# first, on Debian / Raspberry Pi OS. Run as root: containers need it.
+#
+#   sudo sh tests/run.sh            # SKIFF_SKIP_INSTALL=1 skips the apt step
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "${SKIFF_SKIP_INSTALL:-0}" != 1 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # mosquitto: the broker the tests start on free loopback ports; mosquitto-clients: the
+    # independent observer; busybox-static: the test image.
+    apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients busybox-static >/dev/null
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "skiff-proto builds no_std + alloc"
+cargo check -p skiff-proto --no-default-features --locked
+step "cargo test (unit, core, runtime, end-to-end)"
+SKIFF_E2E_REQUIRED=1 cargo test --workspace --locked
