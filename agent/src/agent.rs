@@ -378,12 +378,15 @@ impl Output {
     }
 
     fn event(&self, body: EventBody) {
-        let line = display::event_body(&body);
-        match &body {
-            EventBody::DesiredRejected { .. } | EventBody::TaskFailed { .. } => {
-                tracing::warn!("{line}")
-            }
-            _ => tracing::info!("{line}"),
+        // Local mode prints every event on stdout instead; the log keeps the problems.
+        let problem = matches!(
+            body,
+            EventBody::DesiredRejected { .. } | EventBody::TaskFailed { .. }
+        );
+        if problem {
+            tracing::warn!("{}", display::event_body(&body));
+        } else if !self.print {
+            tracing::info!("{}", display::event_body(&body));
         }
         let ev = EventMsg {
             node: self.node.clone(),
@@ -526,13 +529,12 @@ impl Shells {
         }
         for (c, image) in def.containers.iter().zip(&images) {
             let (image, digest) = (image.reference.clone(), image.digest.clone());
-            let body = EventBody::ImageReady {
+            self.send(Event::ImageReady {
                 task: def.family.clone(),
                 container: c.name.clone(),
                 image,
                 digest,
-            };
-            tracing::debug!("{}", display::event_body(&body));
+            });
         }
         self.runtime
             .prepare_task(def, &images)

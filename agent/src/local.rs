@@ -13,23 +13,11 @@ use skiff_proto::TaskDefinition;
 pub const POLL: Duration = Duration::from_secs(2);
 /// Most files read from the directory.
 pub const MAX_FILES: usize = skiff_proto::limits::MAX_TASKS;
-/// Largest task-definition file.
-pub const MAX_FILE_BYTES: u64 = 64 * 1024;
-
-/// Reads and checks one task-definition file: ECS JSON, the fields skiff supports, image
-/// references that parse. The message names the file and the field.
+/// Reads and checks one task-definition file: ECS JSON with the fields skiff supports (bounded
+/// by [`crate::ecs::read_task_file`]) and image references that parse. The message names the
+/// file and the field.
 pub fn read_task_file(path: &std::path::Path) -> Result<TaskDefinition, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!(
-            "{}: {} bytes, larger than the {MAX_FILE_BYTES}-byte limit",
-            path.display(),
-            meta.len()
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let def = crate::ecs::parse_task_definition(&bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let def = crate::ecs::read_task_file(path)?;
     for (i, c) in def.containers.iter().enumerate() {
         c.image
             .parse::<crate::images::ImageRef>()

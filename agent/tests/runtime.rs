@@ -318,6 +318,29 @@ async fn user_and_working_directory() {
 }
 
 #[tokio::test]
+async fn only_the_skiff_binary_is_accepted_as_launcher() {
+    if !root_or_skip("only_the_skiff_binary_is_accepted_as_launcher") {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut cfg = fx.config();
+    cfg.launcher_exe = PathBuf::from("/bin/true");
+    let err = Runtime::start(cfg.clone())
+        .await
+        .expect_err("not a launcher");
+    assert!(
+        matches!(err, RuntimeError::LauncherHandshake { .. }),
+        "{err}"
+    );
+    cfg.launcher_exe = fx.dir.path().join("missing");
+    let err = Runtime::start(cfg.clone()).await.expect_err("no binary");
+    assert!(matches!(err, RuntimeError::LauncherSpawn { .. }), "{err}");
+    cfg.cgroup_parent = "../escape".into();
+    let err = Runtime::start(cfg).await.expect_err("bad parent");
+    assert!(matches!(err, RuntimeError::CgroupParent(_)), "{err}");
+}
+
+#[tokio::test]
 async fn missing_executable_fails_start() {
     if !root_or_skip("missing_executable_fails_start") {
         return;

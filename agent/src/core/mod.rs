@@ -72,6 +72,13 @@ pub enum Event {
         tasks: Result<Vec<TaskDefinition>, String>,
         images: Catalog,
     },
+    /// The image of a container of a starting task was found in the store.
+    ImageReady {
+        task: Name,
+        container: Name,
+        image: String,
+        digest: String,
+    },
     /// A container of a starting task was created and started.
     ContainerStarted {
         task: Name,
@@ -237,6 +244,21 @@ impl Core {
                 match doc.validate() {
                     Ok(()) => self.on_doc(Scope::Node, doc, &images, now, &mut out),
                     Err(e) => reject(&mut out, Scope::Node, None, e.to_string()),
+                }
+            }
+            Event::ImageReady {
+                task,
+                container,
+                image,
+                digest,
+            } => {
+                if self.tasks.get(&task).is_some_and(|t| t.start_pending) {
+                    out.push(Action::Event(EventBody::ImageReady {
+                        task,
+                        container,
+                        image,
+                        digest,
+                    }));
                 }
             }
             Event::ContainerStarted {

@@ -4,7 +4,7 @@
 //! - this file: [`Runtime`], the handle the agent uses from any tokio task. Preparing and
 //!   removing tasks (cgroups, network namespace, rootfs, `config.json`) happens here, on
 //!   blocking threads; creating, signalling and deleting containers is sent to the launcher.
-//! - [`launcher`]: the single-threaded `skiff __launcher` process that calls libcontainer (it
+//! - `launcher`: the single-threaded `skiff __launcher` process that calls libcontainer (it
 //!   clones, which is only safe from a single-threaded process) and reports exits.
 //! - `wire`: the agent ↔ launcher frames.
 //! - `spec`: the OCI runtime spec of a container (Docker's rules for args, env, cwd, user).
@@ -21,7 +21,7 @@
 
 mod cgroup;
 mod ids;
-pub mod launcher;
+mod launcher;
 mod netns;
 mod rootfs;
 mod spec;
@@ -158,6 +158,9 @@ pub enum RuntimeError {
     #[error("{what} panicked")]
     Panicked { what: &'static str },
 }
+
+/// How long a freshly started launcher may take to answer its first request.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Pending = HashMap<u64, oneshot::Sender<Result<Reply, Failure>>>;
 
@@ -306,14 +309,16 @@ impl Runtime {
                 launcher_pid,
             }),
         };
-        match rt.request(RequestBody::Ping).await {
-            Ok(Ok(Reply::Pong { pid })) if pid == launcher_pid => Ok((rt, public_rx)),
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, rt.request(RequestBody::Ping));
+        match handshake.await {
+            Ok(Ok(Ok(Reply::Pong { pid }))) if pid == launcher_pid => Ok((rt, public_rx)),
             other => Err(RuntimeError::LauncherHandshake {
                 exe: cfg.launcher_exe,
                 reason: match other {
-                    Err(e) => e.to_string(),
-                    Ok(Err(f)) => f.message,
-                    Ok(Ok(r)) => format!("unexpected reply {r:?}"),
+                    Err(_) => format!("no answer within {HANDSHAKE_TIMEOUT:?}"),
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(Err(f))) => f.message,
+                    Ok(Ok(Ok(r))) => format!("unexpected reply {r:?}"),
                 },
             }),
         }
