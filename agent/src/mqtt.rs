@@ -63,6 +63,10 @@ pub fn connect(opts: ConnectOptions) -> Connection {
         mo.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
     }
     let (client, mut eventloop) = AsyncClient::new(mo, 256);
+    // Small control messages: Nagle's algorithm would hold each one back for an ACK.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.network_options = net;
     let (tx, inbound) = mpsc::channel(256);
     let subs = opts.subscriptions;
     let sub_client = client.clone();

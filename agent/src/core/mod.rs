@@ -149,6 +149,9 @@ struct ContainerRec {
     state: ContainerState,
     pid: Option<u32>,
     exit: Option<ExitInfo>,
+    /// An exit that arrived before the start was confirmed (the exit notice and the start's
+    /// reply travel different paths); replayed right after `ContainerStarted`.
+    early_exit: Option<ExitInfo>,
 }
 
 #[derive(Debug, Clone)]
@@ -550,6 +553,7 @@ impl Core {
                 state: ContainerState::Pending,
                 pid: None,
                 exit: None,
+                early_exit: None,
             })
             .collect();
         out.push(Action::Event(EventBody::TaskStarting {
@@ -621,7 +625,7 @@ impl Core {
         name: &Name,
         container: &Name,
         pid: u32,
-        _now: Time,
+        now: Time,
         out: &mut Vec<Action>,
     ) {
         let Some(t) = self.tasks.get_mut(name) else {
@@ -642,6 +646,9 @@ impl Core {
             container: container.clone(),
             pid,
         }));
+        if let Some(exit) = c.early_exit.take() {
+            return self.on_exited(name, container, exit, now, out);
+        }
         if stopping {
             // Started after the task was told to stop: stop it too.
             let signal = if killed { Signal::Kill } else { Signal::Term };
@@ -703,6 +710,10 @@ impl Core {
         let Some(c) = t.containers.iter_mut().find(|c| c.name == *container) else {
             return;
         };
+        if c.state == ContainerState::Pending && t.start_pending {
+            c.early_exit = Some(exit);
+            return;
+        }
         if c.state != ContainerState::Running {
             return;
         }

@@ -653,3 +653,30 @@ fn local_desired_state_replaces_the_node_document() {
     );
     assert_eq!(signals(&a).len(), 1);
 }
+
+#[test]
+fn an_exit_that_overtakes_its_start_is_not_lost() {
+    let mut c = core();
+    apply(&mut c, 1, vec![task("quick", RestartPolicy::Never)], at(0));
+    // The exit notice arrives before the start's reply (they travel different paths).
+    let a = exit(&mut c, "quick", "main", 0, at(1));
+    assert!(events(&a).is_empty(), "{a:?}");
+    let a = c.handle(
+        Event::ContainerStarted {
+            task: n("quick"),
+            container: n("main"),
+            pid: 7,
+        },
+        at(2),
+    );
+    let ev = events(&a);
+    assert!(
+        matches!(ev[0], EventBody::ContainerStarted { pid: 7, .. }),
+        "{ev:?}"
+    );
+    assert!(matches!(ev[1], EventBody::ContainerExited { .. }), "{ev:?}");
+    let a = c.handle(Event::TaskStarted { task: n("quick") }, at(3));
+    assert_eq!(removes(&a), ["quick"]);
+    removed(&mut c, "quick", at(4));
+    assert_eq!(c.phase(&n("quick")), Some(Phase::Stopped));
+}
