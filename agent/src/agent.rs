@@ -31,6 +31,7 @@ use crate::logs::Logs;
 use crate::metrics::Sampler;
 use crate::mqtt::{self, Inbound};
 use crate::runtime::{ContainerExit, Runtime, RuntimeConfig};
+use crate::store::StateStore;
 use crate::{display, local};
 
 /// Where desired state comes from.
@@ -50,6 +51,8 @@ pub enum AgentError {
         path: PathBuf,
         source: crate::images::StoreError,
     },
+    #[error("state store: {0}")]
+    State(crate::store::StateError),
     #[error("container runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("{what} {path}: {source}")]
@@ -90,6 +93,9 @@ pub async fn run(
     if !stale.is_empty() {
         tracing::warn!(containers = ?stale, "removed containers left by a previous run");
     }
+    let state_dir = cfg.data_dir.join("state");
+    let state = StateStore::open(state_dir).map_err(AgentError::State)?;
+    let saved = state.load();
     let logs_dir = cfg.run_dir.join("logs");
     let logs =
         Logs::new(logs_dir.clone(), cfg.log_limit_bytes).map_err(|source| AgentError::Io {
@@ -145,6 +151,7 @@ pub async fn run(
         stdio_dir,
         echo: local,
         readers: Arc::new(std::sync::Mutex::new(HashMap::new())),
+        state,
     };
     let out = Output {
         client,
@@ -174,6 +181,13 @@ pub async fn run(
 
     tracing::info!(node = %cfg.node, cluster = %cfg.cluster, version = VERSION, "skiff agent starting");
     out.perform(core.handle(Event::Started, clock.now()), &shells);
+    let restored = Event::Restored {
+        cluster: saved.cluster.map(Box::new),
+        node: saved.node.map(Box::new),
+        finished: saved.finished,
+        images: shells.catalog().await,
+    };
+    out.perform(core.handle(restored, clock.now()), &shells);
     loop {
         let deadline = core
             .next_deadline()
@@ -288,7 +302,7 @@ async fn handle_inbound(
                 images: shells.catalog().await,
             }),
             Some(Topic::Cmd { .. }) => {
-                out.reply(answer(&payload, &shells.logs));
+                out.reply(answer(&payload, &shells.logs, &shells.state));
                 None
             }
             _ => {
@@ -300,7 +314,7 @@ async fn handle_inbound(
 }
 
 /// The reply to a command payload.
-fn answer(payload: &[u8], logs: &Logs) -> Reply {
+fn answer(payload: &[u8], logs: &Logs, state: &StateStore) -> Reply {
     let cmd = match decode_as(Kind::Command, payload) {
         Ok(Message::Command(c)) => c,
         Ok(_) | Err(_) => {
@@ -339,6 +353,9 @@ fn answer(payload: &[u8], logs: &Logs) -> Reply {
                 },
             }
         }
+        CommandBody::History { task, limit } => ReplyBody::History {
+            runs: state.history(&task, usize::try_from(limit).unwrap_or(usize::MAX)),
+        },
     };
     Reply { id, body }
 }
@@ -356,7 +373,27 @@ struct Output {
 
 impl Output {
     fn perform(&self, actions: Vec<Action>, shells: &Shells) {
-        for action in actions {
+        // Durable writes first and synchronously: nothing is published (status, events) that a
+        // power cut right after could take back. They are rare (a document applied, a run
+        // ended) and small.
+        let (saves, rest): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| {
+            matches!(
+                a,
+                Action::SaveDesired { .. } | Action::SaveFinished(_) | Action::RecordRun(_)
+            )
+        });
+        for save in saves {
+            let result = match &save {
+                Action::SaveDesired { scope, doc } => shells.state.save_desired(*scope, doc),
+                Action::SaveFinished(f) => shells.state.save_finished(f),
+                Action::RecordRun(r) => shells.state.append_run(r),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot save state; it will be lost at a restart");
+            }
+        }
+        for action in rest {
             match action {
                 Action::StartTask { def } => shells.start_task(def),
                 Action::Signal {
@@ -373,6 +410,7 @@ impl Output {
                     };
                     self.publish(topic, &Message::Status(status), true);
                 }
+                Action::SaveDesired { .. } | Action::SaveFinished(_) | Action::RecordRun(_) => {}
             }
         }
     }
@@ -474,6 +512,8 @@ struct Shells {
     echo: bool,
     /// Log readers of running containers: told to drain and stop when the container exits.
     readers: Arc<std::sync::Mutex<HashMap<ReaderKey, oneshot::Sender<oneshot::Sender<()>>>>>,
+    /// Durable state.
+    state: StateStore,
 }
 
 impl Shells {

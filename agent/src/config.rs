@@ -43,6 +43,10 @@ pub struct Config {
     pub keepalive_secs: u64,
     /// Log filter, `RUST_LOG` syntax (`info`, `skiff_agent=debug,warn`). `RUST_LOG` wins.
     pub log: String,
+    /// Image pulls and garbage collection (`[images]`).
+    pub images: crate::images::ImagesConfig,
+    /// Registry credentials and plain-HTTP registries (`[[registries]]`).
+    pub registries: Vec<crate::images::RegistryConfig>,
 }
 
 impl Default for Config {
@@ -60,6 +64,8 @@ impl Default for Config {
             cgroup_parent: "skiff".into(),
             keepalive_secs: 30,
             log: "info".into(),
+            images: crate::images::ImagesConfig::default(),
+            registries: Vec::new(),
         }
     }
 }
@@ -149,6 +155,8 @@ pub struct Validated {
     pub cgroup_parent: Name,
     pub keepalive: Duration,
     pub log: String,
+    pub images: crate::images::ImagesSettings,
+    pub registries: crate::images::Registries,
 }
 
 impl Config {
@@ -219,6 +227,12 @@ impl Config {
             16 << 20,
         )?;
         let keepalive = range("keepalive_secs", self.keepalive_secs, 5, 3600)?;
+        let images = self
+            .images
+            .validate()
+            .map_err(|e| invalid("images", e.to_string()))?;
+        let registries = crate::images::Registries::validate(&self.registries)
+            .map_err(|e| invalid("registries", e.to_string()))?;
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| invalid("log", format!("{:?}: {e}", self.log)))?;
         Ok(Validated {
@@ -234,6 +248,8 @@ impl Config {
             cgroup_parent,
             keepalive: Duration::from_secs(keepalive),
             log: self.log.clone(),
+            images,
+            registries,
         })
     }
 }

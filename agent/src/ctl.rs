@@ -555,6 +555,74 @@ fn json_line(topic: &str, msg: &Message) -> String {
         .to_string()
 }
 
+/// A node's command/reply exchange: sends commands and waits for their replies.
+struct NodeChannel {
+    session: Session,
+    node: Name,
+    cmd_topic: String,
+    reply_topic: String,
+    next_id: u64,
+    timeout: Duration,
+}
+
+impl NodeChannel {
+    async fn open(target: &Target, node: Name) -> Result<NodeChannel, CtlError> {
+        let reply_topic = Topic::Reply {
+            cluster: target.cluster.clone(),
+            node: node.clone(),
+        }
+        .to_topic();
+        let cmd_topic = Topic::Cmd {
+            cluster: target.cluster.clone(),
+            node: node.clone(),
+        }
+        .to_topic();
+        let session = Session::open(target, vec![reply_topic.clone()]).await?;
+        Ok(NodeChannel {
+            session,
+            node,
+            cmd_topic,
+            reply_topic,
+            next_id: crate::clock::wall_ms(),
+            timeout: target.timeout,
+        })
+    }
+
+    /// Sends `body` and returns the node's answer; errors and `unsupported` become `Err`.
+    async fn request(&mut self, body: CommandBody) -> Result<ReplyBody, CtlError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let bytes = encode(&Message::Command(Command { id, body }))
+            .map_err(|e| CtlError::Failed(e.to_string()))?;
+        self.session
+            .publish(&self.cmd_topic, bytes, false, self.timeout)
+            .await?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let Some((topic, payload, _)) = self.session.next(deadline).await else {
+                return Err(CtlError::Timeout(format!(
+                    "node {} did not answer (is it online?)",
+                    self.node
+                )));
+            };
+            if topic != self.reply_topic {
+                continue;
+            }
+            match decode_as(Kind::Reply, &payload) {
+                Ok(Message::Reply(r)) if r.id == id => {
+                    return match r.body {
+                        ReplyBody::Error { reason } | ReplyBody::Unsupported { reason } => {
+                            Err(CtlError::Failed(reason))
+                        }
+                        other => Ok(other),
+                    }
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
 /// `skiff ctl logs`: a task's log from a node, optionally following it.
 pub async fn logs(
     target: &Target,
@@ -563,76 +631,66 @@ pub async fn logs(
     tail: u32,
     follow: bool,
 ) -> Result<(), CtlError> {
-    let reply_topic = Topic::Reply {
-        cluster: target.cluster.clone(),
-        node: node.clone(),
-    }
-    .to_topic();
-    let cmd_topic = Topic::Cmd {
-        cluster: target.cluster.clone(),
-        node: node.clone(),
-    }
-    .to_topic();
-    let mut s = Session::open(target, vec![reply_topic.clone()]).await?;
+    let mut ch = NodeChannel::open(target, node).await?;
     let mut from: Option<u64> = None;
-    let mut id = crate::clock::wall_ms();
     let mut stdout = std::io::stdout();
     loop {
-        id += 1;
-        let max_bytes = if from.is_none() {
-            tail
-        } else {
-            u32::try_from(skiff_proto::limits::MAX_LOG_CHUNK).unwrap_or(u32::MAX)
+        let max_bytes = match from {
+            None => tail,
+            Some(_) => u32::try_from(skiff_proto::limits::MAX_LOG_CHUNK).unwrap_or(u32::MAX),
         };
-        let cmd = Command {
-            id,
-            body: CommandBody::Logs {
+        let body = ch
+            .request(CommandBody::Logs {
                 task: task.clone(),
                 from,
                 max_bytes,
-            },
+            })
+            .await?;
+        let ReplyBody::Logs { start, end, data } = body else {
+            return Err(CtlError::Failed(format!(
+                "unexpected answer to a logs request: {body:?}"
+            )));
         };
-        let bytes = encode(&Message::Command(cmd)).map_err(|e| CtlError::Failed(e.to_string()))?;
-        s.publish(&cmd_topic, bytes, false, target.timeout).await?;
-        let deadline = Instant::now() + target.timeout;
-        let body = loop {
-            let Some((topic, payload, _)) = s.next(deadline).await else {
-                return Err(CtlError::Timeout(format!(
-                    "node {node} did not answer (is it online?)"
-                )));
-            };
-            if topic != reply_topic {
-                continue;
+        if let Some(f) = from {
+            if start > f {
+                eprintln!(
+                    "skiff ctl: {} bytes of log were dropped by the node's bounded log",
+                    start - f
+                );
             }
-            match decode_as(Kind::Reply, &payload) {
-                Ok(Message::Reply(r)) if r.id == id => break r.body,
-                _ => continue,
-            }
-        };
-        match body {
-            ReplyBody::Logs { start, end, data } => {
-                if let Some(f) = from {
-                    if start > f {
-                        eprintln!(
-                            "skiff ctl: {} bytes of log were dropped by the node's bounded log",
-                            start - f
-                        );
-                    }
-                }
-                let _ = stdout.write_all(&data);
-                let _ = stdout.flush();
-                from = Some(end);
-                if !follow {
-                    return Ok(());
-                }
-                if end - start < u64::from(max_bytes) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-            ReplyBody::Error { reason } | ReplyBody::Unsupported { reason } => {
-                return Err(CtlError::Failed(reason))
-            }
-            ReplyBody::Pong { .. } => return Err(CtlError::Failed("unexpected pong".into())),
+        }
+        let _ = stdout.write_all(&data);
+        let _ = stdout.flush();
+        from = Some(end);
+        if !follow {
+            return Ok(());
+        }
+        if end - start < u64::from(max_bytes) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// `skiff ctl history`: a task's run history from a node.
+pub async fn history(
+    target: &Target,
+    node: Name,
+    task: Name,
+    limit: u32,
+    json: bool,
+) -> Result<(), CtlError> {
+    let mut ch = NodeChannel::open(target, node).await?;
+    let body = ch
+        .request(CommandBody::History {
+            task: task.clone(),
+            limit,
+        })
+        .await?;
+    let ReplyBody::History { runs } = body else {
+        return Err(CtlError::Failed(format!(
+            "unexpected answer to a history request: {body:?}"
+        )));
+    };
+    print!("{}", display::history(&runs, json));
+    Ok(())
 }

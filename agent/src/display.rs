@@ -185,6 +185,58 @@ pub fn nodes_table(nodes: &[Status], now_ms: u64) -> String {
     out
 }
 
+/// A run history as a table, or one JSON object per run.
+pub fn history(runs: &[skiff_proto::RunRecord], json: bool) -> String {
+    let mut out = String::new();
+    if json {
+        for r in runs {
+            out.push_str(&serde_json::to_string(r).unwrap_or_default());
+            out.push('\n');
+        }
+        return out;
+    }
+    if runs.is_empty() {
+        return "no runs recorded\n".into();
+    }
+    out.push_str(&format!(
+        "{:<24} {:>8} {:>4} {:>9}  {}\n",
+        "STARTED (UTC)", "REVISION", "RUN", "DURATION", "RESULT"
+    ));
+    for r in runs {
+        let result = match (&r.failure, &r.exit) {
+            (Some(f), _) => format!("failed to start: {f}"),
+            (None, Some(e)) => exit(e),
+            (None, None) => format!("{:?}", r.reason).to_lowercase(),
+        };
+        let secs = r.ended_at_ms.saturating_sub(r.started_at_ms) as f64 / 1000.0;
+        out.push_str(&format!(
+            "{:<24} {:>8} {:>4} {:>8.1}s  {result}\n",
+            datetime(r.started_at_ms),
+            r.revision,
+            r.attempt,
+            secs
+        ));
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a wall-clock time in ms.
+pub fn datetime(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {}", clock(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +260,8 @@ mod tests {
             "OOM-killed: exceeded its memory limit, killed by signal 9 (exit code 137)"
         );
         assert_eq!(clock(3_600_000 + 61_000), "01:01:01");
+        assert_eq!(datetime(0), "1970-01-01 00:00:00");
+        assert_eq!(datetime(1_764_081_296_000), "2025-11-25 14:34:56");
+        assert_eq!(datetime(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

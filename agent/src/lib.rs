@@ -13,9 +13,13 @@
 //! - [`mqtt`]: the broker shell: connection, last will, subscriptions, reconnects.
 //! - [`agent`]: the driver: feeds shell results to the core as events and performs its actions.
 //! - [`ctl`]: the fleet console (`skiff ctl ...`).
+//! - [`store`]: durable state (applied desired state, finished tasks, run history).
 //! - [`local`]: local mode, desired state read from a directory of task definitions.
 //! - [`display`]: human-readable lines for events, metrics and status.
 //! - [`clock`]: the shells' clock (the core is handed the time).
+//! - [`notify`]: systemd notifications (`READY=1`, watchdog, `STOPPING=1`, status lines).
+//! - [`journal`]: log lines with syslog priorities for journald.
+//! - [`wire`]: wire messages as files (`skiff task encode` / `decode`).
 
 pub mod agent;
 pub mod clock;
@@ -25,8 +29,12 @@ pub mod ctl;
 pub mod display;
 pub mod ecs;
 pub mod images;
+pub mod journal;
 pub mod local;
 pub mod logs;
 pub mod metrics;
 pub mod mqtt;
+pub mod notify;
 pub mod runtime;
+pub mod store;
+pub mod wire;

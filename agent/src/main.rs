@@ -44,6 +44,24 @@ enum Cmd {
     Image(ImageArgs),
     /// Print a task's log on this device.
     Logs(LogsArgs),
+    /// Print a task's run history on this device.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Override `data_dir` from the config.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    task: String,
+    /// Newest runs to show (at most 100).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// One JSON object per run.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +157,18 @@ enum CtlCmd {
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
     },
+    /// Fetch a task's run history (start, end, exit code, reason) from a node.
+    History {
+        task: String,
+        #[arg(long)]
+        node: String,
+        /// Newest runs to show (at most 100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// One JSON object per run.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch a task's log from a node.
     Logs {
         task: String,
@@ -160,6 +190,22 @@ enum TaskCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write a desired-state message holding these task definitions (postcard bytes) to stdout.
+    Encode {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Desired-state version.
+        #[arg(long, default_value_t = 1)]
+        version: u64,
+        /// Cluster the document is for.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Node the document is for; without it, the whole cluster.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Print a skiff wire message (any kind, e.g. from `task encode`) as JSON.
+    Decode { file: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +235,16 @@ enum ImageCmd {
     },
     /// Remove an image's name.
     Rm { reference: String },
+    /// Pull an image from its registry (credentials: `[[registries]]` in the config).
+    Pull {
+        reference: String,
+        /// JSON lines on stdout instead of progress bars.
+        #[arg(long)]
+        json: bool,
+        /// Pull for another platform (`linux/arm64/v8`), e.g. to prepare an SD-card image.
+        #[arg(long)]
+        platform: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -220,8 +276,22 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => run_agent(a),
         Cmd::Ctl(c) => run_ctl(c),
         Cmd::Task(TaskCmd::Validate { files }) => validate(&files),
+        Cmd::Task(TaskCmd::Encode {
+            files,
+            version,
+            cluster,
+            node,
+        }) => encode_task(&files, version, &cluster, node.as_deref()),
+        Cmd::Task(TaskCmd::Decode { file }) => match skiff_agent::wire::decode_file(&file) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_DATA, e),
+        },
         Cmd::Image(i) => run_image(i),
         Cmd::Logs(l) => run_logs(l),
+        Cmd::History(h) => run_history(h),
     }
 }
 
@@ -380,6 +450,21 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
                 };
                 ctl::watch(&target, opts).await
             }
+            CtlCmd::History {
+                task,
+                node: n,
+                limit,
+                json,
+            } => {
+                ctl::history(
+                    &target,
+                    name("--node", &n)?,
+                    name("task", &task)?,
+                    limit,
+                    json,
+                )
+                .await
+            }
             CtlCmd::Logs {
                 task,
                 node: n,
@@ -400,6 +485,28 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_code(), e),
+    }
+}
+
+fn encode_task(files: &[PathBuf], version: u64, cluster: &str, node: Option<&str>) -> ExitCode {
+    let cluster = match name("--cluster", cluster) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_DATA, e),
+    };
+    let node = match node.map(|n| name("--node", n)).transpose() {
+        Ok(n) => n,
+        Err(e) => return fail(EXIT_DATA, e),
+    };
+    match skiff_agent::wire::encode_desired(files, version, cluster, node) {
+        Ok(bytes) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&bytes).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, format!("stdout: {e}")),
+            }
+        }
+        Err(e) => fail(EXIT_DATA, e),
     }
 }
 
@@ -500,6 +607,26 @@ fn run_image(i: ImageArgs) -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
+        ImageCmd::Pull {
+            reference,
+            json,
+            platform,
+        } => {
+            let r = match reference.parse::<images::ImageRef>() {
+                Ok(r) => r,
+                Err(e) => return fail(EXIT_DATA, e),
+            };
+            let store = match platform.map(|p| p.parse::<images::Platform>()).transpose() {
+                Ok(Some(p)) => store.with_platform(p),
+                Ok(None) => store,
+                Err(e) => return fail(EXIT_DATA, format!("--platform: {e}")),
+            };
+            match images::progress::pull_cli(&store, &cfg.registries, &cfg.images, &r, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is_unreachable() => fail(69, e),
+                Err(e) => fail(1, e),
+            }
+        }
         ImageCmd::Rm { reference } => {
             let r = match reference.parse::<images::ImageRef>() {
                 Ok(r) => r,
@@ -560,4 +687,23 @@ fn run_logs(l: LogsArgs) -> ExitCode {
             len = now;
         }
     }
+}
+
+fn run_history(h: HistoryArgs) -> ExitCode {
+    let cfg = match validated(&h.config, |c| {
+        if let Some(d) = h.data_dir {
+            c.data_dir = d;
+        }
+    }) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
+    let task: Name = match h.task.parse() {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_DATA, format!("task {:?}: {e}", h.task)),
+    };
+    let limit = usize::try_from(h.limit).unwrap_or(usize::MAX);
+    let runs = skiff_agent::store::read_task_history(&cfg.data_dir, &task, limit);
+    print!("{}", skiff_agent::display::history(&runs, h.json));
+    ExitCode::SUCCESS
 }

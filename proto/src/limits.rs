@@ -23,3 +23,5 @@ pub const MAX_LOG_CHUNK: usize = 64 * 1024;
 pub const MAX_SAMPLES: usize = 64;
 /// Longest free-text reason in an event or reply.
 pub const MAX_REASON: usize = 1024;
+/// Runs kept and reported per task.
+pub const MAX_HISTORY: usize = 100;

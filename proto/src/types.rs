@@ -327,6 +327,8 @@ pub enum CommandBody {
         from: Option<u64>,
         max_bytes: u32,
     },
+    /// A task's run history: the newest `limit` runs (at most `limits::MAX_HISTORY`).
+    History { task: Name, limit: u32 },
 }
 
 /// The answer to a [`Command`] (topic `nodes/{node}/reply`).
@@ -357,6 +359,27 @@ pub enum ReplyBody {
     Unsupported {
         reason: String,
     },
+    /// Runs of a task, oldest first.
+    History {
+        runs: Vec<RunRecord>,
+    },
+}
+
+/// One finished run of a task: what the run history keeps and reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub task: Name,
+    pub revision: u32,
+    /// 1 for the first run of a definition, +1 per restart.
+    pub attempt: u32,
+    /// Wall-clock ms since the Unix epoch (as the device's clock had it).
+    pub started_at_ms: u64,
+    pub ended_at_ms: u64,
+    pub reason: StopReason,
+    /// Exit of the essential container that ended the run.
+    pub exit: Option<ExitInfo>,
+    /// Why the run could not start, if it could not.
+    pub failure: Option<String>,
 }
 
 /// A bound a decoded message broke.

@@ -85,8 +85,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Self::start_on(free_port())
+    }
+
+    /// A broker on a given port (to bring one back after a test stopped it).
+    pub fn start_on(port: u16) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -228,6 +232,12 @@ impl Agent {
         };
         agent.spawn();
         agent
+    }
+
+    /// Starts the agent process again with the same configuration and directories.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the agent is still running");
+        self.spawn();
     }
 
     fn spawn(&mut self) {

@@ -6,4 +6,5 @@
 //! them). Without them each test prints SKIPPED, unless SKIFF_E2E_REQUIRED is set (CI).
 
 mod harness;
+mod offline;
 mod skeleton;

@@ -32,6 +32,9 @@ use skiff_proto::{
     RestartPolicy, Scope, Status, StopReason, TaskDefinition, TaskState, TaskStatus,
 };
 
+use serde::{Deserialize, Serialize};
+use skiff_proto::RunRecord;
+
 use crate::images::ImageRef;
 
 /// Time as the shell sees it: monotonic for deadlines, wall clock for reports.
@@ -45,6 +48,17 @@ pub struct Time {
 
 /// Images in the local store: canonical reference → manifest digest.
 pub type Catalog = BTreeMap<String, String>;
+
+/// A task that ran to its end and, by its restart policy, must not run again while its
+/// definition stays the same: kept across agent restarts so nothing runs twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedTask {
+    pub def: TaskDefinition,
+    /// The start failed (rather than the task exiting).
+    pub failed: bool,
+    pub restarts: u32,
+    pub last_exit: Option<ExitInfo>,
+}
 
 /// Signals the core asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +74,14 @@ pub enum Event {
     Started,
     /// The broker connection is up (again): report status.
     Connected,
+    /// What the durable store kept from the previous run of the agent (first event after
+    /// `Started`, before any broker message).
+    Restored {
+        cluster: Option<Box<DesiredState>>,
+        node: Option<Box<DesiredState>>,
+        finished: Vec<FinishedTask>,
+        images: Catalog,
+    },
     /// A desired-state payload arrived on the cluster or node topic.
     DesiredPayload {
         scope: Scope,
@@ -121,6 +143,12 @@ pub enum Action {
     Event(EventBody),
     /// Publish the node status (retained).
     Status(Status),
+    /// Durably save an applied desired-state document.
+    SaveDesired { scope: Scope, doc: DesiredState },
+    /// Durably save the set of finished tasks (replaces the previous set).
+    SaveFinished(Vec<FinishedTask>),
+    /// Append a run to the task's durable history.
+    RecordRun(RunRecord),
 }
 
 /// Where a task is in its lifecycle.
@@ -167,10 +195,31 @@ struct TaskRec {
     /// Restarts in a row that ran shorter than [`STABLE_MS`] (drives the backoff).
     rapid_restarts: u32,
     started_at_ms: u64,
+    /// Wall-clock start of the current run, for the run history.
+    started_wall_ms: u64,
     last_exit: Option<ExitInfo>,
     failure: Option<String>,
     stop_reason: Option<StopReason>,
     deadline: Option<u64>,
+}
+
+impl TaskRec {
+    fn new(def: Arc<TaskDefinition>, now: Time) -> TaskRec {
+        TaskRec {
+            def,
+            phase: Phase::Stopped,
+            start_pending: false,
+            containers: Vec::new(),
+            restarts: 0,
+            rapid_restarts: 0,
+            started_at_ms: now.mono_ms,
+            started_wall_ms: now.wall_ms,
+            last_exit: None,
+            failure: None,
+            stop_reason: None,
+            deadline: None,
+        }
+    }
 }
 
 /// A run at least this long resets the restart backoff.
@@ -200,6 +249,8 @@ pub struct Core {
     node_doc: Option<DesiredState>,
     tasks: BTreeMap<Name, TaskRec>,
     shutting_down: bool,
+    /// Local mode: desired state comes from files, which are the durable copy themselves.
+    local: bool,
 }
 
 impl Core {
@@ -210,6 +261,7 @@ impl Core {
             node_doc: None,
             tasks: BTreeMap::new(),
             shutting_down: false,
+            local: false,
         }
     }
 
@@ -217,6 +269,7 @@ impl Core {
     pub fn handle(&mut self, event: Event, now: Time) -> Vec<Action> {
         let mut out = Vec::new();
         let before = self.status_key();
+        let finished_before = self.finished();
         match event {
             Event::Started => {
                 out.push(Action::Event(EventBody::AgentStarted {
@@ -224,6 +277,12 @@ impl Core {
                 }));
             }
             Event::Connected => out.push(Action::Status(self.status(now))),
+            Event::Restored {
+                cluster,
+                node,
+                finished,
+                images,
+            } => self.on_restored(cluster, node, finished, &images, now, &mut out),
             Event::DesiredPayload {
                 scope,
                 payload,
@@ -236,6 +295,7 @@ impl Core {
                 tasks: Ok(tasks),
                 images,
             } => {
+                self.local = true;
                 let version = self.node_doc.as_ref().map_or(0, |d| d.version) + 1;
                 let doc = DesiredState {
                     version,
@@ -287,6 +347,10 @@ impl Core {
                 }
             }
             Event::Tick => self.on_tick(now, &mut out),
+        }
+        let finished = self.finished();
+        if finished != finished_before {
+            out.push(Action::SaveFinished(finished));
         }
         if self.status_key() != before && !matches!(out.last(), Some(Action::Status(_))) {
             out.push(Action::Status(self.status(now)));
@@ -362,6 +426,90 @@ impl Core {
                 })
                 .collect(),
         }
+    }
+
+    /// Tasks that ran to their end and stay stopped (what must survive a restart).
+    fn finished(&self) -> Vec<FinishedTask> {
+        self.tasks
+            .values()
+            .filter(|t| matches!(t.phase, Phase::Stopped | Phase::Failed) && !t.start_pending)
+            .map(|t| FinishedTask {
+                def: (*t.def).clone(),
+                failed: t.phase == Phase::Failed,
+                restarts: t.restarts,
+                last_exit: t.last_exit,
+            })
+            .collect()
+    }
+
+    /// Takes back what the previous run of the agent saved: the applied documents, and the
+    /// tasks that finished (so they do not run again), then starts everything else.
+    fn on_restored(
+        &mut self,
+        cluster: Option<Box<DesiredState>>,
+        node: Option<Box<DesiredState>>,
+        finished: Vec<FinishedTask>,
+        images: &Catalog,
+        now: Time,
+        out: &mut Vec<Action>,
+    ) {
+        for (scope, doc) in [(Scope::Cluster, cluster), (Scope::Node, node)] {
+            let Some(doc) = doc.map(|d| *d) else { continue };
+            let right_place = doc.cluster == self.cfg.cluster
+                && match scope {
+                    Scope::Cluster => doc.node.is_none(),
+                    Scope::Node => doc.node.as_ref() == Some(&self.cfg.node),
+                };
+            let images_ok = doc
+                .tasks
+                .iter()
+                .flat_map(|t| &t.containers)
+                .try_for_each(|c| image_available(&c.image, images));
+            match (right_place, images_ok) {
+                (false, _) => reject(
+                    out,
+                    scope,
+                    Some(doc.version),
+                    "saved document is for another cluster or node; ignored".into(),
+                ),
+                (true, Err(reason)) => reject(
+                    out,
+                    scope,
+                    Some(doc.version),
+                    format!("saved document: {reason}"),
+                ),
+                (true, Ok(())) => {
+                    out.push(Action::Event(EventBody::DesiredApplied {
+                        scope,
+                        version: doc.version,
+                    }));
+                    match scope {
+                        Scope::Cluster => self.cluster_doc = Some(doc),
+                        Scope::Node => self.node_doc = Some(doc),
+                    }
+                }
+            }
+        }
+        let desired: BTreeMap<Name, TaskDefinition> = self
+            .desired()
+            .into_iter()
+            .map(|(n, d)| (n, d.clone()))
+            .collect();
+        for f in finished {
+            let name = f.def.family.clone();
+            if desired.get(&name) == Some(&f.def) && !self.tasks.contains_key(&name) {
+                let mut rec = TaskRec::new(Arc::new(f.def), now);
+                rec.phase = if f.failed {
+                    Phase::Failed
+                } else {
+                    Phase::Stopped
+                };
+                rec.restarts = f.restarts;
+                rec.last_exit = f.last_exit;
+                self.tasks.insert(name, rec);
+            }
+        }
+        self.reconcile(now, out);
     }
 
     /// The status report without its timestamp: what decides whether a new report is due.
@@ -466,6 +614,12 @@ impl Core {
             scope,
             version: doc.version,
         }));
+        if !self.local {
+            out.push(Action::SaveDesired {
+                scope,
+                doc: doc.clone(),
+            });
+        }
         match scope {
             Scope::Cluster => self.cluster_doc = Some(doc),
             Scope::Node => self.node_doc = Some(doc),
@@ -515,19 +669,7 @@ impl Core {
     }
 
     fn start_new(&mut self, def: Arc<TaskDefinition>, now: Time, out: &mut Vec<Action>) {
-        let rec = TaskRec {
-            def: def.clone(),
-            phase: Phase::Stopped,
-            start_pending: false,
-            containers: Vec::new(),
-            restarts: 0,
-            rapid_restarts: 0,
-            started_at_ms: now.mono_ms,
-            last_exit: None,
-            failure: None,
-            stop_reason: None,
-            deadline: None,
-        };
+        let rec = TaskRec::new(def.clone(), now);
         self.tasks.insert(def.family.clone(), rec);
         self.launch(&def.family, now, out);
     }
@@ -543,6 +685,7 @@ impl Core {
         t.failure = None;
         t.deadline = None;
         t.started_at_ms = now.mono_ms;
+        t.started_wall_ms = now.wall_ms;
         t.containers = t
             .def
             .containers
@@ -760,6 +903,16 @@ impl Core {
             task: name.clone(),
             reason,
             exit,
+        }));
+        out.push(Action::RecordRun(RunRecord {
+            task: name.clone(),
+            revision: t.def.revision,
+            attempt: t.restarts + 1,
+            started_at_ms: t.started_wall_ms,
+            ended_at_ms: now.wall_ms,
+            reason,
+            exit,
+            failure: t.failure.clone(),
         }));
         self.finish(name, now, out);
     }

@@ -680,3 +680,172 @@ fn an_exit_that_overtakes_its_start_is_not_lost() {
     removed(&mut c, "quick", at(4));
     assert_eq!(c.phase(&n("quick")), Some(Phase::Stopped));
 }
+
+fn saves(actions: &[Action]) -> (Vec<Scope>, Option<Vec<FinishedTask>>, Vec<RunRecord>) {
+    let mut docs = Vec::new();
+    let mut finished = None;
+    let mut runs = Vec::new();
+    for a in actions {
+        match a {
+            Action::SaveDesired { scope, .. } => docs.push(*scope),
+            Action::SaveFinished(f) => finished = Some(f.clone()),
+            Action::RecordRun(r) => runs.push(r.clone()),
+            _ => {}
+        }
+    }
+    (docs, finished, runs)
+}
+
+#[test]
+fn applied_documents_finished_tasks_and_runs_are_saved() {
+    let mut c = core();
+    let a = apply(
+        &mut c,
+        1,
+        vec![
+            task("job", RestartPolicy::Never),
+            task("svc", RestartPolicy::Always),
+        ],
+        at(0),
+    );
+    assert_eq!(saves(&a).0, [Scope::Node]);
+    run(&mut c, "job", at(1));
+    run(&mut c, "svc", at(1));
+    exit(&mut c, "job", "main", 0, at(1_500));
+    let a = removed(&mut c, "job", at(1_600));
+    let (_, finished, runs) = saves(&a);
+    let finished = finished.expect("the finished set changed");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].def.family.as_str(), "job");
+    assert_eq!(finished[0].last_exit.map(|e| e.code), Some(0));
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    assert_eq!(
+        (r.task.as_str(), r.attempt, r.reason),
+        ("job", 1, StopReason::EssentialExited)
+    );
+    assert_eq!(
+        (r.started_at_ms, r.ended_at_ms),
+        (at(0).wall_ms, at(1_600).wall_ms)
+    );
+    // A restart of `svc` records a run but does not change the finished set.
+    exit(&mut c, "svc", "main", 1, at(2_000));
+    let a = removed(&mut c, "svc", at(2_100));
+    let (_, finished, runs) = saves(&a);
+    assert!(finished.is_none(), "{a:?}");
+    assert_eq!(runs[0].exit.map(|e| e.code), Some(1));
+}
+
+#[test]
+fn a_restart_restores_documents_and_does_not_rerun_finished_tasks() {
+    let mut before = core();
+    let job = task("job", RestartPolicy::Never);
+    let svc = task("svc", RestartPolicy::Always);
+    apply(&mut before, 4, vec![job.clone(), svc.clone()], at(0));
+    run(&mut before, "job", at(1));
+    exit(&mut before, "job", "main", 0, at(2));
+    let a = removed(&mut before, "job", at(3));
+    let finished = saves(&a).1.expect("finished");
+
+    // The agent is killed; a new one starts offline with what was saved.
+    let mut after = core();
+    let doc = DesiredState {
+        version: 4,
+        cluster: n("demo"),
+        node: Some(n("pi-1")),
+        tasks: vec![job, svc],
+        signature: None,
+    };
+    let a = after.handle(
+        Event::Restored {
+            cluster: None,
+            node: Some(Box::new(doc)),
+            finished,
+            images: catalog(),
+        },
+        at(0),
+    );
+    assert_eq!(
+        starts(&a),
+        ["svc"],
+        "the one-shot that finished is not run again"
+    );
+    assert!(events(&a).contains(&EventBody::DesiredApplied {
+        scope: Scope::Node,
+        version: 4
+    }));
+    assert!(
+        saves(&a).0.is_empty(),
+        "restoring does not rewrite what was read"
+    );
+    let s = after.status(at(1));
+    let job = s
+        .tasks
+        .iter()
+        .find(|t| t.name.as_str() == "job")
+        .expect("job known");
+    assert_eq!(
+        (job.state, job.last_exit.map(|e| e.code)),
+        (TaskState::Stopped, Some(0))
+    );
+    // The broker then re-delivers the same retained document: nothing happens.
+    let again = apply(
+        &mut after,
+        4,
+        vec![
+            task("job", RestartPolicy::Never),
+            task("svc", RestartPolicy::Always),
+        ],
+        at(2),
+    );
+    assert!(
+        starts(&again).is_empty() && rejection(&again).is_none(),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_saved_document_for_another_node_or_a_missing_image_is_not_restored() {
+    let mut c = core();
+    let other = DesiredState {
+        version: 2,
+        cluster: n("demo"),
+        node: Some(n("pi-9")),
+        tasks: vec![task("x", RestartPolicy::Always)],
+        signature: None,
+    };
+    let a = c.handle(
+        Event::Restored {
+            cluster: None,
+            node: Some(Box::new(other)),
+            finished: vec![],
+            images: catalog(),
+        },
+        at(0),
+    );
+    assert!(rejection(&a).is_some_and(|r| r.contains("another cluster or node")));
+    assert!(starts(&a).is_empty());
+    let mut t = task("y", RestartPolicy::Always);
+    t.containers[0].image = "gone:1".into();
+    let doc = DesiredState {
+        version: 3,
+        cluster: n("demo"),
+        node: Some(n("pi-1")),
+        tasks: vec![t],
+        signature: None,
+    };
+    let a = c.handle(
+        Event::Restored {
+            cluster: None,
+            node: Some(Box::new(doc)),
+            finished: vec![],
+            images: catalog(),
+        },
+        at(0),
+    );
+    assert!(
+        rejection(&a).is_some_and(|r| r.contains("not in the local store")),
+        "{a:?}"
+    );
+    assert_eq!(c.status(at(1)).node_version, 0);
+}

@@ -178,6 +178,24 @@ impl BlobStore {
         Ok(true)
     }
 
+    /// Move `staged` (in the store's `tmp/`), whose content the caller hashed to `digest`
+    /// while writing it, into the store: read-only, renamed, directory synced.
+    pub(crate) fn install_hashed(&self, digest: &Digest, staged: &Path) -> Result<(), BlobError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BlobError::Io {
+                digest: digest.clone(),
+                path,
+                source,
+            }
+        };
+        fs::set_permissions(staged, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .map_err(io_err(staged))?;
+        let dest = self.path(digest);
+        fs::rename(staged, &dest).map_err(io_err(&dest))?;
+        fsutil::sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+
     fn commit(&self, temp: TempPath, digest: &Digest) -> Result<(), BlobError> {
         let dest = self.path(digest);
         let io_err = |path: &Path| {

@@ -7,6 +7,9 @@
 //! - [`blobs`]: [`BlobStore`], content-addressed blobs, verified on their way in. The registry
 //!   puller (a later module here) writes blobs through [`BlobStore::write_verified`] and names
 //!   images through the same refs.json update as import.
+//! - [`registry`]: [`RegistryClient`], the distribution API over HTTP(S) with basic, token and
+//!   bearer-flow auth; [`RegistryConfig`] is a `[[registries]]` entry of the agent config.
+//! - [`pull`]: [`ImageStore::pull`], resumable, digest-verified pulls; [`PullPolicy`].
 //! - [`store`]: [`ImageStore`]: refs.json, resolve (with lazy, crash-safe rootfs unpacking),
 //!   list, remove, catalog.
 //! - [`import`]: OCI image layout import (`skiff image import`).
@@ -21,7 +24,11 @@ pub mod digest;
 mod fsutil;
 pub mod import;
 pub mod oci;
+pub mod progress;
+pub mod pull;
 pub mod reference;
+pub mod registry;
+pub mod settings;
 pub mod store;
 pub mod unpack;
 
@@ -32,7 +39,10 @@ pub use blobs::{BlobError, BlobStore};
 pub use digest::{Digest, DigestError};
 pub use import::{ImportError, ImportedImage};
 pub use oci::Platform;
+pub use pull::{Ensured, PullError, PullOptions, PullPolicy, PullProgress, PulledImage};
 pub use reference::{ImageRef, RefError};
+pub use registry::{ClientOptions, Registries, RegistryClient, RegistryConfig, RegistryError};
+pub use settings::{ImagesConfig, ImagesSettings};
 pub use store::{ImageEntry, ImageStore, StoreError};
 pub use unpack::UnpackError;
 

@@ -164,6 +164,11 @@ impl ImageStore {
         &self.platform
     }
 
+    /// The store's `locks/` directory.
+    pub(crate) fn locks_dir(&self) -> &Path {
+        &self.locks
+    }
+
     /// The blob store: the seam where the registry puller writes verified blobs.
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
@@ -198,8 +203,13 @@ impl ImageStore {
     /// The manifest digest `r` stands for, from refs.json as it is now. A digest reference
     /// matches any stored image with that manifest digest (the content is the same whatever
     /// it is called); its tag, if any, is ignored, as Docker does.
-    fn lookup(&self, r: &ImageRef) -> Result<Option<Digest>, StoreError> {
+    /// A reference pulled by the digest of an image index is stored under that reference and
+    /// points at the platform's manifest: its own name is looked up first.
+    pub(crate) fn lookup(&self, r: &ImageRef) -> Result<Option<Digest>, StoreError> {
         let refs = self.read_refs()?;
+        if let Some(rec) = refs.images.get(&r.to_string()) {
+            return Ok(Some(rec.digest.clone()));
+        }
         Ok(match r.digest() {
             Some(d) => refs
                 .images

@@ -1,0 +1,126 @@
+//! Offline autonomy: durable desired state and run history survive `kill -9` and a restart with
+//! no broker.
+
+use std::process::Command;
+use std::time::Duration;
+
+use skiff_proto::codec::Message;
+use skiff_proto::{EventBody, NodeState, TaskState};
+
+use crate::harness::{task_file, wait_for, Agent, Broker, Sub, SKIFF};
+use crate::require_env;
+
+const T: Duration = Duration::from_secs(30);
+
+fn local_log(agent: &Agent, task: &str) -> String {
+    let out = Command::new(SKIFF)
+        .args(["logs", task, "--config"])
+        .arg(agent.config())
+        .output()
+        .expect("skiff logs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_rerun() {
+    require_env!();
+    let broker = Broker::start();
+    let port = broker.port;
+    let mut agent = Agent::start(&broker, "e2e-offline", "pi-1");
+    let mut sub = Sub::start(&broker, &["skiff/v1/e2e-offline/nodes/pi-1/#"]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let job = task_file(
+        files.path(),
+        "job",
+        r#"{"family":"job","restartPolicy":"never","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo job ran; exit 0"]}]}"#,
+    );
+    let svc = task_file(
+        files.path(),
+        "svc",
+        r#"{"family":"svc","restartPolicy":"always","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo svc up; exec sleep 1000"]}]}"#,
+    );
+    let out = agent.ctl(
+        &broker,
+        &[
+            "apply",
+            job.to_str().expect("utf8"),
+            svc.to_str().expect("utf8"),
+            "--node",
+            "pi-1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sub.wait("job done and svc running", T, |_, m| {
+        let Message::Status(s) = m else { return None };
+        let state = |n: &str| {
+            s.tasks
+                .iter()
+                .find(|t| t.name.as_str() == n)
+                .map(|t| t.state)
+        };
+        (state("job") == Some(TaskState::Stopped) && state("svc") == Some(TaskState::Running))
+            .then_some(())
+    });
+
+    // Power cut, and the network is gone too.
+    agent.kill9();
+    drop(sub);
+    drop(broker);
+    agent.restart();
+    wait_for("svc started again with no broker", T, || {
+        (local_log(&agent, "svc").matches("svc up").count() == 2).then_some(())
+    });
+    assert_eq!(
+        local_log(&agent, "job").matches("job ran").count(),
+        1,
+        "the one-shot must not run twice"
+    );
+    let history = Command::new(SKIFF)
+        .args(["history", "job", "--json", "--config"])
+        .arg(agent.config())
+        .output()
+        .expect("skiff history");
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"code\":0"), "{text}");
+
+    // The broker comes back: the node reports the state it restored on its own.
+    let broker = Broker::start_on(port);
+    let mut sub = Sub::start(&broker, &["skiff/v1/e2e-offline/nodes/pi-1/#"]);
+    let status = sub.wait("online again", T, |_, m| match m {
+        Message::Status(s) if s.state == NodeState::Online && s.tasks.len() == 2 => Some(s.clone()),
+        _ => None,
+    });
+    let job_status = status
+        .tasks
+        .iter()
+        .find(|t| t.name.as_str() == "job")
+        .expect("job");
+    assert_eq!(
+        (job_status.state, job_status.last_exit.map(|e| e.code)),
+        (TaskState::Stopped, Some(0))
+    );
+    let out = agent.ctl(&broker, &["history", "job", "--node", "pi-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("exit code 0") && table.lines().count() == 2,
+        "{table}"
+    );
+    // And nothing was started twice after the broker came back.
+    sub.drain();
+    let starts = sub
+        .seen
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Event(e) if matches!(&e.body, EventBody::TaskStarting { task, .. } if task.as_str() == "job")))
+        .count();
+    assert_eq!(starts, 0, "job started again after reconnecting");
+}
