@@ -11,8 +11,11 @@ if [ "${SKIFF_SKIP_INSTALL:-0}" != 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # mosquitto: the broker the tests start on free loopback ports; mosquitto-clients: the
-    # independent observer; busybox-static: the test image.
-    apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients busybox-static >/dev/null
+    # independent observer; busybox-static: the test image. Device builds (cross/): file,
+    # qemu-user-static (runs the aarch64 build), gcc-aarch64-linux-gnu (C in crates such as ring).
+    apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients busybox-static \
+        file qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
+    rustup target add aarch64-unknown-linux-musl >/dev/null
 fi
 
 step() { printf '\n== %s\n' "$*"; }
@@ -25,3 +28,6 @@ step "skiff-proto builds no_std + alloc"
 cargo check -p skiff-proto --no-default-features --locked
 step "cargo test (unit, core, runtime, end-to-end)"
 SKIFF_E2E_REQUIRED=1 cargo test --workspace --locked
+step "static aarch64 build (cross/build.sh), checked under qemu-user against the host build"
+SKIFF_NO_RUSTUP=1 sh cross/build.sh aarch64
+sh cross/check.sh target/cross/skiff-aarch64 target/debug/skiff
