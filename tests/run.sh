@@ -14,7 +14,7 @@ if [ "${SKIFF_SKIP_INSTALL:-0}" != 1 ]; then
     # independent observer; busybox-static: the test image. Device builds (cross/): file,
     # qemu-user-static (runs the aarch64 build), gcc-aarch64-linux-gnu (C in crates such as ring).
     apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients busybox-static \
-        file qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
+        file qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross systemd >/dev/null
     rustup target add aarch64-unknown-linux-musl >/dev/null
 fi
 
@@ -31,3 +31,5 @@ SKIFF_E2E_REQUIRED=1 cargo test --workspace --locked
 step "static aarch64 build (cross/build.sh), checked under qemu-user against the host build"
 SKIFF_NO_RUSTUP=1 sh cross/build.sh aarch64
 sh cross/check.sh target/cross/skiff-aarch64 target/debug/skiff
+step "systemd unit and tmpfiles (systemd-analyze verify, systemd-tmpfiles)"
+sh systemd/check.sh target/debug/skiff

@@ -30,6 +30,7 @@ use crate::images::{ImageRef, ImageStore, ResolvedImage};
 use crate::logs::Logs;
 use crate::metrics::Sampler;
 use crate::mqtt::{self, Inbound};
+use crate::notify::Notifier;
 use crate::runtime::{ContainerExit, Runtime, RuntimeConfig};
 use crate::store::StateStore;
 use crate::{display, local};
@@ -188,6 +189,21 @@ pub async fn run(
         images: shells.catalog().await,
     };
     out.perform(core.handle(restored, clock.now()), &shells);
+    // systemd (Type=notify): ready now that the runtime is up and the saved state is loaded;
+    // then WATCHDOG=1 from this loop, so a wedged loop stops the pings and gets restarted.
+    let notify = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot notify systemd");
+        Notifier::disabled()
+    });
+    let mut watchdog = tokio::time::interval(
+        notify
+            .watchdog_interval()
+            .unwrap_or(Duration::from_secs(3600)),
+    );
+    notify.ready(&format!(
+        "running: node {} cluster {}",
+        cfg.node, cfg.cluster
+    ));
     loop {
         let deadline = core
             .next_deadline()
@@ -195,6 +211,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown, if !stopping => {
                 stopping = true;
+                notify.stopping("stopping every task");
                 tracing::info!("shutting down: stopping every task");
                 out.perform(core.handle(Event::Shutdown, clock.now()), &shells);
             }
@@ -206,6 +223,11 @@ pub async fn run(
                 out.perform(core.handle(ev, clock.now()), &shells);
             }
             Some(msg) = recv(&mut inbound) => {
+                match &msg {
+                    Inbound::Connected => notify.status("running: connected to the broker"),
+                    Inbound::Disconnected(_) => notify.status("running: broker unreachable, reconnecting"),
+                    _ => {}
+                }
                 if let Some(ev) = handle_inbound(msg, &cfg, &shells, &out).await {
                     out.perform(core.handle(ev, clock.now()), &shells);
                 }
@@ -232,6 +254,7 @@ pub async fn run(
                 }
             }
             _ = sleep_until(deadline) => out.perform(core.handle(Event::Tick, clock.now()), &shells),
+            _ = watchdog.tick(), if notify.watchdog_interval().is_some() => notify.watchdog(),
         }
         if stopping && core.is_idle() {
             break;

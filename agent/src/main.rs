@@ -322,9 +322,16 @@ fn init_tracing(filter: &str) {
         )
         .with_writer(std::io::stderr)
         .with_target(false);
-    // Under systemd, journald stamps the time itself.
+    // Under systemd, journald stamps the time itself and reads a `<priority>` prefix per line.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_ansi(false)
+            .with_target(false);
+        builder
+            .with_ansi(false)
+            .event_format(skiff_agent::journal::Priority(format))
+            .init();
     } else {
         builder.init();
     }

@@ -7,4 +7,5 @@
 
 mod harness;
 mod offline;
+mod ship;
 mod skeleton;
