@@ -143,7 +143,9 @@ pub async fn run(
         None => (None, None),
     };
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let clock = Clock::default();
+    let clock = Clock::with_saved_wall(saved.last_wall_ms);
+    let mut wall_tick = tokio::time::interval(WALL_SAVE_INTERVAL);
+    wall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shells = Shells {
         runtime: runtime.clone(),
         store: Arc::new(store),
@@ -153,6 +155,7 @@ pub async fn run(
         echo: local,
         readers: Arc::new(std::sync::Mutex::new(HashMap::new())),
         state,
+        puller: Arc::new(crate::images::Puller::new(&cfg.registries, &cfg.images)),
     };
     let out = Output {
         client,
@@ -167,7 +170,8 @@ pub async fn run(
         cluster: cfg.cluster.clone(),
         agent_version: VERSION.into(),
         stop_grace_ms: u64::try_from(cfg.stop_grace.as_millis()).unwrap_or(u64::MAX),
-    });
+    })
+    .pulling_missing_images(cfg.images.pull_policy != crate::images::PullPolicy::Never);
     let mut sampler = Sampler::new();
     let mut batch: Vec<MetricsSample> = Vec::new();
     let mut metrics_tick = tokio::time::interval(cfg.metrics_interval);
@@ -186,6 +190,7 @@ pub async fn run(
         cluster: saved.cluster.map(Box::new),
         node: saved.node.map(Box::new),
         finished: saved.finished,
+        last_wall_ms: saved.last_wall_ms,
         images: shells.catalog().await,
     };
     out.perform(core.handle(restored, clock.now()), &shells);
@@ -253,6 +258,7 @@ pub async fn run(
                     out.perform(core.handle(Event::LocalDesired { tasks, images }, clock.now()), &shells);
                 }
             }
+            _ = wall_tick.tick() => save_wall(&shells.state, clock.now()),
             _ = sleep_until(deadline) => out.perform(core.handle(Event::Tick, clock.now()), &shells),
             _ = watchdog.tick(), if notify.watchdog_interval().is_some() => notify.watchdog(),
         }
@@ -260,12 +266,24 @@ pub async fn run(
             break;
         }
     }
+    save_wall(&shells.state, clock.now());
     out.offline().await;
     tracing::info!(
         dropped_while_offline = out.dropped.load(Ordering::Relaxed),
         "skiff agent stopped"
     );
     Ok(())
+}
+
+/// How often a known-good wall time is saved (for devices without RTC).
+const WALL_SAVE_INTERVAL: Duration = Duration::from_secs(3600);
+
+fn save_wall(state: &StateStore, now: crate::core::Time) {
+    if now.wall_trusted {
+        if let Err(e) = state.save_wall(now.wall_ms) {
+            tracing::warn!(error = %e, "cannot save the wall time");
+        }
+    }
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -537,6 +555,8 @@ struct Shells {
     readers: Arc<std::sync::Mutex<HashMap<ReaderKey, oneshot::Sender<oneshot::Sender<()>>>>>,
     /// Durable state.
     state: StateStore,
+    /// Pulls images per the pull policy before a task starts.
+    puller: Arc<crate::images::Puller>,
 }
 
 impl Shells {
@@ -579,15 +599,23 @@ impl Shells {
                 .image
                 .parse()
                 .map_err(|e| format!("container {}: image {:?}: {e}", c.name, c.image))?;
-            let store = self.store.clone();
-            let lookup = r.clone();
-            let found = tokio::task::spawn_blocking(move || store.resolve(&lookup))
-                .await
-                .map_err(|e| format!("image lookup task: {e}"))?
-                .map_err(|e| format!("container {}: {e}", c.name))?;
-            let image = found.ok_or_else(|| {
-                format!("container {}: image {r} is not in the local store", c.name)
-            })?;
+            let (store, puller, events) =
+                (self.store.clone(), self.puller.clone(), self.events.clone());
+            let (task, container, image) = (def.family.clone(), c.name.clone(), r.to_string());
+            let image = tokio::task::spawn_blocking(move || {
+                puller.ensure_resolved(&store, &r, &mut |p| {
+                    let _ = events.send(Event::ImagePulling {
+                        task: task.clone(),
+                        container: container.clone(),
+                        image: image.clone(),
+                        done: p.done,
+                        total: p.total,
+                    });
+                })
+            })
+            .await
+            .map_err(|e| format!("image pull task: {e}"))?
+            .map_err(|e| format!("container {}: {e}", c.name))?;
             images.push(image);
         }
         for (c, image) in def.containers.iter().zip(&images) {

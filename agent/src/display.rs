@@ -46,6 +46,17 @@ pub fn event_body(b: &EventBody) -> String {
             Some(v) => format!("REJECTED {} desired state version {v}: {reason}", scope(*s)),
             None => format!("REJECTED {} desired state: {reason}", scope(*s)),
         },
+        EventBody::ImagePulling {
+            task,
+            container,
+            image,
+            done,
+            total,
+        } => format!(
+            "{task}/{container}: pulling {image}: {} of {}",
+            crate::images::progress::human(*done),
+            crate::images::progress::human(*total)
+        ),
         EventBody::ImageReady {
             task,
             container,
@@ -104,6 +115,9 @@ pub fn event_body(b: &EventBody) -> String {
             )
         }
         EventBody::TaskFailed { task, reason } => format!("{task}: FAILED: {reason}"),
+        EventBody::ScheduleSkipped { task, reason } => {
+            format!("{task}: scheduled run skipped: {reason}")
+        }
     }
 }
 

@@ -31,7 +31,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use skiff_proto::limits::MAX_CONTAINERS;
 use skiff_proto::{
-    BoundError, ContainerDefinition, EnvVar, Name, NetworkMode, RestartPolicy, TaskDefinition,
+    BoundError, ContainerDefinition, EnvVar, MissedRunPolicy, Name, NetworkMode, OverlapPolicy,
+    RestartPolicy, Schedule, ScheduleSpec, TaskDefinition, TaskExtension,
 };
 
 /// Largest task-definition JSON accepted. A whole desired-state document must fit in one
@@ -192,6 +193,41 @@ pub fn to_ecs_json(def: &TaskDefinition) -> Value {
         "restartPolicy".into(),
         restart_policy_str(def.restart_policy).into(),
     );
+    for e in &def.extensions {
+        match e {
+            TaskExtension::Schedule(sch) => {
+                let mut o = Map::new();
+                match &sch.spec {
+                    ScheduleSpec::Cron {
+                        expr,
+                        utc_offset_minutes,
+                    } => {
+                        o.insert("cron".into(), expr.as_str().into());
+                        let m = i32::from(*utc_offset_minutes);
+                        let sign = if m < 0 { '-' } else { '+' };
+                        o.insert(
+                            "timezone".into(),
+                            format!("{sign}{:02}:{:02}", m.abs() / 60, m.abs() % 60).into(),
+                        );
+                    }
+                    ScheduleSpec::Rate { every_secs } => {
+                        o.insert("rate".into(), (*every_secs).into());
+                    }
+                }
+                let overlap = match sch.overlap {
+                    OverlapPolicy::Forbid => "forbid",
+                    OverlapPolicy::Replace => "replace",
+                };
+                let missed = match sch.missed {
+                    MissedRunPolicy::Skip => "skip",
+                    MissedRunPolicy::RunOnce => "run-once",
+                };
+                o.insert("overlapPolicy".into(), overlap.into());
+                o.insert("missedRunPolicy".into(), missed.into());
+                t.insert("schedule".into(), Value::Object(o));
+            }
+        }
+    }
     Value::Object(t)
 }
 
@@ -267,6 +303,7 @@ const TASK_SUPPORTED: &[&str] = &[
     "memory",
     "networkMode",
     "restartPolicy",
+    "schedule",
 ];
 
 /// Task-level ECS keys accepted when their value is one skiff honours (checked one by one).
@@ -513,6 +550,7 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
     let mut memory_mib = None;
     let mut network_mode = NetworkMode::None;
     let mut restart_policy = RestartPolicy::Never;
+    let mut extensions = Vec::new();
 
     for (key, v) in obj {
         let path = join(base, key);
@@ -529,6 +567,7 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
                 "memory" => memory_mib = Some(task_memory(v, &path)?),
                 "networkMode" => network_mode = parse_network_mode(v, &path)?,
                 "restartPolicy" => restart_policy = parse_restart_policy(v, &path)?,
+                "schedule" => extensions.push(TaskExtension::Schedule(parse_schedule(v, &path)?)),
                 "requiresCompatibilities" => check_compatibilities(v, &path)?,
                 "runtimePlatform" => check_runtime_platform(v, &path)?,
                 _ => check_tags(v, &path)?,
@@ -564,6 +603,7 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
         memory_mib,
         network_mode,
         restart_policy,
+        extensions,
     };
     def.validate().map_err(|e| bound_error(base, e))?;
     Ok(def)
@@ -731,6 +771,131 @@ fn parse_network_mode(v: &Value, path: &str) -> Result<NetworkMode, TaskDefError
             format!("expected \"none\" or \"host\", got {}", quoted(other)),
         )),
     }
+}
+
+/// skiff's `schedule`: `{"cron": "*/5 * * * *", "timezone": "UTC" | "+05:30"}` or
+/// `{"rate": 30 | "30s" | "5m" | "1h"}`, with `overlapPolicy` (`forbid` default, `replace`) and
+/// `missedRunPolicy` (`skip` default, `run-once`).
+fn parse_schedule(v: &Value, path: &str) -> Result<Schedule, TaskDefError> {
+    let obj = v.as_object().ok_or_else(|| {
+        invalid(
+            path,
+            format!(
+                "expected an object with \"cron\" or \"rate\", got {}",
+                got(v)
+            ),
+        )
+    })?;
+    let mut cron = None;
+    let mut offset: i16 = 0;
+    let mut rate = None;
+    let mut overlap = OverlapPolicy::Forbid;
+    let mut missed = MissedRunPolicy::Skip;
+    for (key, val) in obj {
+        let p = join(path, key);
+        let text = || {
+            val.as_str()
+                .ok_or_else(|| invalid(&p, format!("expected a string, got {}", got(val))))
+        };
+        match key.as_str() {
+            "cron" => {
+                let expr = text()?;
+                expr.parse::<crate::core::cron::CronExpr>().map_err(|e| invalid(&p, format!("{}: {e}", quoted(expr))))?;
+                cron = Some(expr.to_string());
+            }
+            "timezone" => offset = parse_utc_offset(text()?).map_err(|e| invalid(&p, e))?,
+            "rate" => {
+                let secs = match val {
+                    Value::Number(_) => number_u32(val, &p, "a number of seconds")?,
+                    _ => parse_duration_secs(text()?).map_err(|e| invalid(&p, e))?,
+                };
+                if secs == 0 {
+                    return Err(invalid(&p, "must be at least 1 second"));
+                }
+                rate = Some(secs);
+            }
+            "overlapPolicy" => {
+                overlap = match text()? {
+                    "forbid" => OverlapPolicy::Forbid,
+                    "replace" => OverlapPolicy::Replace,
+                    "allow" => return Err(invalid(&p, "\"allow\" (concurrent runs of one task) is not supported yet; use \"forbid\" or \"replace\"")),
+                    other => return Err(invalid(&p, format!("expected \"forbid\" or \"replace\", got {other:?}"))),
+                }
+            }
+            "missedRunPolicy" => {
+                missed = match text()? {
+                    "skip" => MissedRunPolicy::Skip,
+                    "run-once" => MissedRunPolicy::RunOnce,
+                    other => return Err(invalid(&p, format!("expected \"skip\" or \"run-once\", got {other:?}"))),
+                }
+            }
+            other => return Err(invalid(&p, format!("unknown schedule field {other:?}"))),
+        }
+    }
+    let spec = match (cron, rate) {
+        (Some(expr), None) => ScheduleSpec::Cron {
+            expr,
+            utc_offset_minutes: offset,
+        },
+        (None, Some(every_secs)) => {
+            if offset != 0 {
+                return Err(invalid(
+                    &join(path, "timezone"),
+                    "only applies to a cron schedule",
+                ));
+            }
+            ScheduleSpec::Rate { every_secs }
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(path, "give either \"cron\" or \"rate\", not both"))
+        }
+        (None, None) => return Err(invalid(path, "needs \"cron\" or \"rate\"")),
+    };
+    Ok(Schedule {
+        spec,
+        overlap,
+        missed,
+    })
+}
+
+/// `UTC`, `Z`, `+05:30`, `-08:00` → minutes east of UTC. Named zones (`Europe/Paris`) need a
+/// zone database the agent does not carry.
+fn parse_utc_offset(s: &str) -> Result<i16, String> {
+    if matches!(s, "UTC" | "Z" | "utc" | "Etc/UTC" | "GMT") {
+        return Ok(0);
+    }
+    let bad = || {
+        format!(
+            "{s:?}: expected \"UTC\" or an offset like \"+05:30\" (named zones are not supported)"
+        )
+    };
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1, &s[1..]),
+        Some(b'-') => (-1, &s[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    let (h, m): (i16, i16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 14 || m > 59 || h < 0 || m < 0 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 60 + m))
+}
+
+/// `30s`, `5m`, `2h`, `1d` → seconds.
+fn parse_duration_secs(s: &str) -> Result<u32, String> {
+    let bad =
+        || format!("{s:?}: expected seconds or a duration like \"30s\", \"5m\", \"2h\", \"1d\"");
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u32 = num.parse().map_err(|_| bad())?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
 }
 
 fn parse_restart_policy(v: &Value, path: &str) -> Result<RestartPolicy, TaskDefError> {
@@ -1227,6 +1392,7 @@ mod tests {
                 memory_mib: None,
                 network_mode: NetworkMode::None,
                 restart_policy: RestartPolicy::Never,
+                extensions: vec![],
             }
         );
     }
@@ -1523,6 +1689,7 @@ mod tests {
             memory_mib: None,
             network_mode: NetworkMode::Host,
             restart_policy: RestartPolicy::Never,
+            extensions: vec![],
         }
     }
 

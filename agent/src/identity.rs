@@ -206,7 +206,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join(KEY_FILE), b"short").expect("write");
         let err = init(dir.path()).expect_err("accepted a 5-byte key");
-        assert!(matches!(err, IdentityError::BadLength { len: 5, .. }), "{err}");
+        assert!(
+            matches!(err, IdentityError::BadLength { len: 5, .. }),
+            "{err}"
+        );
         assert_eq!(
             fs::read(dir.path().join(KEY_FILE)).expect("key"),
             b"short",

@@ -17,6 +17,7 @@
 //! - [`local`]: local mode, desired state read from a directory of task definitions.
 //! - [`display`]: human-readable lines for events, metrics and status.
 //! - [`clock`]: the shells' clock (the core is handed the time).
+//! - [`identity`]: the node's X25519 key pair, made once on first boot (`skiff node init`).
 //! - [`notify`]: systemd notifications (`READY=1`, watchdog, `STOPPING=1`, status lines).
 //! - [`journal`]: log lines with syslog priorities for journald.
 //! - [`wire`]: wire messages as files (`skiff task encode` / `decode`).
@@ -28,6 +29,7 @@ pub mod core;
 pub mod ctl;
 pub mod display;
 pub mod ecs;
+pub mod identity;
 pub mod images;
 pub mod journal;
 pub mod local;

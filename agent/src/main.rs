@@ -44,8 +44,28 @@ enum Cmd {
     Image(ImageArgs),
     /// Print a task's log on this device.
     Logs(LogsArgs),
+    /// This node's identity.
+    Node(NodeArgs),
     /// Print a task's run history on this device.
     History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Override `data_dir` from the config.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: NodeCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Make the node's X25519 key pair in data_dir once (private key 0600) and print the public
+    /// key; idempotent (the unit runs it before every start).
+    Init,
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +247,10 @@ enum ImageCmd {
         /// Name for the image (`busybox` = docker.io/library/busybox:latest).
         #[arg(long)]
         tag: Option<String>,
+        /// Import for another device's platform (`linux/arm64/v8`, `linux/arm/v7`), e.g. into
+        /// an SD-card image's data dir; default: this machine's.
+        #[arg(long)]
+        platform: Option<String>,
     },
     /// List images.
     Ls {
@@ -291,6 +315,7 @@ fn main() -> ExitCode {
         },
         Cmd::Image(i) => run_image(i),
         Cmd::Logs(l) => run_logs(l),
+        Cmd::Node(n) => run_node(n),
         Cmd::History(h) => run_history(h),
     }
 }
@@ -558,10 +583,19 @@ fn run_image(i: ImageArgs) -> ExitCode {
         Err(e) => return fail(1, format!("image store at {}: {e}", root.display())),
     };
     match i.cmd {
-        ImageCmd::Import { path, tag } => {
+        ImageCmd::Import {
+            path,
+            tag,
+            platform,
+        } => {
             let tag = match tag.map(|t| t.parse::<images::ImageRef>()).transpose() {
                 Ok(t) => t,
                 Err(e) => return fail(EXIT_DATA, format!("--tag: {e}")),
+            };
+            let store = match platform.map(|p| p.parse::<images::Platform>()).transpose() {
+                Ok(Some(p)) => store.with_platform(p),
+                Ok(None) => store,
+                Err(e) => return fail(EXIT_DATA, format!("--platform: {e}")),
             };
             eprintln!("importing {} ...", path.display());
             match store.import(&path, tag.as_ref()) {
@@ -647,6 +681,27 @@ fn run_image(i: ImageArgs) -> ExitCode {
                 Err(e) => fail(1, e),
             }
         }
+    }
+}
+
+fn run_node(n: NodeArgs) -> ExitCode {
+    let cfg = match validated(&n.config, |c| {
+        if let Some(d) = n.data_dir {
+            c.data_dir = d;
+        }
+    }) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
+    match n.cmd {
+        NodeCmd::Init => match skiff_agent::identity::init(&cfg.data_dir) {
+            Ok(key) => {
+                let new = if key.created { " (new)" } else { "" };
+                println!("node {} key x25519:{}{new}", cfg.node, key.public_hex());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
     }
 }
 

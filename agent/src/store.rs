@@ -32,7 +32,7 @@ const MAX_RECORD: usize = 4096;
 /// History records kept on disk before the file is compacted to [`MAX_HISTORY`].
 const HISTORY_COMPACT_AT: usize = 2 * MAX_HISTORY;
 /// Format version of `finished.bin`.
-const FINISHED_VERSION: u8 = 1;
+const FINISHED_VERSION: u8 = 2;
 
 /// What a previous run of the agent left.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,6 +40,8 @@ pub struct Saved {
     pub cluster: Option<DesiredState>,
     pub node: Option<DesiredState>,
     pub finished: Vec<FinishedTask>,
+    /// The last wall time known to be good.
+    pub last_wall_ms: Option<u64>,
 }
 
 /// What went wrong writing or reading the state.
@@ -117,7 +119,15 @@ impl StateStore {
                 _ => self.set_aside(&path, "unknown format version"),
             }
         }
+        if let Some(bytes) = self.read_whole(&self.dir.join("wall")) {
+            saved.last_wall_ms = bytes.as_slice().try_into().ok().map(u64::from_le_bytes);
+        }
         saved
+    }
+
+    /// Saves a wall time known to be good (hourly and at shutdown: 8 bytes).
+    pub fn save_wall(&self, wall_ms: u64) -> Result<(), StateError> {
+        write_atomic(&self.dir.join("wall"), &wall_ms.to_le_bytes())
     }
 
     fn read_whole(&self, path: &Path) -> Option<Vec<u8>> {

@@ -181,6 +181,7 @@ fn task(family: &str, containers: Vec<ContainerDefinition>, mode: NetworkMode) -
         memory_mib: None,
         network_mode: mode,
         restart_policy: RestartPolicy::Never,
+        extensions: vec![],
     }
 }
 

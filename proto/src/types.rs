@@ -53,6 +53,55 @@ pub struct TaskDefinition {
     pub network_mode: NetworkMode,
     /// What happens when the task stops on its own.
     pub restart_policy: RestartPolicy,
+    /// Optional behaviours beyond ECS's fields (a schedule...). New task features arrive as new
+    /// [`TaskExtension`] variants, which an older agent rejects by name instead of mis-decoding.
+    pub extensions: Vec<TaskExtension>,
+}
+
+/// Optional task behaviours. Appending variants only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskExtension {
+    /// Run on a schedule instead of at once; the restart policy does not apply.
+    Schedule(Schedule),
+}
+
+/// When a scheduled task runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub spec: ScheduleSpec,
+    pub overlap: OverlapPolicy,
+    pub missed: MissedRunPolicy,
+}
+
+/// Cron or fixed rate. Appending variants only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScheduleSpec {
+    /// A cron expression (5 or 6 fields) in a zone `utc_offset_minutes` east of UTC.
+    Cron {
+        expr: String,
+        utc_offset_minutes: i16,
+    },
+    /// Every `every_secs` seconds of monotonic time, first run one period after it is applied.
+    Rate { every_secs: u32 },
+}
+
+/// What a firing does while the previous run still runs. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverlapPolicy {
+    /// Skip this firing.
+    Forbid,
+    /// Stop the running one, then start.
+    Replace,
+}
+
+/// What happens to firings missed while the agent was down or the clock jumped. Appending
+/// variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MissedRunPolicy {
+    /// Forget them; wait for the next firing.
+    Skip,
+    /// Run once now, however many were missed.
+    RunOnce,
 }
 
 /// One container of a task.
@@ -261,6 +310,16 @@ pub enum EventBody {
     },
     /// The task could not be started.
     TaskFailed { task: Name, reason: String },
+    /// A scheduled firing did not start a run (overlap forbidden, missed while down...).
+    ScheduleSkipped { task: Name, reason: String },
+    /// An image is being pulled for a container: bytes of its layers in the store so far.
+    ImagePulling {
+        task: Name,
+        container: Name,
+        image: String,
+        done: u64,
+        total: u64,
+    },
 }
 
 /// Why a task stopped. Appending variants only.
@@ -507,6 +566,27 @@ impl TaskDefinition {
         }
         if self.cpu == Some(0) {
             return Err(bound_err("cpu", "must be greater than 0"));
+        }
+        check_len("extensions", self.extensions.len(), 8)?;
+        for e in &self.extensions {
+            match e {
+                TaskExtension::Schedule(s) => match &s.spec {
+                    ScheduleSpec::Cron {
+                        expr,
+                        utc_offset_minutes,
+                    } => {
+                        check_str("schedule.cron", expr, 128)?;
+                        if utc_offset_minutes.unsigned_abs() > 14 * 60 {
+                            return Err(bound_err("schedule.timezone", "offset beyond ±14:00"));
+                        }
+                    }
+                    ScheduleSpec::Rate { every_secs } => {
+                        if *every_secs == 0 {
+                            return Err(bound_err("schedule.rate", "must be at least 1 second"));
+                        }
+                    }
+                },
+            }
         }
         Ok(())
     }

@@ -35,6 +35,14 @@ fn task() -> TaskDefinition {
         memory_mib: Some(128),
         network_mode: NetworkMode::None,
         restart_policy: RestartPolicy::OnFailure,
+        extensions: vec![TaskExtension::Schedule(Schedule {
+            spec: ScheduleSpec::Cron {
+                expr: "*/5 * * * *".into(),
+                utc_offset_minutes: 60,
+            },
+            overlap: OverlapPolicy::Forbid,
+            missed: MissedRunPolicy::RunOnce,
+        })],
     }
 }
 

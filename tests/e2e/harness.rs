@@ -544,3 +544,230 @@ pub fn task_file(dir: &Path, name: &str, json: &str) -> PathBuf {
     std::fs::write(&p, json).expect("write task file");
     p
 }
+
+// --- Registry (images tests) ----------------------------------------------------------------
+
+/// Why the registry tests can't run, or None: the base prerequisites plus Debian's
+/// `docker-registry` and `skopeo`.
+pub fn registry_missing() -> Option<String> {
+    missing_prerequisite().or_else(|| {
+        ["docker-registry", "skopeo"]
+            .into_iter()
+            .find(|t| which(t).is_none())
+            .map(|t| format!("{t} is not installed (apt-get install docker-registry skopeo)"))
+    })
+}
+
+/// Skips the test when the registry tests can't run, unless CI demands them.
+#[macro_export]
+macro_rules! require_registry {
+    () => {
+        if let Some(why) = $crate::harness::registry_missing() {
+            if std::env::var_os("SKIFF_E2E_REQUIRED").is_some() {
+                panic!("end-to-end prerequisite missing: {why}");
+            }
+            eprintln!("SKIPPED: {why}; see README.md (tests/run.sh installs what is needed)");
+            return;
+        }
+    };
+}
+
+/// Debian's `docker-registry` on a free loopback port with a temp storage dir; its stdout and
+/// stderr (access log included) are collected in `log`. Killed on drop.
+pub struct Registry {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub log: std::sync::Arc<Mutex<String>>,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .expect("write registry config");
+        let mut r = Registry {
+            port,
+            dir,
+            child: None,
+            log: Default::default(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start docker-registry");
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let sink = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("docker-registry to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    /// `127.0.0.1:PORT`, as image references name it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Agent config lines that make this registry usable (plain HTTP).
+    pub fn config(&self) -> String {
+        format!(
+            "\n[[registries]]\nhost = \"{}\"\ninsecure = true\n",
+            self.host()
+        )
+    }
+
+    /// SIGKILL, as a dropped link would look.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port with the same storage.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the registry is still running");
+        self.spawn();
+    }
+
+    /// `skopeo copy [--all] oci:LAYOUT:latest docker://HOST/NAME`.
+    pub fn push(&self, layout: &Path, name: &str, all: bool) {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--insecure-policy", "--dest-tls-verify=false", "-q"]);
+        if all {
+            cmd.arg("--all");
+        }
+        let out = cmd
+            .arg(format!("oci:{}:latest", layout.display()))
+            .arg(format!("docker://{}/{name}", self.host()))
+            .output()
+            .expect("run skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Where the registry keeps blob `hex` (filesystem storage driver).
+    pub fn blob_data(&self, hex: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An OCI layout of random data (`tests/fixtures/make-random-oci.sh`); returns its manifest
+/// digest.
+pub fn random_layout(out: &Path, mib: u32, layers: u32) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/make-random-oci.sh");
+    let o = Command::new("sh")
+        .arg(&script)
+        .arg(out)
+        .arg(mib.to_string())
+        .arg(layers.to_string())
+        .output()
+        .expect("run make-random-oci.sh");
+    assert!(o.status.success(), "make-random-oci.sh failed");
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+impl Agent {
+    /// Starts an agent with an empty image store: its images come from registries.
+    pub fn start_bare(broker: &Broker, cluster: &str, node: &str, extra_config: &str) -> Agent {
+        let n = AGENTS.fetch_add(1, Ordering::Relaxed);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cgroup_parent = format!("skiff-e2e-{}-{n}", std::process::id());
+        std::fs::write(
+            dir.path().join("agent.toml"),
+            format!(
+                "node_id = \"{node}\"\ncluster = \"{cluster}\"\nbroker = \"{}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\
+                 metrics_interval_secs = 1\nstop_grace_secs = 2\nkeepalive_secs = 5\ncgroup_parent = \"{cgroup_parent}\"\n\
+                 log = \"info\"\n{extra_config}",
+                broker.url(),
+                dir.path().join("data").display(),
+                dir.path().join("run").display(),
+            ),
+        )
+        .expect("write agent.toml");
+        let mut agent = Agent {
+            node: node.into(),
+            cluster: cluster.into(),
+            dir,
+            cgroup_parent,
+            child: None,
+            stderr: Default::default(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// `skiff image --config <this agent's config> ARGS...`.
+    pub fn image_cmd(&self, args: &[&str]) -> Output {
+        let out = Command::new(SKIFF)
+            .args(["image", "--config"])
+            .arg(self.config())
+            .args(args)
+            .output()
+            .expect("run skiff image");
+        eprintln!(
+            "$ skiff image {}\n{}{}[exit {:?}]",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status.code()
+        );
+        out
+    }
+}

@@ -6,6 +6,7 @@
 //! them). Without them each test prints SKIPPED, unless SKIFF_E2E_REQUIRED is set (CI).
 
 mod harness;
+mod images;
 mod offline;
 mod ship;
 mod skeleton;

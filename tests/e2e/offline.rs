@@ -124,3 +124,54 @@ fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_re
         .count();
     assert_eq!(starts, 0, "job started again after reconnecting");
 }
+
+fn history_runs(agent: &Agent, task: &str) -> usize {
+    let out = Command::new(SKIFF)
+        .args(["history", task, "--json", "--limit", "100", "--config"])
+        .arg(agent.config())
+        .output()
+        .expect("skiff history");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn a_scheduled_task_keeps_firing_while_the_broker_is_gone() {
+    require_env!();
+    let broker = Broker::start();
+    let agent = Agent::start(&broker, "e2e-sched", "pi-1");
+    let mut sub = Sub::start(&broker, &["skiff/v1/e2e-sched/nodes/pi-1/events"]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let tick = task_file(
+        files.path(),
+        "tick",
+        r#"{"family":"tick","schedule":{"rate":"2s","overlapPolicy":"forbid"},
+            "containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo tick"]}]}"#,
+    );
+    let out = agent.ctl(
+        &broker,
+        &["apply", tick.to_str().expect("utf8"), "--node", "pi-1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..2 {
+        sub.wait("a scheduled run", T, |_, m| match m {
+            Message::Event(e) => {
+                matches!(&e.body, EventBody::TaskStopped { task, .. } if task.as_str() == "tick")
+                    .then_some(())
+            }
+            _ => None,
+        });
+        sub.seen.clear(); // wait for a new run next time
+    }
+    let online_runs = history_runs(&agent, "tick");
+    assert!(online_runs >= 2, "{online_runs}");
+    drop(sub);
+    drop(broker);
+    wait_for("runs while offline", T, || {
+        (history_runs(&agent, "tick") >= online_runs + 3).then_some(())
+    });
+    assert!(local_log(&agent, "tick").matches("tick").count() >= online_runs + 3);
+}

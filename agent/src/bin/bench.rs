@@ -70,6 +70,7 @@ fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefinitio
         memory_mib: None,
         network_mode: NetworkMode::None,
         restart_policy: policy,
+        extensions: vec![],
     })
 }
 

@@ -20,6 +20,7 @@
 //! container it started has been seen to exit, so a later instance of the same task never
 //! receives a stale exit.
 
+pub mod cron;
 #[cfg(test)]
 mod tests;
 
@@ -28,8 +29,9 @@ use std::sync::Arc;
 
 use skiff_proto::codec::{decode_as, Kind, Message};
 use skiff_proto::{
-    ContainerState, ContainerStatus, DesiredState, EventBody, ExitInfo, Name, NodeState,
-    RestartPolicy, Scope, Status, StopReason, TaskDefinition, TaskState, TaskStatus,
+    ContainerState, ContainerStatus, DesiredState, EventBody, ExitInfo, MissedRunPolicy, Name,
+    NodeState, OverlapPolicy, RestartPolicy, Schedule, ScheduleSpec, Scope, Status, StopReason,
+    TaskDefinition, TaskExtension, TaskState, TaskStatus,
 };
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +46,10 @@ pub struct Time {
     pub mono_ms: u64,
     /// Milliseconds since the Unix epoch (may be wrong on a device without RTC).
     pub wall_ms: u64,
+    /// The wall clock is known good: NTP-synchronised per the kernel, or later than the last
+    /// wall time the agent saved. Cron schedules use it only then; otherwise they run on the
+    /// last trusted wall time plus monotonic time.
+    pub wall_trusted: bool,
 }
 
 /// Images in the local store: canonical reference → manifest digest.
@@ -58,6 +64,8 @@ pub struct FinishedTask {
     pub failed: bool,
     pub restarts: u32,
     pub last_exit: Option<ExitInfo>,
+    /// For a scheduled task: wall time of its last firing (to spot runs missed while down).
+    pub last_fire_ms: Option<u64>,
 }
 
 /// Signals the core asks for.
@@ -80,6 +88,8 @@ pub enum Event {
         cluster: Option<Box<DesiredState>>,
         node: Option<Box<DesiredState>>,
         finished: Vec<FinishedTask>,
+        /// The last wall time the previous run knew to be good.
+        last_wall_ms: Option<u64>,
         images: Catalog,
     },
     /// A desired-state payload arrived on the cluster or node topic.
@@ -100,6 +110,14 @@ pub enum Event {
         container: Name,
         image: String,
         digest: String,
+    },
+    /// An image of a starting task is being pulled (throttled progress).
+    ImagePulling {
+        task: Name,
+        container: Name,
+        image: String,
+        done: u64,
+        total: u64,
     },
     /// A container of a starting task was created and started.
     ContainerStarted {
@@ -201,10 +219,41 @@ struct TaskRec {
     failure: Option<String>,
     stop_reason: Option<StopReason>,
     deadline: Option<u64>,
+    /// Scheduled tasks only.
+    sched: Option<SchedState>,
+}
+
+/// Where a scheduled task is in its schedule.
+#[derive(Debug, Clone, Default)]
+struct SchedState {
+    /// Cron: the next firing, wall ms (None until the wall clock is known).
+    next_wall: Option<u64>,
+    /// Rate: the next firing, monotonic ms.
+    next_mono: Option<u64>,
+    /// Wall time of the last firing: no firing is ever at or before it (clock jumps back).
+    last_fire_wall: Option<u64>,
+    /// A firing is waiting for the previous run to be stopped (overlap `replace`).
+    fire_pending: bool,
+}
+
+/// A firing later than this is "missed" (agent down, clock jumped) and follows the missed-run
+/// policy instead of running.
+pub const MISSED_AFTER_MS: u64 = 60_000;
+/// Cron deadlines are re-checked at least this often, to notice wall-clock jumps.
+pub const CRON_RECHECK_MS: u64 = 60_000;
+
+fn schedule_of(def: &TaskDefinition) -> Option<&Schedule> {
+    def.extensions
+        .iter()
+        .map(|e| match e {
+            TaskExtension::Schedule(s) => s,
+        })
+        .next()
 }
 
 impl TaskRec {
     fn new(def: Arc<TaskDefinition>, now: Time) -> TaskRec {
+        let sched = schedule_of(&def).map(|_| SchedState::default());
         TaskRec {
             def,
             phase: Phase::Stopped,
@@ -218,6 +267,7 @@ impl TaskRec {
             failure: None,
             stop_reason: None,
             deadline: None,
+            sched,
         }
     }
 }
@@ -249,8 +299,14 @@ pub struct Core {
     node_doc: Option<DesiredState>,
     tasks: BTreeMap<Name, TaskRec>,
     shutting_down: bool,
+    /// The shells pull images that are not in the store: only their references are checked.
+    pull_missing: bool,
     /// Local mode: desired state comes from files, which are the durable copy themselves.
     local: bool,
+    /// Last known-good wall time and the monotonic time it was seen at.
+    wall_anchor: Option<(u64, u64)>,
+    /// The time of the event being handled (for deadlines computed between events).
+    last_now: Time,
 }
 
 impl Core {
@@ -261,13 +317,42 @@ impl Core {
             node_doc: None,
             tasks: BTreeMap::new(),
             shutting_down: false,
+            pull_missing: false,
             local: false,
+            wall_anchor: None,
+            last_now: Time {
+                mono_ms: 0,
+                wall_ms: 0,
+                wall_trusted: false,
+            },
+        }
+    }
+
+    /// Accept desired state naming images that are not in the store (the shells pull them
+    /// before starting a task); without it such a document is rejected.
+    pub fn pulling_missing_images(mut self, yes: bool) -> Core {
+        self.pull_missing = yes;
+        self
+    }
+
+    fn image_ok(&self, image: &str, images: &Catalog) -> Result<(), String> {
+        if self.pull_missing {
+            image
+                .parse::<ImageRef>()
+                .map(|_| ())
+                .map_err(|e| format!("image {image:?}: {e}"))
+        } else {
+            image_available(image, images)
         }
     }
 
     /// Handles one event at `now`.
     pub fn handle(&mut self, event: Event, now: Time) -> Vec<Action> {
         let mut out = Vec::new();
+        if now.wall_trusted {
+            self.wall_anchor = Some((now.wall_ms, now.mono_ms));
+        }
+        self.last_now = now;
         let before = self.status_key();
         let finished_before = self.finished();
         match event {
@@ -281,8 +366,14 @@ impl Core {
                 cluster,
                 node,
                 finished,
+                last_wall_ms,
                 images,
-            } => self.on_restored(cluster, node, finished, &images, now, &mut out),
+            } => {
+                if let (Some(w), None) = (last_wall_ms, self.wall_anchor) {
+                    self.wall_anchor = Some((w, now.mono_ms));
+                }
+                self.on_restored(cluster, node, finished, &images, now, &mut out)
+            }
             Event::DesiredPayload {
                 scope,
                 payload,
@@ -324,6 +415,23 @@ impl Core {
                     }));
                 }
             }
+            Event::ImagePulling {
+                task,
+                container,
+                image,
+                done,
+                total,
+            } => {
+                if self.tasks.get(&task).is_some_and(|t| t.start_pending) {
+                    out.push(Action::Event(EventBody::ImagePulling {
+                        task,
+                        container,
+                        image,
+                        done,
+                        total,
+                    }));
+                }
+            }
             Event::ContainerStarted {
                 task,
                 container,
@@ -360,7 +468,36 @@ impl Core {
 
     /// Earliest monotonic deadline at which a `Tick` is needed.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.tasks.values().filter_map(|t| t.deadline).min()
+        let now = self.last_now;
+        let wall = self.effective_wall(now);
+        let sched = self.tasks.values().filter_map(|t| {
+            let st = t.sched.as_ref()?;
+            match &schedule_of(&t.def)?.spec {
+                ScheduleSpec::Rate { .. } => st.next_mono,
+                ScheduleSpec::Cron { .. } => {
+                    let wait = match (st.next_wall, wall) {
+                        (Some(next), Some(w)) => next.saturating_sub(w).min(CRON_RECHECK_MS),
+                        _ => CRON_RECHECK_MS,
+                    };
+                    Some(now.mono_ms + wait)
+                }
+            }
+        });
+        self.tasks
+            .values()
+            .filter_map(|t| t.deadline)
+            .chain(sched)
+            .min()
+    }
+
+    /// The wall time to schedule by: the clock when trusted, else the last trusted time plus
+    /// monotonic time since (None: never trusted and nothing saved, e.g. first boot at 1970).
+    fn effective_wall(&self, now: Time) -> Option<u64> {
+        if now.wall_trusted {
+            return Some(now.wall_ms);
+        }
+        self.wall_anchor
+            .map(|(w, m)| w + now.mono_ms.saturating_sub(m))
     }
 
     /// True when shutting down and nothing is left running.
@@ -438,6 +575,7 @@ impl Core {
                 failed: t.phase == Phase::Failed,
                 restarts: t.restarts,
                 last_exit: t.last_exit,
+                last_fire_ms: t.sched.as_ref().and_then(|s| s.last_fire_wall),
             })
             .collect()
     }
@@ -464,7 +602,7 @@ impl Core {
                 .tasks
                 .iter()
                 .flat_map(|t| &t.containers)
-                .try_for_each(|c| image_available(&c.image, images));
+                .try_for_each(|c| self.image_ok(&c.image, images));
             match (right_place, images_ok) {
                 (false, _) => reject(
                     out,
@@ -506,6 +644,9 @@ impl Core {
                 };
                 rec.restarts = f.restarts;
                 rec.last_exit = f.last_exit;
+                if let Some(st) = &mut rec.sched {
+                    st.last_fire_wall = f.last_fire_ms;
+                }
                 self.tasks.insert(name, rec);
             }
         }
@@ -515,6 +656,7 @@ impl Core {
     /// The status report without its timestamp: what decides whether a new report is due.
     fn status_key(&self) -> Status {
         self.status(Time {
+            wall_trusted: false,
             mono_ms: 0,
             wall_ms: 0,
         })
@@ -604,7 +746,7 @@ impl Core {
         }
         for t in &doc.tasks {
             for c in &t.containers {
-                if let Err(reason) = image_available(&c.image, images) {
+                if let Err(reason) = self.image_ok(&c.image, images) {
                     let reason = format!("task {} container {}: {reason}", t.family, c.name);
                     return reject(out, scope, version, reason);
                 }
@@ -670,8 +812,127 @@ impl Core {
 
     fn start_new(&mut self, def: Arc<TaskDefinition>, now: Time, out: &mut Vec<Action>) {
         let rec = TaskRec::new(def.clone(), now);
+        let scheduled = rec.sched.is_some();
         self.tasks.insert(def.family.clone(), rec);
-        self.launch(&def.family, now, out);
+        if scheduled {
+            self.plan_next(&def.family, now);
+        } else {
+            self.launch(&def.family, now, out);
+        }
+    }
+
+    /// Computes a scheduled task's next firing from now (never at or before its last firing).
+    fn plan_next(&mut self, name: &Name, now: Time) {
+        let wall = self.effective_wall(now);
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        let Some(spec) = schedule_of(&t.def).map(|s| s.spec.clone()) else {
+            return;
+        };
+        let Some(st) = &mut t.sched else { return };
+        match spec {
+            ScheduleSpec::Rate { every_secs } => {
+                st.next_mono = Some(now.mono_ms + u64::from(every_secs) * 1000)
+            }
+            ScheduleSpec::Cron {
+                expr,
+                utc_offset_minutes,
+            } => {
+                // After the last firing, so that firings missed while the agent was down are
+                // seen as missed, and a clock that went back never repeats one.
+                let base = st.last_fire_wall.or(wall);
+                st.next_wall = base.and_then(|b| {
+                    let e: cron::CronExpr = expr.parse().ok()?;
+                    e.next_after(b, i32::from(utc_offset_minutes))
+                });
+            }
+        }
+    }
+
+    /// Fires every scheduled task that is due.
+    fn on_schedules(&mut self, now: Time, out: &mut Vec<Action>) {
+        let wall = self.effective_wall(now);
+        let names: Vec<Name> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.sched.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        // Cron schedules that could not be planned before (no trusted wall time yet).
+        for name in &names {
+            let unplanned_cron = self.tasks.get(name).is_some_and(|t| {
+                matches!(
+                    schedule_of(&t.def).map(|s| &s.spec),
+                    Some(ScheduleSpec::Cron { .. })
+                ) && t.sched.as_ref().is_some_and(|s| s.next_wall.is_none())
+            });
+            if wall.is_some() && unplanned_cron {
+                self.plan_next(name, now);
+            }
+        }
+        for name in names {
+            let Some(t) = self.tasks.get_mut(&name) else {
+                continue;
+            };
+            let Some(schedule) = schedule_of(&t.def).cloned() else {
+                continue;
+            };
+            let Some(st) = &mut t.sched else { continue };
+            let due = match &schedule.spec {
+                ScheduleSpec::Rate { .. } => st.next_mono.is_some_and(|n| now.mono_ms >= n),
+                ScheduleSpec::Cron { .. } => {
+                    matches!((st.next_wall, wall), (Some(n), Some(w)) if w >= n)
+                }
+            };
+            if !due {
+                continue;
+            }
+            // Late by more than a minute: the agent was down or the clock jumped forward.
+            let missed = match (&schedule.spec, st.next_wall, wall) {
+                (ScheduleSpec::Cron { .. }, Some(n), Some(w)) => w - n > MISSED_AFTER_MS,
+                _ => false,
+            };
+            st.last_fire_wall = wall.or(st.last_fire_wall);
+            self.plan_next(&name, now);
+            if missed && schedule.missed == MissedRunPolicy::Skip {
+                out.push(Action::Event(EventBody::ScheduleSkipped {
+                    task: name.clone(),
+                    reason:
+                        "missed while the agent was down or the clock jumped (missedRunPolicy skip)"
+                            .into(),
+                }));
+                continue;
+            }
+            self.fire(&name, schedule.overlap, now, out);
+        }
+    }
+
+    /// One firing of a scheduled task.
+    fn fire(&mut self, name: &Name, overlap: OverlapPolicy, now: Time, out: &mut Vec<Action>) {
+        let Some(t) = self.tasks.get_mut(name) else {
+            return;
+        };
+        let idle =
+            matches!(t.phase, Phase::Stopped | Phase::Failed | Phase::Backoff) && !t.start_pending;
+        if idle {
+            t.restarts = t
+                .restarts
+                .saturating_add(u32::from(t.last_exit.is_some() || t.failure.is_some()));
+            return self.launch(name, now, out);
+        }
+        match overlap {
+            OverlapPolicy::Forbid => out.push(Action::Event(EventBody::ScheduleSkipped {
+                task: name.clone(),
+                reason: "the previous run is still running (overlapPolicy forbid)".into(),
+            })),
+            OverlapPolicy::Replace => {
+                if let Some(st) = &mut t.sched {
+                    st.fire_pending = true;
+                }
+                self.stop(name, StopReason::Replaced, now, out);
+            }
+        }
     }
 
     /// Issues `StartTask` for a known task.
@@ -933,6 +1194,19 @@ impl Core {
             self.tasks.remove(name);
             return self.start_new(Arc::new(want), now, out);
         }
+        if let Some(st) = &mut t.sched {
+            // Scheduled: wait for the next firing; a `replace` firing starts now.
+            t.phase = if t.failure.is_some() {
+                Phase::Failed
+            } else {
+                Phase::Stopped
+            };
+            if std::mem::take(&mut st.fire_pending) {
+                t.restarts = t.restarts.saturating_add(1);
+                self.launch(name, now, out);
+            }
+            return;
+        }
         let failed_start = t.failure.is_some();
         let restart = match t.def.restart_policy {
             RestartPolicy::Always => true,
@@ -968,6 +1242,7 @@ impl Core {
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Action>) {
+        self.on_schedules(now, out);
         let due: Vec<Name> = self
             .tasks
             .iter()

@@ -11,6 +11,7 @@ fn n(s: &str) -> Name {
 
 fn at(ms: u64) -> Time {
     Time {
+        wall_trusted: true,
         mono_ms: ms,
         wall_ms: 1_764_000_000_000 + ms,
     }
@@ -41,6 +42,7 @@ fn task(family: &str, policy: RestartPolicy) -> TaskDefinition {
         memory_mib: None,
         network_mode: NetworkMode::None,
         restart_policy: policy,
+        extensions: vec![],
     }
 }
 
@@ -761,6 +763,7 @@ fn a_restart_restores_documents_and_does_not_rerun_finished_tasks() {
             cluster: None,
             node: Some(Box::new(doc)),
             finished,
+            last_wall_ms: None,
             images: catalog(),
         },
         at(0),
@@ -819,6 +822,7 @@ fn a_saved_document_for_another_node_or_a_missing_image_is_not_restored() {
             cluster: None,
             node: Some(Box::new(other)),
             finished: vec![],
+            last_wall_ms: None,
             images: catalog(),
         },
         at(0),
@@ -839,6 +843,7 @@ fn a_saved_document_for_another_node_or_a_missing_image_is_not_restored() {
             cluster: None,
             node: Some(Box::new(doc)),
             finished: vec![],
+            last_wall_ms: None,
             images: catalog(),
         },
         at(0),
@@ -848,4 +853,301 @@ fn a_saved_document_for_another_node_or_a_missing_image_is_not_restored() {
         "{a:?}"
     );
     assert_eq!(c.status(at(1)).node_version, 0);
+}
+
+fn tm(mono_ms: u64, wall_ms: u64, wall_trusted: bool) -> Time {
+    Time {
+        mono_ms,
+        wall_ms,
+        wall_trusted,
+    }
+}
+
+const W0: u64 = 1_764_000_000_000; // a minute boundary (2025-11-24 16:00:00 UTC)
+
+fn scheduled(
+    family: &str,
+    spec: ScheduleSpec,
+    overlap: OverlapPolicy,
+    missed: MissedRunPolicy,
+) -> TaskDefinition {
+    let mut t = task(family, RestartPolicy::Always);
+    t.extensions = vec![TaskExtension::Schedule(Schedule {
+        spec,
+        overlap,
+        missed,
+    })];
+    t
+}
+
+fn every_minute(family: &str, overlap: OverlapPolicy, missed: MissedRunPolicy) -> TaskDefinition {
+    scheduled(
+        family,
+        ScheduleSpec::Cron {
+            expr: "* * * * *".into(),
+            utc_offset_minutes: 0,
+        },
+        overlap,
+        missed,
+    )
+}
+
+fn skipped(actions: &[Action]) -> Vec<String> {
+    events(actions)
+        .into_iter()
+        .filter_map(|e| match e {
+            EventBody::ScheduleSkipped { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One complete run of a one-container task: started, exited 0, removed.
+fn complete_run(c: &mut Core, family: &str, now: Time) -> Vec<Action> {
+    let mut out = run(c, family, now);
+    out.extend(exit(c, family, "main", 0, now));
+    out.extend(removed(c, family, now));
+    out
+}
+
+#[test]
+fn a_rate_schedule_runs_every_period_and_not_at_apply() {
+    let mut c = core();
+    let t = scheduled(
+        "tick",
+        ScheduleSpec::Rate { every_secs: 10 },
+        OverlapPolicy::Forbid,
+        MissedRunPolicy::Skip,
+    );
+    let a = apply(&mut c, 1, vec![t], at(0));
+    assert!(
+        starts(&a).is_empty(),
+        "a scheduled task waits for its first firing"
+    );
+    assert_eq!(c.next_deadline(), Some(10_000));
+    assert!(starts(&c.handle(Event::Tick, at(9_999))).is_empty());
+    assert_eq!(starts(&c.handle(Event::Tick, at(10_000))), ["tick"]);
+    let a = complete_run(&mut c, "tick", at(10_500));
+    assert!(
+        starts(&a).is_empty(),
+        "the restart policy does not apply to scheduled tasks: {a:?}"
+    );
+    assert_eq!(c.phase(&n("tick")), Some(Phase::Stopped));
+    assert_eq!(c.next_deadline(), Some(20_000));
+    assert_eq!(starts(&c.handle(Event::Tick, at(20_000))), ["tick"]);
+}
+
+#[test]
+fn cron_fires_on_the_minute_and_overlap_forbid_skips() {
+    let mut c = core();
+    apply(
+        &mut c,
+        1,
+        vec![every_minute(
+            "job",
+            OverlapPolicy::Forbid,
+            MissedRunPolicy::Skip,
+        )],
+        at(1_000),
+    );
+    assert_eq!(
+        c.next_deadline(),
+        Some(1_000 + 59_000),
+        "next minute boundary"
+    );
+    assert!(starts(&c.handle(Event::Tick, at(59_999))).is_empty());
+    assert_eq!(starts(&c.handle(Event::Tick, at(60_000))), ["job"]);
+    run(&mut c, "job", at(60_100));
+    // Still running at the next minute: forbid skips the firing.
+    let a = c.handle(Event::Tick, at(120_000));
+    assert!(starts(&a).is_empty() && signals(&a).is_empty());
+    assert_eq!(skipped(&a).len(), 1);
+    exit(&mut c, "job", "main", 0, at(130_000));
+    removed(&mut c, "job", at(130_100));
+    assert_eq!(starts(&c.handle(Event::Tick, at(180_000))), ["job"]);
+}
+
+#[test]
+fn cron_overlap_replace_stops_the_running_one_then_starts() {
+    let mut c = core();
+    apply(
+        &mut c,
+        1,
+        vec![every_minute(
+            "job",
+            OverlapPolicy::Replace,
+            MissedRunPolicy::Skip,
+        )],
+        at(0),
+    );
+    c.handle(Event::Tick, at(60_000));
+    run(&mut c, "job", at(60_100));
+    let a = c.handle(Event::Tick, at(120_000));
+    assert_eq!(signals(&a), [("job".into(), "main".into(), Signal::Term)]);
+    exit(&mut c, "job", "main", 143, at(120_100));
+    let a = removed(&mut c, "job", at(120_200));
+    assert_eq!(
+        starts(&a),
+        ["job"],
+        "the replacing run starts once the old one is gone"
+    );
+}
+
+#[test]
+fn a_clock_jump_forward_a_day_does_not_burst() {
+    for (policy, runs) in [(MissedRunPolicy::Skip, 0), (MissedRunPolicy::RunOnce, 1)] {
+        let mut c = core();
+        apply(
+            &mut c,
+            1,
+            vec![every_minute("job", OverlapPolicy::Forbid, policy)],
+            tm(0, W0 + 1_000, true),
+        );
+        // A day later by the wall clock, one second later by the monotonic one.
+        let a = c.handle(Event::Tick, tm(1_000, W0 + 86_400_000 + 5_000, true));
+        assert_eq!(starts(&a).len(), runs, "{policy:?}: {a:?}");
+        assert_eq!(skipped(&a).len(), 1 - runs, "{policy:?}");
+        if runs == 1 {
+            complete_run(&mut c, "job", tm(2_000, W0 + 86_400_000 + 6_000, true));
+        }
+        // And then it is back to once a minute.
+        assert!(
+            starts(&c.handle(Event::Tick, tm(3_000, W0 + 86_400_000 + 30_000, true))).is_empty()
+        );
+        assert_eq!(
+            starts(&c.handle(Event::Tick, tm(60_000, W0 + 86_400_000 + 60_000, true))),
+            ["job"]
+        );
+    }
+}
+
+#[test]
+fn a_clock_jump_back_an_hour_never_fires_twice() {
+    let mut c = core();
+    apply(
+        &mut c,
+        1,
+        vec![every_minute(
+            "job",
+            OverlapPolicy::Forbid,
+            MissedRunPolicy::RunOnce,
+        )],
+        tm(0, W0 - 1_000, true),
+    );
+    assert_eq!(starts(&c.handle(Event::Tick, tm(1_000, W0, true))), ["job"]);
+    complete_run(&mut c, "job", tm(2_000, W0 + 2_000, true));
+    // Back an hour: the minutes between are not run again.
+    for i in 1..=60u64 {
+        let a = c.handle(
+            Event::Tick,
+            tm(2_000 + i * 60_000, W0 - 3_600_000 + i * 60_000, true),
+        );
+        assert!(
+            starts(&a).is_empty(),
+            "fired again at {i} min after the jump"
+        );
+    }
+    assert_eq!(
+        starts(&c.handle(Event::Tick, tm(3_700_000, W0 + 60_000, true))),
+        ["job"]
+    );
+}
+
+#[test]
+fn booting_at_1970_waits_for_a_trusted_clock_then_does_not_burst() {
+    let mut c = core();
+    apply(
+        &mut c,
+        1,
+        vec![every_minute(
+            "job",
+            OverlapPolicy::Forbid,
+            MissedRunPolicy::RunOnce,
+        )],
+        tm(0, 5_000, false),
+    );
+    for m in 1..5u64 {
+        assert!(
+            starts(&c.handle(Event::Tick, tm(m * 60_000, 5_000 + m * 60_000, false))).is_empty()
+        );
+    }
+    assert!(
+        c.next_deadline()
+            .is_some_and(|d| d <= 4 * 60_000 + CRON_RECHECK_MS),
+        "keeps checking"
+    );
+    // NTP sets the clock: the next minute boundary fires, once.
+    let a = c.handle(Event::Tick, tm(300_000, W0 + 10_000, true));
+    assert!(starts(&a).is_empty() && skipped(&a).is_empty(), "{a:?}");
+    assert_eq!(
+        starts(&c.handle(Event::Tick, tm(350_000, W0 + 60_000, true))),
+        ["job"]
+    );
+}
+
+#[test]
+fn an_untrusted_clock_runs_on_the_saved_time_plus_monotonic_time() {
+    let mut c = core();
+    let doc = DesiredState {
+        version: 1,
+        cluster: n("demo"),
+        node: Some(n("pi-1")),
+        tasks: vec![every_minute(
+            "job",
+            OverlapPolicy::Forbid,
+            MissedRunPolicy::Skip,
+        )],
+        signature: None,
+    };
+    // Rebooted with no RTC: the wall clock says 1970, the agent saved W0 - 30 s.
+    let ev = Event::Restored {
+        cluster: None,
+        node: Some(Box::new(doc)),
+        finished: vec![],
+        last_wall_ms: Some(W0 - 30_000),
+        images: catalog(),
+    };
+    let a = c.handle(ev, tm(0, 1_000, false));
+    assert!(starts(&a).is_empty());
+    assert!(starts(&c.handle(Event::Tick, tm(29_000, 30_000, false))).is_empty());
+    assert_eq!(
+        starts(&c.handle(Event::Tick, tm(30_000, 31_000, false))),
+        ["job"],
+        "saved + 30 s = W0"
+    );
+}
+
+#[test]
+fn runs_missed_while_the_agent_was_down_follow_the_policy() {
+    for (policy, runs) in [(MissedRunPolicy::Skip, 0), (MissedRunPolicy::RunOnce, 1)] {
+        let def = every_minute("job", OverlapPolicy::Forbid, policy);
+        let doc = DesiredState {
+            version: 1,
+            cluster: n("demo"),
+            node: Some(n("pi-1")),
+            tasks: vec![def.clone()],
+            signature: None,
+        };
+        let finished = vec![FinishedTask {
+            def,
+            failed: false,
+            restarts: 3,
+            last_exit: None,
+            last_fire_ms: Some(W0),
+        }];
+        let mut c = core();
+        // Down for ten minutes.
+        let ev = Event::Restored {
+            cluster: None,
+            node: Some(Box::new(doc)),
+            finished,
+            last_wall_ms: Some(W0 + 1_000),
+            images: catalog(),
+        };
+        let a = c.handle(ev, tm(0, W0 + 600_000 + 500, true));
+        assert!(starts(&a).is_empty());
+        let a = c.handle(Event::Tick, tm(10, W0 + 600_000 + 510, true));
+        assert_eq!(starts(&a).len(), runs, "{policy:?}: {a:?}");
+        assert_eq!(skipped(&a).len(), 1 - runs, "{policy:?}");
+    }
 }

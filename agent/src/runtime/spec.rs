@@ -457,6 +457,7 @@ mod tests {
             memory_mib: None,
             network_mode: NetworkMode::None,
             restart_policy: RestartPolicy::Never,
+            extensions: vec![],
         }
     }
 
