@@ -45,26 +45,27 @@ enum Cmd {
     /// Print a task's log on this device.
     Logs(LogsArgs),
     /// This node's identity.
-    #[command(subcommand)]
-    Node(NodeCmd),
+    Node(NodeArgs),
     /// Print a task's run history on this device.
     History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Override `data_dir` from the config.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: NodeCmd,
 }
 
 #[derive(Debug, Subcommand)]
 enum NodeCmd {
     /// Make the node's X25519 key pair in data_dir once (private key 0600) and print the public
     /// key; idempotent (the unit runs it before every start).
-    Init(NodeInitArgs),
-}
-
-#[derive(Debug, Args)]
-struct NodeInitArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Override `data_dir` from the config.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    Init,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +268,18 @@ enum ImageCmd {
         /// Pull for another platform (`linux/arm64/v8`), e.g. to prepare an SD-card image.
         #[arg(long)]
         platform: Option<String>,
+    },
+    /// Write an image as an OCI image layout: a directory, or a tar when DEST ends in .tar.
+    Export { reference: String, dest: PathBuf },
+    /// Remove images no task uses: beyond `keep_per_repository` per repository, and oldest
+    /// first while below `gc_low_water_mib` free (`[images]` in the config).
+    Prune {
+        /// Override `keep_per_repository`.
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -667,6 +680,51 @@ fn run_image(i: ImageArgs) -> ExitCode {
                 Err(e) => fail(1, e),
             }
         }
+        ImageCmd::Export { reference, dest } => {
+            let r = match reference.parse::<images::ImageRef>() {
+                Ok(r) => r,
+                Err(e) => return fail(EXIT_DATA, e),
+            };
+            match store.export(&r, &dest) {
+                Ok(x) => {
+                    println!(
+                        "exported {r} {} ({} blobs) to {}",
+                        x.digest,
+                        x.blobs,
+                        dest.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
+        ImageCmd::Prune { keep, dry_run } => {
+            let policy = images::gc::GcPolicy {
+                keep_per_repository: keep.unwrap_or(cfg.images.keep_per_repository).max(1),
+                low_water_bytes: cfg.images.gc_low_water_bytes,
+                dry_run,
+            };
+            match store.gc(&policy, &[]) {
+                Ok(report) => {
+                    let verb = if dry_run { "would remove" } else { "removed" };
+                    for n in &report.names_removed {
+                        println!("{verb} {n}");
+                    }
+                    for n in &report.in_use {
+                        println!("in use, kept {n}");
+                    }
+                    println!(
+                        "{verb} {} names, {} blobs ({} bytes), {} rootfs",
+                        report.names_removed.len(),
+                        report.blobs_removed,
+                        report.bytes_freed,
+                        report.rootfs_removed
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
         ImageCmd::Rm { reference } => {
             let r = match reference.parse::<images::ImageRef>() {
                 Ok(r) => r,
@@ -683,8 +741,7 @@ fn run_image(i: ImageArgs) -> ExitCode {
     }
 }
 
-fn run_node(cmd: NodeCmd) -> ExitCode {
-    let NodeCmd::Init(n) = cmd;
+fn run_node(n: NodeArgs) -> ExitCode {
     let cfg = match validated(&n.config, |c| {
         if let Some(d) = n.data_dir {
             c.data_dir = d;
@@ -693,13 +750,15 @@ fn run_node(cmd: NodeCmd) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CONFIG, e),
     };
-    match skiff_agent::identity::init(&cfg.data_dir) {
-        Ok(key) => {
-            let new = if key.created { " (new)" } else { "" };
-            println!("node {} key x25519:{}{new}", cfg.node, key.public_hex());
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(1, e),
+    match n.cmd {
+        NodeCmd::Init => match skiff_agent::identity::init(&cfg.data_dir) {
+            Ok(key) => {
+                let new = if key.created { " (new)" } else { "" };
+                println!("node {} key x25519:{}{new}", cfg.node, key.public_hex());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
     }
 }
 

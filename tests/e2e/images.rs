@@ -483,3 +483,101 @@ fn prefer_cached_runs_the_cached_image_when_the_registry_is_gone() {
         "{log}"
     );
 }
+
+#[test]
+fn prune_keeps_images_in_use_and_export_import_round_trips() {
+    require_registry!();
+    let broker = Broker::start();
+    // Imports busybox as docker.io/library/busybox:latest.
+    let agent = Agent::start(&broker, "e2e-gc", "pi-1");
+    let mut sub = Sub::start(&broker, &[&events_topic(&agent)]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let f = task_file(
+        files.path(),
+        "busy",
+        r#"{"family":"busy","containerDefinitions":[{"name":"main","image":"busybox","entryPoint":["sh","-c"],"command":["sleep 300"]}]}"#,
+    );
+    let out = agent.ctl(
+        &broker,
+        &["apply", f.to_str().expect("utf8"), "--node", "pi-1"],
+    );
+    assert!(out.status.success(), "apply failed: {}", text(&out.stderr));
+    sub.wait("the task running", T, |_, m| match event(m)? {
+        EventBody::TaskRunning { task } if task.as_str() == "busy" => Some(()),
+        _ => None,
+    });
+    // Two newer, unused images in the same repository.
+    for (i, tag) in ["busybox:r1", "busybox:r2"].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(1100)); // imported_at has 1 s resolution
+        let layout = files.path().join(format!("r{i}"));
+        random_layout(&layout, 1, 1);
+        let out = agent.image_cmd(&["import", layout.to_str().expect("utf8"), "--tag", tag]);
+        assert!(out.status.success());
+    }
+    let out = agent.image_cmd(&["prune", "--keep", "1"]);
+    assert!(out.status.success());
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("removed docker.io/library/busybox:r1"),
+        "{report}"
+    );
+    assert!(
+        report.contains("in use, kept docker.io/library/busybox:latest"),
+        "{report}"
+    );
+    let ls = text(&agent.image_cmd(&["ls", "--json"]).stdout);
+    assert!(
+        ls.contains("busybox:latest") && ls.contains("busybox:r2"),
+        "{ls}"
+    );
+    assert!(!ls.contains("busybox:r1"), "{ls}");
+
+    // Export (tar and directory) and import elsewhere: the same manifest digest.
+    let digest = layout_manifest(&busybox_layout());
+    let tar = files.path().join("busybox.tar");
+    let dir = files.path().join("busybox-layout");
+    for dest in [&tar, &dir] {
+        let out = agent.image_cmd(&["export", "busybox", dest.to_str().expect("utf8")]);
+        assert!(out.status.success());
+        let other = tempfile::tempdir().expect("tempdir");
+        let cfg = other.path().join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!("data_dir = \"{}\"\n", other.path().join("data").display()),
+        )
+        .expect("config");
+        let out = image(&cfg, &["import", dest.to_str().expect("utf8")]);
+        assert!(out.status.success());
+        let ls = text(&image(&cfg, &["ls", "--json"]).stdout);
+        assert!(
+            ls.contains("\"reference\":\"docker.io/library/busybox:latest\"")
+                && ls.contains(&format!("\"digest\":\"{digest}\"")),
+            "{ls}"
+        );
+    }
+}
+
+#[test]
+fn a_pull_that_would_cross_the_disk_limit_fails_before_downloading() {
+    require_registry!();
+    let registry = Registry::start();
+    registry.push(&busybox_layout(), "big:latest", false);
+    let work = tempfile::tempdir().expect("tempdir");
+    // Keep 1 TiB free: no disk here has that.
+    let cfg = cli_config(work.path(), &registry, "[images]\nmin_free_mib = 1048576\n");
+    let out = image(&cfg, &["pull", &format!("{}/big:latest", registry.host())]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("keeps 1099511627776 free, but only"), "{err}");
+    let log = registry.log_text();
+    assert!(log.contains("GET /v2/big/manifests/latest"), "{log}");
+    let layer = read_blob_json(&busybox_layout(), &layout_manifest(&busybox_layout()))["layers"][0]
+        ["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    assert!(
+        !log.contains(&format!("GET /v2/big/blobs/{layer}")),
+        "{log}"
+    );
+}

@@ -60,6 +60,11 @@ impl BlobStore {
         Self { dir, tmp }
     }
 
+    /// The `blobs/sha256` directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where blob `digest` lives (whether or not it is there).
     pub fn path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(digest.hex())

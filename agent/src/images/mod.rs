@@ -21,7 +21,9 @@ use std::path::PathBuf;
 
 pub mod blobs;
 pub mod digest;
+pub mod export;
 mod fsutil;
+pub mod gc;
 pub mod import;
 pub mod oci;
 pub mod progress;

@@ -339,6 +339,16 @@ impl ImageStore {
         Ok(refs)
     }
 
+    /// Replace refs.json; the caller holds `locks/refs.lock`.
+    pub(crate) fn write_refs_locked(&self, refs: &RefsFile) -> Result<(), StoreError> {
+        self.write_refs(refs)
+    }
+
+    /// The `rootfs/` directory.
+    pub(crate) fn rootfs_dir(&self) -> &Path {
+        &self.rootfs
+    }
+
     fn write_refs(&self, refs: &RefsFile) -> Result<(), StoreError> {
         let path = self.refs_path();
         let mut bytes =
