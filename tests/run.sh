@@ -35,3 +35,5 @@ SKIFF_NO_RUSTUP=1 sh cross/build.sh aarch64
 sh cross/check.sh target/cross/skiff-aarch64 target/debug/skiff
 step "systemd unit and tmpfiles (systemd-analyze verify, systemd-tmpfiles)"
 sh systemd/check.sh target/debug/skiff
+step "SD-card image install (systemd/install-rootfs.sh) into a skeleton root, first boot under qemu"
+sh systemd/test-install.sh target/cross/skiff-aarch64 target/debug/skiff

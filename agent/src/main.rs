@@ -45,27 +45,26 @@ enum Cmd {
     /// Print a task's log on this device.
     Logs(LogsArgs),
     /// This node's identity.
-    Node(NodeArgs),
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Print a task's run history on this device.
     History(HistoryArgs),
-}
-
-#[derive(Debug, Args)]
-struct NodeArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Override `data_dir` from the config.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: NodeCmd,
 }
 
 #[derive(Debug, Subcommand)]
 enum NodeCmd {
     /// Make the node's X25519 key pair in data_dir once (private key 0600) and print the public
     /// key; idempotent (the unit runs it before every start).
-    Init,
+    Init(NodeInitArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeInitArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Override `data_dir` from the config.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -741,7 +740,8 @@ fn run_image(i: ImageArgs) -> ExitCode {
     }
 }
 
-fn run_node(n: NodeArgs) -> ExitCode {
+fn run_node(cmd: NodeCmd) -> ExitCode {
+    let NodeCmd::Init(n) = cmd;
     let cfg = match validated(&n.config, |c| {
         if let Some(d) = n.data_dir {
             c.data_dir = d;
@@ -750,15 +750,13 @@ fn run_node(n: NodeArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CONFIG, e),
     };
-    match n.cmd {
-        NodeCmd::Init => match skiff_agent::identity::init(&cfg.data_dir) {
-            Ok(key) => {
-                let new = if key.created { " (new)" } else { "" };
-                println!("node {} key x25519:{}{new}", cfg.node, key.public_hex());
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(1, e),
-        },
+    match skiff_agent::identity::init(&cfg.data_dir) {
+        Ok(key) => {
+            let new = if key.created { " (new)" } else { "" };
+            println!("node {} key x25519:{}{new}", cfg.node, key.public_hex());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
     }
 }
 
