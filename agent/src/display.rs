@@ -98,6 +98,7 @@ pub fn event_body(b: &EventBody) -> String {
                 StopReason::Replaced => "replaced by a new definition",
                 StopReason::Shutdown => "agent shutting down",
                 StopReason::StartFailed => "start failed",
+                StopReason::TimedOut => "timed out",
             };
             match e {
                 Some(e) => format!("{task}: stopped ({why}, {})", exit(e)),

@@ -31,8 +31,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use skiff_proto::limits::MAX_CONTAINERS;
 use skiff_proto::{
-    BoundError, ContainerDefinition, EnvVar, MissedRunPolicy, Name, NetworkMode, OverlapPolicy,
-    RestartPolicy, Schedule, ScheduleSpec, TaskDefinition, TaskExtension,
+    Batch, BoundError, ContainerDefinition, EnvVar, MissedRunPolicy, Name, NetworkMode,
+    OverlapPolicy, RestartPolicy, Schedule, ScheduleSpec, TaskDefinition, TaskExtension,
 };
 
 /// Largest task-definition JSON accepted. A whole desired-state document must fit in one
@@ -195,6 +195,15 @@ pub fn to_ecs_json(def: &TaskDefinition) -> Value {
     );
     for e in &def.extensions {
         match e {
+            TaskExtension::Batch(b) => {
+                let mut o = Map::new();
+                o.insert("completions".into(), b.completions.into());
+                o.insert("retries".into(), b.retries.into());
+                if let Some(t) = b.timeout_secs {
+                    o.insert("timeout".into(), t.into());
+                }
+                t.insert("batch".into(), Value::Object(o));
+            }
             TaskExtension::Schedule(sch) => {
                 let mut o = Map::new();
                 match &sch.spec {
@@ -304,6 +313,7 @@ const TASK_SUPPORTED: &[&str] = &[
     "networkMode",
     "restartPolicy",
     "schedule",
+    "batch",
 ];
 
 /// Task-level ECS keys accepted when their value is one skiff honours (checked one by one).
@@ -568,6 +578,7 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
                 "networkMode" => network_mode = parse_network_mode(v, &path)?,
                 "restartPolicy" => restart_policy = parse_restart_policy(v, &path)?,
                 "schedule" => extensions.push(TaskExtension::Schedule(parse_schedule(v, &path)?)),
+                "batch" => extensions.push(TaskExtension::Batch(parse_batch(v, &path)?)),
                 "requiresCompatibilities" => check_compatibilities(v, &path)?,
                 "runtimePlatform" => check_runtime_platform(v, &path)?,
                 _ => check_tags(v, &path)?,
@@ -595,6 +606,12 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
             "missing; a task needs at least one container",
         )
     })?;
+    if extensions.len() > 1 {
+        return Err(invalid(
+            base,
+            "\"schedule\" and \"batch\" together are not supported yet",
+        ));
+    }
     let def = TaskDefinition {
         family,
         revision,
@@ -856,6 +873,40 @@ fn parse_schedule(v: &Value, path: &str) -> Result<Schedule, TaskDefError> {
         overlap,
         missed,
     })
+}
+
+/// skiff's `batch`: `{"completions": 1, "retries": 0, "timeout": 30 | "5m"}`.
+fn parse_batch(v: &Value, path: &str) -> Result<Batch, TaskDefError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid(path, format!("expected an object, got {}", got(v))))?;
+    let mut b = Batch {
+        completions: 1,
+        retries: 0,
+        timeout_secs: None,
+    };
+    for (key, val) in obj {
+        let p = join(path, key);
+        match key.as_str() {
+            "completions" => b.completions = number_u32(val, &p, "a number of runs")?,
+            "retries" => b.retries = number_u32(val, &p, "a number of retries")?,
+            "timeout" => {
+                let secs = match val {
+                    Value::Number(_) => number_u32(val, &p, "a number of seconds")?,
+                    Value::String(s) => parse_duration_secs(s).map_err(|e| invalid(&p, e))?,
+                    _ => {
+                        return Err(invalid(
+                            &p,
+                            format!("expected seconds or a duration, got {}", got(val)),
+                        ))
+                    }
+                };
+                b.timeout_secs = Some(secs);
+            }
+            other => return Err(invalid(&p, format!("unknown batch field {other:?}"))),
+        }
+    }
+    Ok(b)
 }
 
 /// `UTC`, `Z`, `+05:30`, `-08:00` → minutes east of UTC. Named zones (`Europe/Paris`) need a
@@ -1364,6 +1415,66 @@ mod tests {
 
     fn task(extra: Value) -> Value {
         with(extra, json!({}))
+    }
+
+    #[test]
+    fn schedules_and_batches_parse_and_round_trip() {
+        let d = ok(task(
+            json!({"schedule": {"cron": "*/5 * * * *", "timezone": "+05:30",
+            "overlapPolicy": "replace", "missedRunPolicy": "run-once"}}),
+        ));
+        assert_eq!(
+            d.extensions,
+            [TaskExtension::Schedule(Schedule {
+                spec: ScheduleSpec::Cron {
+                    expr: "*/5 * * * *".into(),
+                    utc_offset_minutes: 330
+                },
+                overlap: OverlapPolicy::Replace,
+                missed: MissedRunPolicy::RunOnce,
+            })]
+        );
+        assert_eq!(ok(to_ecs_json(&d)), d);
+        let r = ok(task(json!({"schedule": {"rate": "5m"}})));
+        assert!(
+            matches!(&r.extensions[0], TaskExtension::Schedule(s) if s.spec == ScheduleSpec::Rate { every_secs: 300 })
+        );
+        assert_eq!(ok(to_ecs_json(&r)), r);
+        let b = ok(task(
+            json!({"batch": {"completions": 3, "retries": 2, "timeout": "1m"}}),
+        ));
+        assert_eq!(
+            b.extensions,
+            [TaskExtension::Batch(Batch {
+                completions: 3,
+                retries: 2,
+                timeout_secs: Some(60)
+            })]
+        );
+        assert_eq!(ok(to_ecs_json(&b)), b);
+    }
+
+    #[test]
+    fn bad_schedules_and_batches_are_named() {
+        assert!(err(task(json!({"schedule": {"cron": "61 * * * *"}})))
+            .starts_with("schedule.cron: \"61 * * * *\": minutes: 61 is outside 0-59"));
+        assert!(err(task(
+            json!({"schedule": {"cron": "* * * * *", "timezone": "Europe/Paris"}})
+        ))
+        .contains("named zones are not supported"));
+        assert!(err(task(json!({"schedule": {"rate": 0}}))).contains("at least 1 second"));
+        assert!(
+            err(task(json!({"schedule": {"rate": 5, "cron": "* * * * *"}}))).contains("not both")
+        );
+        assert!(err(task(
+            json!({"schedule": {"cron": "* * * * *", "overlapPolicy": "allow"}})
+        ))
+        .contains("not supported yet"));
+        assert!(err(task(json!({"schedule": {}}))).contains("needs \"cron\" or \"rate\""));
+        assert!(err(task(json!({"batch": {"completions": 0}}))).contains("batch.completions"));
+        assert!(err(task(json!({"batch": {"tries": 1}}))).contains("unknown batch field"));
+        assert!(err(task(json!({"batch": {}, "schedule": {"rate": 5}})))
+            .contains("together are not supported yet"));
     }
 
     #[test]

@@ -63,6 +63,20 @@ pub struct TaskDefinition {
 pub enum TaskExtension {
     /// Run on a schedule instead of at once; the restart policy does not apply.
     Schedule(Schedule),
+    /// Run to completion `completions` times, retrying failures; the restart policy does not
+    /// apply.
+    Batch(Batch),
+}
+
+/// A batch job: how many successful runs, how many retries, how long each run may take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Successful (exit 0) runs wanted, one after the other (1..=10000).
+    pub completions: u32,
+    /// Failed runs retried, with exponential backoff, before the job is marked failed.
+    pub retries: u32,
+    /// A run still going after this many seconds is stopped and counts as failed.
+    pub timeout_secs: Option<u32>,
 }
 
 /// When a scheduled task runs.
@@ -335,6 +349,8 @@ pub enum StopReason {
     Shutdown,
     /// Its containers could not all be started.
     StartFailed,
+    /// A batch run exceeded its timeout.
+    TimedOut,
 }
 
 /// A batch of metric samples (topic `nodes/{node}/metrics`, QoS 1).
@@ -570,6 +586,17 @@ impl TaskDefinition {
         check_len("extensions", self.extensions.len(), 8)?;
         for e in &self.extensions {
             match e {
+                TaskExtension::Batch(b) => {
+                    if b.completions == 0 || b.completions > 10_000 {
+                        return Err(bound_err("batch.completions", "must be 1..=10000"));
+                    }
+                    if b.retries > 1000 {
+                        return Err(bound_err("batch.retries", "at most 1000"));
+                    }
+                    if b.timeout_secs == Some(0) {
+                        return Err(bound_err("batch.timeout", "must be at least 1 second"));
+                    }
+                }
                 TaskExtension::Schedule(s) => match &s.spec {
                     ScheduleSpec::Cron {
                         expr,

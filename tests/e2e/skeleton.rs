@@ -289,7 +289,9 @@ fn a_service_with_restart_always_restarts_and_removal_cleans_up() {
 fn bad_input_is_rejected_by_name_and_the_running_task_is_untouched() {
     require_env!();
     let broker = Broker::start();
-    let agent = Agent::start(&broker, "e2e-bad", "pi-1");
+    // Pull policy `never`: an image missing from the store is then bad input, rejected whole.
+    // (With pulls allowed the agent pulls it instead; tests/e2e/images.rs covers that.)
+    let agent = Agent::start_with(&broker, "e2e-bad", "pi-1", "[images]\npull_policy = \"never\"\n");
     let mut sub = Sub::start(&broker, &[&events_topic(&agent), &status_topic(&agent)]);
     online(&mut sub, &agent);
     let files = tempfile::tempdir().expect("tempdir");

@@ -29,9 +29,9 @@ use std::sync::Arc;
 
 use skiff_proto::codec::{decode_as, Kind, Message};
 use skiff_proto::{
-    ContainerState, ContainerStatus, DesiredState, EventBody, ExitInfo, MissedRunPolicy, Name,
-    NodeState, OverlapPolicy, RestartPolicy, Schedule, ScheduleSpec, Scope, Status, StopReason,
-    TaskDefinition, TaskExtension, TaskState, TaskStatus,
+    Batch, ContainerState, ContainerStatus, DesiredState, EventBody, ExitInfo, MissedRunPolicy,
+    Name, NodeState, OverlapPolicy, RestartPolicy, Schedule, ScheduleSpec, Scope, Status,
+    StopReason, TaskDefinition, TaskExtension, TaskState, TaskStatus,
 };
 
 use serde::{Deserialize, Serialize};
@@ -221,6 +221,9 @@ struct TaskRec {
     deadline: Option<u64>,
     /// Scheduled tasks only.
     sched: Option<SchedState>,
+    /// Batch tasks: successful runs and failed runs so far.
+    batch_done: u32,
+    batch_failures: u32,
 }
 
 /// Where a scheduled task is in its schedule.
@@ -243,12 +246,17 @@ pub const MISSED_AFTER_MS: u64 = 60_000;
 pub const CRON_RECHECK_MS: u64 = 60_000;
 
 fn schedule_of(def: &TaskDefinition) -> Option<&Schedule> {
-    def.extensions
-        .iter()
-        .map(|e| match e {
-            TaskExtension::Schedule(s) => s,
-        })
-        .next()
+    def.extensions.iter().find_map(|e| match e {
+        TaskExtension::Schedule(s) => Some(s),
+        TaskExtension::Batch(_) => None,
+    })
+}
+
+fn batch_of(def: &TaskDefinition) -> Option<&Batch> {
+    def.extensions.iter().find_map(|e| match e {
+        TaskExtension::Batch(b) => Some(b),
+        TaskExtension::Schedule(_) => None,
+    })
 }
 
 impl TaskRec {
@@ -268,6 +276,8 @@ impl TaskRec {
             stop_reason: None,
             deadline: None,
             sched,
+            batch_done: 0,
+            batch_failures: 0,
         }
     }
 }
@@ -965,6 +975,9 @@ impl Core {
             revision: t.def.revision,
             attempt: t.restarts + 1,
         }));
+        if let Some(secs) = batch_of(&t.def).and_then(|b| b.timeout_secs) {
+            t.deadline = Some(now.mono_ms + u64::from(secs) * 1000);
+        }
         out.push(Action::StartTask { def: t.def.clone() });
     }
 
@@ -1194,6 +1207,45 @@ impl Core {
             self.tasks.remove(name);
             return self.start_new(Arc::new(want), now, out);
         }
+        let on_its_own = matches!(
+            t.stop_reason,
+            Some(StopReason::EssentialExited | StopReason::StartFailed | StopReason::TimedOut)
+        );
+        if let (Some(b), true) = (batch_of(&t.def).cloned(), on_its_own) {
+            let ok = t.stop_reason == Some(StopReason::EssentialExited)
+                && t.failure.is_none()
+                && t.last_exit.is_some_and(|e| e.code == 0);
+            if ok {
+                t.batch_done += 1;
+                if t.batch_done < b.completions {
+                    t.restarts += 1;
+                    return self.launch(name, now, out);
+                }
+                t.phase = Phase::Stopped;
+                return;
+            }
+            t.batch_failures += 1;
+            if t.batch_failures > b.retries {
+                t.phase = Phase::Failed;
+                out.push(Action::Event(EventBody::TaskFailed {
+                    task: name.clone(),
+                    reason: format!(
+                        "batch failed after {} attempts ({} of {} completions)",
+                        t.batch_failures, t.batch_done, b.completions
+                    ),
+                }));
+                return;
+            }
+            let delay = backoff_ms(t.batch_failures);
+            t.phase = Phase::Backoff;
+            t.deadline = Some(now.mono_ms + delay);
+            out.push(Action::Event(EventBody::TaskRestarting {
+                task: name.clone(),
+                attempt: t.restarts + 2,
+                delay_ms: delay,
+            }));
+            return;
+        }
         if let Some(st) = &mut t.sched {
             // Scheduled: wait for the next firing; a `replace` firing starts now.
             t.phase = if t.failure.is_some() {
@@ -1286,6 +1338,11 @@ impl Core {
                     t.deadline = None;
                     t.restarts += 1;
                     self.launch(&name, now, out);
+                }
+                Phase::Starting | Phase::Running if batch_of(&t.def).is_some() => {
+                    // A batch run over its timeout.
+                    t.deadline = None;
+                    self.stop(&name, StopReason::TimedOut, now, out);
                 }
                 _ => t.deadline = None,
             }

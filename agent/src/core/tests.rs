@@ -1151,3 +1151,78 @@ fn runs_missed_while_the_agent_was_down_follow_the_policy() {
         assert_eq!(skipped(&a).len(), 1 - runs, "{policy:?}");
     }
 }
+
+fn batch(
+    family: &str,
+    completions: u32,
+    retries: u32,
+    timeout_secs: Option<u32>,
+) -> TaskDefinition {
+    let mut t = task(family, RestartPolicy::Always);
+    t.extensions = vec![TaskExtension::Batch(Batch {
+        completions,
+        retries,
+        timeout_secs,
+    })];
+    t
+}
+
+#[test]
+fn a_batch_runs_until_its_completions_and_then_stays_done() {
+    let mut c = core();
+    apply(&mut c, 1, vec![batch("etl", 3, 0, None)], at(0));
+    let mut runs = 1;
+    loop {
+        let a = complete_run(&mut c, "etl", at(runs * 100));
+        if starts(&a).is_empty() {
+            break;
+        }
+        runs += 1;
+    }
+    assert_eq!(runs, 3);
+    assert_eq!(c.phase(&n("etl")), Some(Phase::Stopped));
+    assert_eq!(
+        c.next_deadline(),
+        None,
+        "done: the restart policy does not apply"
+    );
+}
+
+#[test]
+fn a_failing_batch_retries_with_backoff_then_fails() {
+    let mut c = core();
+    apply(&mut c, 1, vec![batch("job", 1, 2, None)], at(0));
+    let mut t = 0;
+    for attempt in 1..=3u32 {
+        run(&mut c, "job", at(t));
+        exit(&mut c, "job", "main", 1, at(t + 10));
+        let a = removed(&mut c, "job", at(t + 20));
+        if attempt <= 2 {
+            let delay = backoff_ms(attempt);
+            assert_eq!(c.next_deadline(), Some(t + 20 + delay), "retry {attempt}");
+            t += 20 + delay;
+            assert_eq!(starts(&c.handle(Event::Tick, at(t))), ["job"]);
+        } else {
+            assert!(events(&a).iter().any(|e| matches!(e, EventBody::TaskFailed { reason, .. } if reason.contains("after 3 attempts"))), "{a:?}");
+        }
+    }
+    assert_eq!(c.phase(&n("job")), Some(Phase::Failed));
+}
+
+#[test]
+fn a_batch_run_over_its_timeout_is_stopped_and_counts_as_failed() {
+    let mut c = core();
+    apply(&mut c, 1, vec![batch("slow", 1, 1, Some(5))], at(0));
+    run(&mut c, "slow", at(10));
+    assert_eq!(c.next_deadline(), Some(5_000));
+    let a = c.handle(Event::Tick, at(5_000));
+    assert_eq!(signals(&a), [("slow".into(), "main".into(), Signal::Term)]);
+    exit(&mut c, "slow", "main", 143, at(5_100));
+    let a = removed(&mut c, "slow", at(5_200));
+    assert!(events(&a).contains(&EventBody::TaskStopped {
+        task: n("slow"),
+        reason: StopReason::TimedOut,
+        exit: None
+    }));
+    assert_eq!(c.phase(&n("slow")), Some(Phase::Backoff), "one retry left");
+}
