@@ -31,6 +31,7 @@ use crate::logs::Logs;
 use crate::metrics::Sampler;
 use crate::mqtt::{self, Inbound};
 use crate::notify::Notifier;
+use crate::outbox::{self, EntryKind, Outbox};
 use crate::runtime::{ContainerExit, Runtime, RuntimeConfig};
 use crate::store::StateStore;
 use crate::{display, local};
@@ -142,6 +143,21 @@ pub async fn run(
         Some(c) => (Some(c.client), Some(c.inbound)),
         None => (None, None),
     };
+    let outbox_dir = cfg.data_dir.join("outbox");
+    let outbox = Outbox::open((!local).then(|| outbox_dir.clone()), cfg.outbox_max_bytes).map_err(
+        |source| AgentError::Io {
+            what: "cannot open the outbox",
+            path: outbox_dir,
+            source,
+        },
+    )?;
+    if !outbox.is_empty() {
+        tracing::info!(
+            messages = outbox.len(),
+            "events and metrics from before the restart wait for the broker"
+        );
+    }
+    let mut outbox_tick = tokio::time::interval(outbox::FLUSH_EVERY);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let clock = Clock::with_saved_wall(saved.last_wall_ms);
     let mut wall_tick = tokio::time::interval(WALL_SAVE_INTERVAL);
@@ -164,6 +180,7 @@ pub async fn run(
         seq: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         print: local,
+        outbox: std::sync::Mutex::new(outbox),
     };
     let mut core = Core::new(CoreConfig {
         node: cfg.node.clone(),
@@ -259,6 +276,7 @@ pub async fn run(
                 }
             }
             _ = wall_tick.tick() => save_wall(&shells.state, clock.now()),
+            _ = outbox_tick.tick() => out.flush_outbox(),
             _ = sleep_until(deadline) => out.perform(core.handle(Event::Tick, clock.now()), &shells),
             _ = watchdog.tick(), if notify.watchdog_interval().is_some() => notify.watchdog(),
         }
@@ -267,6 +285,7 @@ pub async fn run(
         }
     }
     save_wall(&shells.state, clock.now());
+    out.flush_outbox();
     out.offline().await;
     tracing::info!(
         dropped_while_offline = out.dropped.load(Ordering::Relaxed),
@@ -324,13 +343,19 @@ async fn handle_inbound(
     match msg {
         Inbound::Connected => {
             tracing::info!(broker = %format!("{}:{}", cfg.broker.host, cfg.broker.port), "connected to the broker");
+            out.connection(true);
             Some(Event::Connected)
         }
         Inbound::Disconnected(reason) => {
             tracing::warn!(%reason, "broker connection lost; reconnecting, tasks keep running");
+            out.connection(false);
             None
         }
-        Inbound::Subscribed | Inbound::PubAck => None,
+        Inbound::PubAck => {
+            out.acked();
+            None
+        }
+        Inbound::Subscribed => None,
         Inbound::Publish { topic, payload, .. } => match Topic::parse(&topic) {
             Some(Topic::ClusterDesired { .. }) => Some(Event::DesiredPayload {
                 scope: Scope::Cluster,
@@ -410,6 +435,8 @@ struct Output {
     seq: AtomicU64,
     dropped: AtomicU64,
     print: bool,
+    /// Events and metrics until the broker acknowledges them (broker mode only).
+    outbox: std::sync::Mutex<Outbox>,
 }
 
 impl Output {
@@ -476,26 +503,86 @@ impl Output {
         if self.print {
             println!("{}", display::event(&ev));
         }
-        let topic = Topic::Events {
-            cluster: self.cluster.clone(),
-            node: self.node.clone(),
-        };
-        self.publish(topic, &Message::Event(ev), false);
+        self.queue(EntryKind::Event, &Message::Event(ev));
     }
 
     fn metrics(&self, samples: Vec<MetricsSample>) {
-        let topic = Topic::Metrics {
-            cluster: self.cluster.clone(),
+        let m = Metrics {
             node: self.node.clone(),
+            samples,
         };
-        self.publish(
-            topic,
-            &Message::Metrics(Metrics {
-                node: self.node.clone(),
-                samples,
-            }),
-            false,
-        );
+        self.queue(EntryKind::Metrics, &Message::Metrics(m));
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues an event or metrics message in the outbox and publishes what it releases.
+    fn queue(&self, kind: EntryKind, msg: &Message) {
+        if self.client.is_none() {
+            return;
+        }
+        match encode(msg) {
+            Ok(bytes) => {
+                let sends = self.outbox().push(kind, bytes);
+                self.send(sends);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode an outgoing message"),
+        }
+    }
+
+    /// Publishes what the outbox released, in order.
+    fn send(&self, sends: Vec<outbox::Send>) {
+        let Some(client) = &self.client else { return };
+        for s in sends {
+            let topic = match s.kind {
+                EntryKind::Event => Topic::Events {
+                    cluster: self.cluster.clone(),
+                    node: self.node.clone(),
+                },
+                EntryKind::Metrics => Topic::Metrics {
+                    cluster: self.cluster.clone(),
+                    node: self.node.clone(),
+                },
+            };
+            if let Err(e) = client.try_publish(topic.to_topic(), QoS::AtLeastOnce, false, s.bytes) {
+                // Stays queued: sent again after the next reconnect.
+                tracing::debug!(error = %e, "broker queue full; kept in the outbox");
+            }
+        }
+    }
+
+    /// The broker connection changed.
+    fn connection(&self, up: bool) {
+        if up {
+            let sends = self.outbox().connected();
+            self.send(sends);
+            let overflow = self.outbox().unreported();
+            if let Some((dropped_events, merged_samples)) = overflow {
+                self.event(EventBody::OutboxOverflow {
+                    dropped_events,
+                    merged_samples,
+                });
+            }
+        } else {
+            self.outbox().disconnected();
+        }
+    }
+
+    /// A PUBACK arrived.
+    fn acked(&self) {
+        let sends = self.outbox().acked();
+        self.send(sends);
+    }
+
+    /// While offline, writes the queued messages to disk.
+    fn flush_outbox(&self) {
+        if let Err(e) = self.outbox().flush() {
+            tracing::warn!(error = %e, "cannot write the outbox; offline messages may be lost at a restart");
+        }
     }
 
     fn reply(&self, reply: Reply) {
@@ -515,9 +602,15 @@ impl Output {
                 return;
             }
         };
-        if let Err(e) = client.try_publish(topic.to_topic(), QoS::AtLeastOnce, retain, bytes) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::debug!(error = %e, dropped = n, "broker queue full; message dropped");
+        if !self.outbox().is_connected() {
+            return; // status is re-published on connect; replies have no one waiting
+        }
+        match client.try_publish(topic.to_topic(), QoS::AtLeastOnce, retain, bytes) {
+            Ok(()) => self.outbox().other_published(),
+            Err(e) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(error = %e, dropped = n, "broker queue full; message dropped");
+            }
         }
     }
 

@@ -43,6 +43,11 @@ pub struct Config {
     pub keepalive_secs: u64,
     /// Log filter, `RUST_LOG` syntax (`info`, `skiff_agent=debug,warn`). `RUST_LOG` wins.
     pub log: String,
+    /// Bytes of events and metrics kept while the broker is unreachable (in RAM and, batched,
+    /// in `data_dir/outbox`). When full, old metrics are merged into coarser samples, then the
+    /// oldest events dropped. Default 4194304 (4 MiB: days at a 10 s metrics interval),
+    /// 65536..=268435456.
+    pub outbox_max_bytes: usize,
     /// Image pulls and garbage collection (`[images]`).
     pub images: crate::images::ImagesConfig,
     /// Registry credentials and plain-HTTP registries (`[[registries]]`).
@@ -64,6 +69,7 @@ impl Default for Config {
             cgroup_parent: "skiff".into(),
             keepalive_secs: 30,
             log: "info".into(),
+            outbox_max_bytes: 4 << 20,
             images: crate::images::ImagesConfig::default(),
             registries: Vec::new(),
         }
@@ -155,6 +161,7 @@ pub struct Validated {
     pub cgroup_parent: Name,
     pub keepalive: Duration,
     pub log: String,
+    pub outbox_max_bytes: usize,
     pub images: crate::images::ImagesSettings,
     pub registries: crate::images::Registries,
 }
@@ -227,6 +234,12 @@ impl Config {
             16 << 20,
         )?;
         let keepalive = range("keepalive_secs", self.keepalive_secs, 5, 3600)?;
+        let outbox = range(
+            "outbox_max_bytes",
+            self.outbox_max_bytes as u64,
+            64 << 10,
+            256 << 20,
+        )?;
         let images = self
             .images
             .validate()
@@ -248,6 +261,7 @@ impl Config {
             cgroup_parent,
             keepalive: Duration::from_secs(keepalive),
             log: self.log.clone(),
+            outbox_max_bytes: usize::try_from(outbox).unwrap_or(4 << 20),
             images,
             registries,
         })

@@ -116,6 +116,12 @@ pub fn event_body(b: &EventBody) -> String {
             )
         }
         EventBody::TaskFailed { task, reason } => format!("{task}: FAILED: {reason}"),
+        EventBody::OutboxOverflow {
+            dropped_events,
+            merged_samples,
+        } => format!(
+            "outbox was full while offline: {merged_samples} metrics samples merged, {dropped_events} events dropped"
+        ),
         EventBody::ScheduleSkipped { task, reason } => {
             format!("{task}: scheduled run skipped: {reason}")
         }

@@ -37,6 +37,7 @@ pub mod logs;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;
+pub mod outbox;
 pub mod runtime;
 pub mod store;
 pub mod wire;

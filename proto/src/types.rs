@@ -334,6 +334,12 @@ pub enum EventBody {
         done: u64,
         total: u64,
     },
+    /// The bounded outbox was full while offline: metrics samples merged into coarser ones and
+    /// events dropped since the last report.
+    OutboxOverflow {
+        dropped_events: u64,
+        merged_samples: u64,
+    },
 }
 
 /// Why a task stopped. Appending variants only.

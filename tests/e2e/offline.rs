@@ -175,3 +175,101 @@ fn a_scheduled_task_keeps_firing_while_the_broker_is_gone() {
     });
     assert!(local_log(&agent, "tick").matches("tick").count() >= online_runs + 3);
 }
+
+#[test]
+fn events_and_metrics_made_offline_arrive_once_and_in_order_when_the_broker_returns() {
+    require_env!();
+    let broker = Broker::start();
+    let port = broker.port;
+    let agent = Agent::start(&broker, "e2e-outbox", "pi-1");
+    let files = tempfile::tempdir().expect("tempdir");
+    let tick = task_file(
+        files.path(),
+        "tick",
+        r#"{"family":"tick","schedule":{"rate":"2s"},
+            "containerDefinitions":[{"name":"main","image":"busybox","command":["true"]}]}"#,
+    );
+    let out = agent.ctl(
+        &broker,
+        &["apply", tick.to_str().expect("utf8"), "--node", "pi-1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // The network goes away for a while; the schedule keeps firing, metrics keep coming (1 s).
+    drop(broker);
+    let offline_from = crate::harness::wall_ms();
+    wait_for("runs while offline", T, || {
+        (history_runs(&agent, "tick") >= 4).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let offline_to = crate::harness::wall_ms();
+    let broker = Broker::start_on(port);
+    let mut sub = Sub::start(
+        &broker,
+        &[
+            "skiff/v1/e2e-outbox/nodes/pi-1/events",
+            "skiff/v1/e2e-outbox/nodes/pi-1/metrics",
+        ],
+    );
+    // Wait for the backlog, then a little more for anything duplicated behind it.
+    sub.wait(
+        "the runs made offline",
+        Duration::from_secs(60),
+        |_, m| match m {
+            Message::Event(e) if e.at_ms > offline_to => Some(()),
+            _ => None,
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    sub.drain();
+    let events: Vec<&skiff_proto::Event> = sub
+        .seen
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "every event once, in order, no gap: {seqs:?}"
+    );
+    let offline_runs = events
+        .iter()
+        .filter(|e| e.at_ms >= offline_from && e.at_ms <= offline_to)
+        .filter(
+            |e| matches!(&e.body, EventBody::TaskStopped { task, .. } if task.as_str() == "tick"),
+        )
+        .count();
+    assert!(
+        offline_runs >= 3,
+        "runs made offline were delivered: {offline_runs}"
+    );
+    let samples: Vec<u64> = sub
+        .seen
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Metrics(mm) => Some(mm.samples.iter().map(|s| s.at_ms).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let offline_samples = samples
+        .iter()
+        .filter(|t| **t >= offline_from && **t <= offline_to)
+        .count();
+    let secs = (offline_to - offline_from) / 1000;
+    assert!(
+        offline_samples as u64 + 2 >= secs,
+        "{offline_samples} samples for {secs} s offline"
+    );
+    assert!(
+        samples.windows(2).all(|w| w[0] < w[1]),
+        "metrics once and in order: {samples:?}"
+    );
+}

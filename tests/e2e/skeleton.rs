@@ -291,7 +291,12 @@ fn bad_input_is_rejected_by_name_and_the_running_task_is_untouched() {
     let broker = Broker::start();
     // Pull policy `never`: an image missing from the store is then bad input, rejected whole.
     // (With pulls allowed the agent pulls it instead; tests/e2e/images.rs covers that.)
-    let agent = Agent::start_with(&broker, "e2e-bad", "pi-1", "[images]\npull_policy = \"never\"\n");
+    let agent = Agent::start_with(
+        &broker,
+        "e2e-bad",
+        "pi-1",
+        "[images]\npull_policy = \"never\"\n",
+    );
     let mut sub = Sub::start(&broker, &[&events_topic(&agent), &status_topic(&agent)]);
     online(&mut sub, &agent);
     let files = tempfile::tempdir().expect("tempdir");

@@ -1,0 +1,309 @@
+//! `skiff-offline-bench`: the offline-autonomy figures (issue 4), each with the command that
+//! produced it in `docs/benchmarks.md`.
+//!
+//! ```text
+//! cargo build --release && sudo target/release/skiff-offline-bench [--seconds 120]
+//! ```
+//!
+//! With 10 running services and metrics every 10 s: bytes the agent (and its launcher) write to
+//! storage per hour connected and per hour with the broker gone (from `/proc/<pid>/io`
+//! `write_bytes`, extrapolated from a window; the run dir is a tmpfs, as on a device, so only the
+//! data dir counts), and the time from a `kill -9`ed agent's restart to all 10 services running
+//! again. Peer: mosquitto's own writes in the same window (persistence off: ~0).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use skiff_agent::config::BrokerUrl;
+use skiff_agent::mqtt::{self, Inbound};
+use skiff_proto::codec::{decode, encode, Message};
+use skiff_proto::{
+    ContainerDefinition, DesiredState, Name, NetworkMode, NodeState, RestartPolicy, TaskDefinition,
+    TaskState,
+};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The agent's launcher (its child running `__launcher`), whose writes count too.
+fn launcher_of(agent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            (ppid == agent && cmd.contains("__launcher")).then_some(pid)
+        })
+}
+
+fn agent_writes(agent: u32) -> u64 {
+    write_bytes(agent) + launcher_of(agent).map_or(0, write_bytes)
+}
+
+fn service(i: usize) -> Res<TaskDefinition> {
+    Ok(TaskDefinition {
+        family: format!("svc{i}").parse()?,
+        revision: 1,
+        containers: vec![ContainerDefinition {
+            name: "main".parse()?,
+            image: "busybox".into(),
+            entry_point: vec![],
+            command: vec!["sleep".into(), "100000".into()],
+            environment: vec![],
+            cpu: None,
+            memory_mib: None,
+            memory_reservation_mib: None,
+            essential: true,
+            working_directory: None,
+            user: None,
+        }],
+        cpu: None,
+        memory_mib: None,
+        network_mode: NetworkMode::None,
+        restart_policy: RestartPolicy::Always,
+        extensions: vec![],
+    })
+}
+
+fn start_broker(port: u16, dir: &Path) -> Res<Proc> {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )?;
+    let p = Proc(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(p)
+}
+
+/// Waits until the node's retained status shows `n` running tasks; returns when it did.
+async fn until_running(
+    conn: &mut mqtt::Connection,
+    status: &str,
+    n: usize,
+    limit: Duration,
+) -> Res<Instant> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.inbound.recv()).await? {
+            Some(Inbound::Publish { topic, payload, .. }) if topic == status => {
+                if let Ok(Message::Status(s)) = decode(&payload) {
+                    let running = s
+                        .tasks
+                        .iter()
+                        .filter(|t| t.state == TaskState::Running)
+                        .count();
+                    if s.state == NodeState::Online && running == n {
+                        return Ok(Instant::now());
+                    }
+                }
+            }
+            Some(_) => {}
+            None => return Err("broker connection gone".into()),
+        }
+    }
+}
+
+fn main() -> Res<()> {
+    let secs: u64 = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .map_or(Ok(120), |s| s.parse())?;
+    let exe = std::env::current_exe()?;
+    let skiff = exe.parent().ok_or("no exe dir")?.join("skiff");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let work = PathBuf::from(format!("/tmp/skiff-offline-bench-{}", std::process::id()));
+    let run = work.join("run");
+    std::fs::create_dir_all(&run)?;
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "skiff-bench", run.to_str().ok_or("path")?])
+        .status()?;
+    if !st.success() {
+        return Err("cannot mount a tmpfs for the run dir".into());
+    }
+    let result = measure(&skiff, &repo, &work, &run, secs);
+    let _ = Command::new("umount")
+        .args(["-l", run.to_str().unwrap_or("")])
+        .status();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn measure(skiff: &Path, repo: &Path, work: &Path, run: &Path, secs: u64) -> Res<()> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut broker = Some(start_broker(port, work)?);
+    let layout = work.join("busybox-oci");
+    Command::new("sh")
+        .arg(repo.join("tests/fixtures/make-busybox-oci.sh"))
+        .arg(&layout)
+        .stdout(Stdio::null())
+        .status()?;
+    let data = work.join("data");
+    let cfg = work.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_id = \"bench\"\ncluster = \"bench\"\nbroker = \"mqtt://127.0.0.1:{port}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\
+             cgroup_parent = \"skiff-offline-bench\"\nlog = \"warn\"\nmetrics_interval_secs = 10\nkeepalive_secs = 5\n",
+            data.display(),
+            run.display()
+        ),
+    )?;
+    Command::new(skiff)
+        .args(["image", "--config"])
+        .arg(&cfg)
+        .arg("import")
+        .arg(&layout)
+        .args(["--tag", "busybox"])
+        .stdout(Stdio::null())
+        .status()?;
+    let spawn = || {
+        Command::new(skiff)
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .spawn()
+    };
+    let mut agent = Proc(spawn()?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (cluster, node): (Name, Name) = ("bench".parse()?, "bench".parse()?);
+    let desired = skiff_proto::topic::Topic::NodeDesired {
+        cluster: cluster.clone(),
+        node: node.clone(),
+    }
+    .to_topic();
+    let status = skiff_proto::topic::Topic::Status {
+        cluster: cluster.clone(),
+        node: node.clone(),
+    }
+    .to_topic();
+    let connect = || {
+        mqtt::connect(mqtt::ConnectOptions {
+            client_id: format!(
+                "skiff-offline-bench-{}",
+                Instant::now().elapsed().as_nanos()
+            ),
+            broker: BrokerUrl {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            keepalive: Duration::from_secs(30),
+            last_will: None,
+            subscriptions: vec![status.clone()],
+        })
+    };
+    rt.block_on(async {
+        let mut conn = connect();
+        let tasks = (0..10).map(service).collect::<Res<Vec<_>>>()?;
+        let doc = DesiredState {
+            version: 1,
+            cluster: cluster.clone(),
+            node: Some(node.clone()),
+            tasks,
+            signature: None,
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        conn.client
+            .publish(
+                desired.clone(),
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                encode(&Message::DesiredState(doc))?,
+            )
+            .await?;
+        until_running(&mut conn, &status, 10, Duration::from_secs(60)).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    std::thread::sleep(Duration::from_secs(5));
+
+    let window = Duration::from_secs(secs);
+    let per_hour = |bytes: u64| bytes as f64 * 3600.0 / secs as f64;
+    let broker_pid = broker.as_ref().map_or(0, |b| b.0.id());
+    let (a0, b0) = (agent_writes(agent.0.id()), write_bytes(broker_pid));
+    std::thread::sleep(window);
+    let (connected, broker_writes) = (
+        agent_writes(agent.0.id()) - a0,
+        write_bytes(broker_pid) - b0,
+    );
+
+    drop(broker.take()); // the network is gone
+    std::thread::sleep(Duration::from_secs(3));
+    let a1 = agent_writes(agent.0.id());
+    std::thread::sleep(window);
+    let offline = agent_writes(agent.0.id()) - a1;
+
+    // Power cut with the broker back: time from the restart to all services running again.
+    broker = Some(start_broker(port, work)?);
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
+    let restart = rt.block_on(async {
+        let mut conn = connect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        agent = Proc(spawn()?);
+        // The retained status still says 10 running (from before the kill): wait for the new
+        // agent's first report of 0 then 10, i.e. for a status after its start.
+        let started = until_running(&mut conn, &status, 0, Duration::from_secs(30))
+            .await
+            .ok();
+        let done = until_running(&mut conn, &status, 10, Duration::from_secs(60)).await?;
+        Ok::<_, Box<dyn std::error::Error>>((done - t0, started.is_some()))
+    })?;
+    drop(agent);
+    drop(broker);
+    println!("| figure (10 services, metrics every 10 s, {secs} s windows) | value |\n|---|---|");
+    println!(
+        "| agent + launcher writes, connected | {connected} B in {secs} s = {:.0} B/h |",
+        per_hour(connected)
+    );
+    println!(
+        "| agent + launcher writes, broker gone | {offline} B in {secs} s = {:.0} B/h |",
+        per_hour(offline)
+    );
+    println!(
+        "| mosquitto (peer) writes, same connected window | {broker_writes} B = {:.0} B/h |",
+        per_hour(broker_writes)
+    );
+    println!(
+        "| `kill -9`, restart → all 10 services running (cleaned and restarted) | {:.0} ms |",
+        restart.0.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
