@@ -268,6 +268,8 @@ fn measure(skiff: &Path, repo: &Path, work: &Path, run: &Path, secs: u64) -> Res
     let a1 = agent_writes(agent.0.id());
     std::thread::sleep(window);
     let offline = agent_writes(agent.0.id()) - a1;
+    // The outbox is appended every 30 s: its size after the window, extrapolated to a day.
+    let outbox = std::fs::metadata(data.join("outbox/queue")).map_or(0, |m| m.len());
 
     // Power cut with the broker back: time from the restart to all services running again.
     broker = Some(start_broker(port, work)?);
@@ -296,6 +298,11 @@ fn measure(skiff: &Path, repo: &Path, work: &Path, run: &Path, secs: u64) -> Res
     println!(
         "| agent + launcher writes, broker gone | {offline} B in {secs} s = {:.0} B/h |",
         per_hour(offline)
+    );
+    println!(
+        "| outbox on disk after {} s offline (metrics every 10 s, 10 tasks) | {outbox} B = {:.0} KiB/day |",
+        secs + 3,
+        outbox as f64 * 86_400.0 / (secs + 3) as f64 / 1024.0
     );
     println!(
         "| mosquitto (peer) writes, same connected window | {broker_writes} B = {:.0} B/h |",
