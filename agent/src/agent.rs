@@ -158,6 +158,7 @@ pub async fn run(
         );
     }
     let mut outbox_tick = tokio::time::interval(outbox::FLUSH_EVERY);
+    let mut flushes: u64 = 0;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let clock = Clock::with_saved_wall(saved.last_wall_ms);
     let mut wall_tick = tokio::time::interval(WALL_SAVE_INTERVAL);
@@ -276,7 +277,11 @@ pub async fn run(
                 }
             }
             _ = wall_tick.tick() => save_wall(&shells.state, clock.now()),
-            _ = outbox_tick.tick() => out.flush_outbox(),
+            _ = outbox_tick.tick() => {
+                flushes += 1;
+                let every = outbox::METRICS_FLUSH_EVERY.as_secs() / outbox::FLUSH_EVERY.as_secs();
+                out.flush_outbox(flushes % every.max(1) == 0);
+            }
             _ = sleep_until(deadline) => out.perform(core.handle(Event::Tick, clock.now()), &shells),
             _ = watchdog.tick(), if notify.watchdog_interval().is_some() => notify.watchdog(),
         }
@@ -285,7 +290,7 @@ pub async fn run(
         }
     }
     save_wall(&shells.state, clock.now());
-    out.flush_outbox();
+    out.flush_outbox(true);
     out.offline().await;
     tracing::info!(
         dropped_while_offline = out.dropped.load(Ordering::Relaxed),
@@ -579,8 +584,8 @@ impl Output {
     }
 
     /// While offline, writes the queued messages to disk.
-    fn flush_outbox(&self) {
-        if let Err(e) = self.outbox().flush() {
+    fn flush_outbox(&self, metrics_too: bool) {
+        if let Err(e) = self.outbox().flush(metrics_too) {
             tracing::warn!(error = %e, "cannot write the outbox; offline messages may be lost at a restart");
         }
     }

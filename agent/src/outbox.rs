@@ -8,7 +8,8 @@
 //! delivery is at least once.
 //!
 //! While offline the queue is kept on disk (`{data_dir}/outbox/queue`), appended in batches
-//! every [`FLUSH_EVERY`] rather than per message (flash is precious), so it survives a restart;
+//! (events every [`FLUSH_EVERY`], metrics every [`METRICS_FLUSH_EVERY`]) rather than per message
+//! (flash is precious), so it survives a restart;
 //! it is emptied once everything is acknowledged. The queue is bounded: when it is full, the
 //! oldest half of the metrics messages are merged pairwise into averaged samples (coarser, not
 //! lost), and only when no metrics are left to merge are the oldest events dropped. What was
@@ -25,8 +26,10 @@ use skiff_proto::{Metrics, MetricsSample, TaskSample};
 
 /// Publishes awaiting acknowledgement at once.
 pub const MAX_IN_FLIGHT: usize = 32;
-/// How often queued messages are appended to disk while offline.
+/// How often queued events are appended to disk while offline.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(30);
+/// How often queued metrics are appended to disk while offline (a multiple of [`FLUSH_EVERY`]).
+pub const METRICS_FLUSH_EVERY: Duration = Duration::from_secs(300);
 /// Largest single entry read back from disk.
 const MAX_ENTRY: usize = skiff_proto::limits::MAX_MESSAGE;
 
@@ -238,11 +241,22 @@ impl Outbox {
     }
 
     /// While offline, appends what is not on disk yet (one write, one fdatasync).
-    pub fn flush(&mut self) -> io::Result<()> {
+    ///
+    /// `metrics_too`: also when only metrics wait. Events (run results) are written at every
+    /// flush; metrics only every [`METRICS_FLUSH_EVERY`] (a power cut may cost that much of
+    /// them), because each small synchronous append costs the flash a few 4 KiB blocks.
+    pub fn flush(&mut self, metrics_too: bool) -> io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
         if self.connected {
+            return Ok(());
+        }
+        let pending_event = self
+            .queue
+            .iter()
+            .any(|e| !e.on_disk && e.kind == EntryKind::Event);
+        if !pending_event && !metrics_too {
             return Ok(());
         }
         let mut buf = Vec::new();
@@ -506,7 +520,7 @@ mod tests {
         let mut ob = Outbox::open(Some(dir.path().into()), 1 << 20).expect("open");
         ob.push(EntryKind::Event, event(1));
         ob.push(EntryKind::Metrics, metrics(10, 5.0));
-        ob.flush().expect("flush");
+        ob.flush(true).expect("flush");
         // A power cut tears a half-written record at the end.
         let mut f = OpenOptions::new()
             .append(true)
