@@ -13,17 +13,18 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_agent::config::BrokerUrl;
 use skiff_agent::mqtt::{self, Inbound};
 use skiff_proto::codec::{decode, encode, Message};
-use skiff_proto::{
-    ContainerDefinition, DesiredState, EventBody, Name, NetworkMode, RestartPolicy, TaskDefinition,
-};
+use skiff_proto::{DesiredState, EventBody, RestartPolicy, TaskDefinition};
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{launcher_of, median, name, rss_kib, size_mib, task, which, Kill, Res};
 
 struct Work(PathBuf);
 impl Work {
@@ -35,92 +36,6 @@ impl Drop for Work {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn name(s: &str) -> Res<Name> {
-    Ok(s.parse()?)
-}
-
-fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefinition> {
-    Ok(TaskDefinition {
-        family: name(family)?,
-        revision: 1,
-        containers: vec![ContainerDefinition {
-            name: name("main")?,
-            image: "busybox".into(),
-            entry_point: vec![],
-            command: args.iter().map(|s| s.to_string()).collect(),
-            environment: vec![],
-            cpu: None,
-            memory_mib: None,
-            memory_reservation_mib: None,
-            essential: true,
-            working_directory: None,
-            user: None,
-        }],
-        cpu: None,
-        memory_mib: None,
-        network_mode: NetworkMode::None,
-        restart_policy: policy,
-        extensions: vec![],
-    })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn children_rss_kib(pid: u32) -> u64 {
-    // The launcher: the agent's direct child running `skiff __launcher`.
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<u32>().ok());
-            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            ppid == Some(pid) && cmd.contains("__launcher")
-        })
-        .map(rss_kib)
-        .sum()
-}
-
-fn size_mib(p: &Path) -> String {
-    std::fs::metadata(p).map_or("-".into(), |m| {
-        format!("{:.2} MiB", m.len() as f64 / 1048576.0)
-    })
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.exists())
 }
 
 /// `RUNTIME run` of `true` on a bundle over `rootfs`: create + start + wait + delete, median ms.
@@ -282,7 +197,7 @@ fn main() -> Res<()> {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle_rss = rss_kib(agent_pid);
-        let idle_launcher = children_rss_kib(agent_pid);
+        let idle_launcher = launcher_of(agent_pid).map_or(0, rss_kib);
         let mut version = 0u64;
         let mut publish = |tasks: Vec<TaskDefinition>| -> Res<Vec<u8>> {
             version += 1;
@@ -352,7 +267,7 @@ fn main() -> Res<()> {
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let busy_rss = rss_kib(agent_pid);
-        let busy_launcher = children_rss_kib(agent_pid);
+        let busy_launcher = launcher_of(agent_pid).map_or(0, rss_kib);
         let doc = publish(vec![])?;
         conn.client.publish(desired.clone(), rumqttc::QoS::AtLeastOnce, true, doc).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;

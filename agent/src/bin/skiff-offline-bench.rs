@@ -13,83 +13,29 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_agent::config::BrokerUrl;
 use skiff_agent::mqtt::{self, Inbound};
 use skiff_proto::codec::{decode, encode, Message};
-use skiff_proto::{
-    ContainerDefinition, DesiredState, Name, NetworkMode, NodeState, RestartPolicy, TaskDefinition,
-    TaskState,
-};
+use skiff_proto::{DesiredState, Name, NodeState, RestartPolicy, TaskDefinition, TaskState};
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+#[path = "common/mod.rs"]
+mod common;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn write_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The agent's launcher (its child running `__launcher`), whose writes count too.
-fn launcher_of(agent: u32) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(Result::ok)
-        .find_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid: u32 = stat
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
-            (ppid == agent && cmd.contains("__launcher")).then_some(pid)
-        })
-}
+use common::{launcher_of, write_bytes, Kill as Proc, Res};
 
 fn agent_writes(agent: u32) -> u64 {
     write_bytes(agent) + launcher_of(agent).map_or(0, write_bytes)
 }
 
 fn service(i: usize) -> Res<TaskDefinition> {
-    Ok(TaskDefinition {
-        family: format!("svc{i}").parse()?,
-        revision: 1,
-        containers: vec![ContainerDefinition {
-            name: "main".parse()?,
-            image: "busybox".into(),
-            entry_point: vec![],
-            command: vec!["sleep".into(), "100000".into()],
-            environment: vec![],
-            cpu: None,
-            memory_mib: None,
-            memory_reservation_mib: None,
-            essential: true,
-            working_directory: None,
-            user: None,
-        }],
-        cpu: None,
-        memory_mib: None,
-        network_mode: NetworkMode::None,
-        restart_policy: RestartPolicy::Always,
-        extensions: vec![],
-    })
+    common::task(
+        &format!("svc{i}"),
+        &["sleep", "100000"],
+        RestartPolicy::Always,
+    )
 }
 
 fn start_broker(port: u16, dir: &Path) -> Res<Proc> {

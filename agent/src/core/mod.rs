@@ -260,6 +260,21 @@ fn batch_of(def: &TaskDefinition) -> Option<&Batch> {
 }
 
 impl TaskRec {
+    /// Signals every container of the task that runs.
+    fn signal_running(&self, name: &Name, signal: Signal, out: &mut Vec<Action>) {
+        for c in self
+            .containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+        {
+            out.push(Action::Signal {
+                task: name.clone(),
+                container: c.name.clone(),
+                signal,
+            });
+        }
+    }
+
     fn new(def: Arc<TaskDefinition>, now: Time) -> TaskRec {
         let sched = schedule_of(&def).map(|_| SchedState::default());
         TaskRec {
@@ -1000,17 +1015,7 @@ impl Core {
             Phase::Starting | Phase::Running => {
                 t.phase = Phase::Stopping { killed: false };
                 t.deadline = Some(now.mono_ms + grace);
-                for c in t
-                    .containers
-                    .iter()
-                    .filter(|c| c.state == ContainerState::Running)
-                {
-                    out.push(Action::Signal {
-                        task: name.clone(),
-                        container: c.name.clone(),
-                        signal: Signal::Term,
-                    });
-                }
+                t.signal_running(name, Signal::Term, out);
                 self.maybe_remove(name, out);
             }
             Phase::Stopping { .. } | Phase::Removing => {}
@@ -1309,17 +1314,7 @@ impl Core {
                 Phase::Stopping { killed: false } => {
                     t.phase = Phase::Stopping { killed: true };
                     t.deadline = Some(now.mono_ms + KILL_WAIT_MS);
-                    for c in t
-                        .containers
-                        .iter()
-                        .filter(|c| c.state == ContainerState::Running)
-                    {
-                        out.push(Action::Signal {
-                            task: name.clone(),
-                            container: c.name.clone(),
-                            signal: Signal::Kill,
-                        });
-                    }
+                    t.signal_running(&name, Signal::Kill, out);
                 }
                 Phase::Stopping { killed: true } => {
                     // The exits never came (launcher lost): remove anyway, marking them unknown.

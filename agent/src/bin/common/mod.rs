@@ -1,0 +1,106 @@
+//! Pieces the benchmark programs share: process handles, /proc readings, task definitions.
+//! Included by each benchmark with `#[path = "common/mod.rs"] mod common;`.
+#![allow(dead_code)] // each benchmark uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use skiff_proto::{ContainerDefinition, Name, NetworkMode, RestartPolicy, TaskDefinition};
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// A child process killed when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn name(s: &str) -> Res<Name> {
+    Ok(s.parse()?)
+}
+
+/// A one-container busybox task running `args`.
+pub fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefinition> {
+    Ok(TaskDefinition {
+        family: name(family)?,
+        revision: 1,
+        containers: vec![ContainerDefinition {
+            name: name("main")?,
+            image: "busybox".into(),
+            entry_point: vec![],
+            command: args.iter().map(|s| s.to_string()).collect(),
+            environment: vec![],
+            cpu: None,
+            memory_mib: None,
+            memory_reservation_mib: None,
+            essential: true,
+            working_directory: None,
+            user: None,
+        }],
+        cpu: None,
+        memory_mib: None,
+        network_mode: NetworkMode::None,
+        restart_policy: policy,
+        extensions: vec![],
+    })
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A `key: value` number from `/proc/{pid}/{file}` (first word of the value).
+pub fn proc_number(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_number(pid, "status", "VmRSS:")
+}
+
+pub fn write_bytes(pid: u32) -> u64 {
+    proc_number(pid, "io", "write_bytes:")
+}
+
+/// The agent's launcher: its child running `__launcher`.
+pub fn launcher_of(agent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            (ppid == agent && cmd.contains("__launcher")).then_some(pid)
+        })
+}
+
+pub fn size_mib(p: &Path) -> String {
+    std::fs::metadata(p).map_or("-".into(), |m| {
+        format!("{:.2} MiB", m.len() as f64 / 1048576.0)
+    })
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
