@@ -306,7 +306,7 @@ fn main() -> Res<()> {
             }
         }
     }
-    drop(agent);
+    agent.terminate();
     println!("| figure | value |\n|---|---|");
     println!("| skiff: apply → first output line (echo), median of {runs} | {apply_first:.1} ms |");
     println!("| skiff: apply → `exited` event (echo), median of {runs} | {apply_exit:.1} ms |");

@@ -234,7 +234,7 @@ fn measure(skiff: &Path, repo: &Path, work: &Path, run: &Path, secs: u64) -> Res
         let done = until_running(&mut conn, &status, 10, Duration::from_secs(60)).await?;
         Ok::<_, Box<dyn std::error::Error>>((done - t0, started.is_some()))
     })?;
-    drop(agent);
+    agent.terminate();
     drop(broker);
     println!("| figure (10 services, metrics every 10 s, {secs} s windows) | value |\n|---|---|");
     println!(

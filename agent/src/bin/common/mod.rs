@@ -12,6 +12,25 @@ pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
 /// A child process killed when dropped.
 pub struct Kill(pub Child);
 
+impl Kill {
+    /// SIGTERM and wait (up to 60 s) for a clean exit: an agent stops its tasks first.
+    pub fn terminate(mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
