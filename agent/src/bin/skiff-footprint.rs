@@ -24,17 +24,19 @@
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_agent::config::BrokerUrl;
 use skiff_agent::mqtt::{self, Inbound};
 use skiff_proto::codec::{decode, encode, Message};
-use skiff_proto::{
-    ContainerDefinition, DesiredState, EventBody, Name, NetworkMode, RestartPolicy, TaskDefinition,
-};
+use skiff_proto::{DesiredState, EventBody, Name, RestartPolicy, TaskDefinition};
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{launcher_of, median, name, task, which, Kill, Res};
+
 /// A peer's medians in ms (create + start returned, create → first output), or why it failed.
 type PeerResult = Result<(f64, f64), String>;
 
@@ -45,49 +47,6 @@ impl Drop for Work {
     }
 }
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn name(s: &str) -> Res<Name> {
-    Ok(s.parse()?)
-}
-
-fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefinition> {
-    Ok(TaskDefinition {
-        family: name(family)?,
-        revision: 1,
-        containers: vec![ContainerDefinition {
-            name: name("main")?,
-            image: "busybox".into(),
-            entry_point: vec![],
-            command: args.iter().map(|s| s.to_string()).collect(),
-            environment: vec![],
-            cpu: None,
-            memory_mib: None,
-            memory_reservation_mib: None,
-            essential: true,
-            working_directory: None,
-            user: None,
-        }],
-        cpu: None,
-        memory_mib: None,
-        network_mode: NetworkMode::None,
-        restart_policy: policy,
-        extensions: vec![],
-    })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// `/proc/<pid>/status` fields in KiB: (VmRSS, RssAnon, RssFile).
 fn rss(pid: u32) -> (u64, u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |k: &str| {
@@ -130,19 +89,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
-/// The agent's launcher: its direct child running `skiff __launcher`.
-fn launcher_of(agent: u32) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(Result::ok)
-        .find_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let ppid: u32 = stat_fields(pid).get(1)?.parse().ok()?;
-            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
-            (ppid == agent && cmd.contains("__launcher")).then_some(pid)
-        })
-}
-
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
@@ -153,13 +99,6 @@ fn mib(bytes: u64) -> String {
 
 fn mb_of_kib(kib: u64) -> String {
     format!("{:.2} MB", kib as f64 * 1024.0 / 1e6)
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.exists())
 }
 
 fn arg<T: std::str::FromStr>(flag: &str, default: T) -> Res<T>
