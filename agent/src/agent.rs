@@ -161,6 +161,15 @@ pub async fn run(
     let mut flushes: u64 = 0;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let clock = Clock::with_saved_wall(saved.last_wall_ms);
+    // Not at start: desired state (from the broker or the local directory) must be known first,
+    // or preloaded images could be collected before the tasks that need them are seen.
+    let mut gc_tick = tokio::time::interval_at(tokio::time::Instant::now() + GC_FIRST, GC_INTERVAL);
+    gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let gc_policy = crate::images::gc::GcPolicy {
+        keep_per_repository: cfg.images.keep_per_repository.max(1),
+        low_water_bytes: cfg.images.gc_low_water_bytes,
+        dry_run: false,
+    };
     let mut wall_tick = tokio::time::interval(WALL_SAVE_INTERVAL);
     wall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shells = Shells {
@@ -277,6 +286,7 @@ pub async fn run(
                 }
             }
             _ = wall_tick.tick() => save_wall(&shells.state, clock.now()),
+            _ = gc_tick.tick(), if !stopping => shells.collect_garbage(gc_policy.clone(), core.images_in_use()),
             _ = outbox_tick.tick() => {
                 flushes += 1;
                 let every = outbox::METRICS_FLUSH_EVERY.as_secs() / outbox::FLUSH_EVERY.as_secs();
@@ -298,6 +308,10 @@ pub async fn run(
     );
     Ok(())
 }
+
+/// When unused images are first garbage-collected, and how often after.
+const GC_FIRST: Duration = Duration::from_secs(600);
+const GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How often a known-good wall time is saved (for devices without RTC).
 const WALL_SAVE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -834,6 +848,25 @@ impl Shells {
                 let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
             }
         }
+    }
+
+    /// Image garbage collection per the `[images]` policy, off the loop; images of desired or
+    /// known tasks and mounted rootfs are kept.
+    fn collect_garbage(&self, policy: crate::images::gc::GcPolicy, in_use: Vec<String>) {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let protect: Vec<ImageRef> = in_use.iter().filter_map(|i| i.parse().ok()).collect();
+            match store.gc(&policy, &protect) {
+                Ok(r) if !r.names_removed.is_empty() || r.blobs_removed > 0 => tracing::info!(
+                    removed = ?r.names_removed,
+                    blobs = r.blobs_removed,
+                    freed_bytes = r.bytes_freed,
+                    "unused images collected"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+            }
+        });
     }
 
     fn signal(&self, task: Name, container: Name, signal: Signal) {

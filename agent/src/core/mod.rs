@@ -532,6 +532,21 @@ impl Core {
         })
     }
 
+    /// Image references of every desired task and every task the agent still knows (running,
+    /// restarting, finished): what garbage collection must keep.
+    pub fn images_in_use(&self) -> Vec<String> {
+        let known = self.tasks.values().map(|t| &*t.def);
+        let mut images: Vec<String> = self
+            .desired()
+            .into_values()
+            .chain(known)
+            .flat_map(|d| d.containers.iter().map(|c| c.image.clone()))
+            .collect();
+        images.sort();
+        images.dedup();
+        images
+    }
+
     /// Tasks that have containers now (for metrics).
     pub fn active_tasks(&self) -> Vec<Name> {
         self.tasks

@@ -1226,3 +1226,34 @@ fn a_batch_run_over_its_timeout_is_stopped_and_counts_as_failed() {
     }));
     assert_eq!(c.phase(&n("slow")), Some(Phase::Backoff), "one retry left");
 }
+
+#[test]
+fn images_in_use_cover_desired_and_known_tasks() {
+    let mut c = core();
+    let mut other = task("other", RestartPolicy::Never);
+    other.containers[0].image = "registry.example:5000/app:1".into();
+    let catalog: Catalog = [
+        (
+            "docker.io/library/busybox:latest".to_string(),
+            "sha256:aa".to_string(),
+        ),
+        (
+            "registry.example:5000/app:1".to_string(),
+            "sha256:bb".to_string(),
+        ),
+    ]
+    .into();
+    let payload = doc(1, vec![task("web", RestartPolicy::Always), other]);
+    c.handle(
+        Event::DesiredPayload {
+            scope: Scope::Node,
+            payload,
+            images: catalog,
+        },
+        at(0),
+    );
+    assert_eq!(
+        c.images_in_use(),
+        ["busybox", "registry.example:5000/app:1"]
+    );
+}

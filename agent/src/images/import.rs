@@ -19,7 +19,7 @@ use super::oci::{
 };
 use super::reference::{valid_tag, ImageRef, RefError};
 use super::store::{now_unix, ImageStore, RefRecord, StoreError};
-use super::unpack::{self, UnpackError};
+use super::unpack;
 
 /// Largest `oci-layout` file accepted.
 const MAX_OCI_LAYOUT_SIZE: u64 = 4096;
@@ -68,12 +68,6 @@ pub enum ImportError {
     UnknownMediaType {
         path: PathBuf,
         what: &'static str,
-        digest: Digest,
-        media_type: String,
-    },
-    #[error("{path}: layer {digest} is zstd-compressed ({media_type}): zstd layers are not supported yet")]
-    ZstdNotSupported {
-        path: PathBuf,
         digest: Digest,
         media_type: String,
     },
@@ -377,13 +371,6 @@ impl ImageStore {
         for layer in &manifest.layers {
             match unpack::compression_of(&layer.media_type) {
                 Ok(_) => {}
-                Err(UnpackError::ZstdNotSupported { media_type }) => {
-                    return Err(ImportError::ZstdNotSupported {
-                        path: path(),
-                        digest: layer.digest.clone(),
-                        media_type,
-                    })
-                }
                 Err(_) => return Err(unknown("layer", layer, &layer.media_type)),
             }
         }

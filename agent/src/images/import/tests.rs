@@ -110,6 +110,11 @@ impl Oci {
         for tar in layers {
             let blob = if kinds.layer == media_type::OCI_LAYER {
                 tar.clone()
+            } else if kinds.layer == media_type::OCI_LAYER_ZSTD {
+                ruzstd::encoding::compress_to_vec(
+                    &tar[..],
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                )
             } else {
                 gzip(tar)
             };
@@ -547,7 +552,7 @@ fn size_mismatch_and_missing_blobs_are_errors() -> TestResult {
 }
 
 #[test]
-fn rejects_unknown_and_zstd_media_types_by_name() -> TestResult {
+fn imports_zstd_layers_and_rejects_unknown_media_types_by_name() -> TestResult {
     let fx = Fixture::new()?;
     let zstd = Kinds {
         layer: media_type::OCI_LAYER_ZSTD,
@@ -555,12 +560,12 @@ fn rejects_unknown_and_zstd_media_types_by_name() -> TestResult {
     };
     let mut oci = fx.layout("zstd")?;
     let desc = oci.image_with("amd64", &[hello_layer()], &["sh"], zstd);
-    let err = fx
-        .store
+    fx.store
         .import(&oci.add(desc, Some("localhost/z:1")).write(), None)
-        .expect_err("zstd");
-    assert!(matches!(err, ImportError::ZstdNotSupported { .. }), "{err}");
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+        .map_err(|e| format!("zstd import: {e}"))?;
+    let r: ImageRef = "localhost/z:1".parse()?;
+    let img = fx.store.resolve(&r)?.ok_or("zstd image not found")?;
+    assert_eq!(std::fs::read(img.rootfs.join("bin/hello"))?, b"hello");
 
     let odd = Kinds {
         layer: "application/vnd.example.layer",
@@ -598,7 +603,8 @@ fn rejects_unknown_and_zstd_media_types_by_name() -> TestResult {
             .contains("application/vnd.example.artifact+json"),
         "{err}"
     );
-    assert!(fx.store.catalog()?.is_empty());
+    let names: Vec<String> = fx.store.catalog()?.into_keys().collect();
+    assert_eq!(names, ["localhost/z:1"], "only the zstd image was named");
     Ok(())
 }
 
@@ -801,7 +807,7 @@ fn bad_diff_id_fails_resolve_and_leaves_no_rootfs() -> TestResult {
         matches!(
             err,
             StoreError::Unpack {
-                source: UnpackError::DiffIdMismatch { .. },
+                source: super::unpack::UnpackError::DiffIdMismatch { .. },
                 ..
             }
         ),

@@ -590,11 +590,55 @@ fn gzip_layers_and_diff_ids() -> TestResult {
 }
 
 #[test]
-fn zstd_and_unknown_media_types_are_rejected() {
-    let err = compression_of(media_type::OCI_LAYER_ZSTD).expect_err("zstd");
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+fn unknown_media_types_are_rejected() {
     let err = compression_of("application/x-rar").expect_err("unknown");
     assert!(err.to_string().contains("application/x-rar"), "{err}");
+}
+
+#[test]
+fn zstd_layers_unpack_and_are_checked_against_their_diff_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "etc/zstd-file", &b"hello"[..])
+        .expect("append");
+    let tar = b.into_inner().expect("tar");
+    let blob =
+        ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+    assert_eq!(
+        compression_of(media_type::OCI_LAYER_ZSTD).ok(),
+        Some(Compression::Zstd)
+    );
+    unpack_layer(
+        dir.path(),
+        &blob[..],
+        media_type::OCI_LAYER_ZSTD,
+        Some(&Digest::of(&tar)),
+    )
+    .expect("unpack");
+    assert_eq!(
+        std::fs::read(dir.path().join("etc/zstd-file")).expect("read"),
+        b"hello"
+    );
+    // Not zstd at all, and a wrong diff_id: both errors.
+    let other = tempfile::tempdir().expect("tempdir");
+    let err = unpack_layer(other.path(), &tar[..], media_type::OCI_LAYER_ZSTD, None)
+        .expect_err("not zstd");
+    assert!(matches!(err, UnpackError::Zstd { .. }), "{err}");
+    let err = unpack_layer(
+        other.path(),
+        &blob[..],
+        media_type::OCI_LAYER_ZSTD,
+        Some(&Digest::of(b"x")),
+    )
+    .expect_err("diff id");
+    assert!(matches!(err, UnpackError::DiffIdMismatch { .. }), "{err}");
 }
 
 #[test]
