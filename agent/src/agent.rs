@@ -477,7 +477,18 @@ impl Output {
                 _ => Ok(()),
             };
             if let Err(e) = result {
-                tracing::error!(error = %e, "cannot save state; it will be lost at a restart");
+                let what = match &save {
+                    Action::SaveDesired { scope, doc } => {
+                        format!("{scope:?} desired state version {}", doc.version).to_lowercase()
+                    }
+                    Action::SaveFinished(_) => "finished tasks".into(),
+                    Action::RecordRun(r) => format!("run history of {}", r.task),
+                    _ => String::new(),
+                };
+                self.event(EventBody::StateNotSaved {
+                    what,
+                    reason: e.to_string(),
+                });
             }
         }
         for action in rest {
@@ -506,7 +517,9 @@ impl Output {
         // Local mode prints every event on stdout instead; the log keeps the problems.
         let problem = matches!(
             body,
-            EventBody::DesiredRejected { .. } | EventBody::TaskFailed { .. }
+            EventBody::DesiredRejected { .. }
+                | EventBody::TaskFailed { .. }
+                | EventBody::StateNotSaved { .. }
         );
         if problem {
             tracing::warn!("{}", display::event_body(&body));

@@ -116,6 +116,9 @@ pub fn event_body(b: &EventBody) -> String {
             )
         }
         EventBody::TaskFailed { task, reason } => format!("{task}: FAILED: {reason}"),
+        EventBody::StateNotSaved { what, reason } => {
+            format!("STATE NOT SAVED: {what}: {reason} (kept in memory; lost at a restart)")
+        }
         EventBody::OutboxOverflow {
             dropped_events,
             merged_samples,

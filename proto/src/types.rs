@@ -340,6 +340,9 @@ pub enum EventBody {
         dropped_events: u64,
         merged_samples: u64,
     },
+    /// Durable state could not be written (disk full, read-only...): what runs is unchanged,
+    /// but it would be lost at a restart until a later write succeeds.
+    StateNotSaved { what: String, reason: String },
 }
 
 /// Why a task stopped. Appending variants only.

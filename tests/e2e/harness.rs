@@ -193,8 +193,21 @@ impl Agent {
     }
 
     pub fn start_with(broker: &Broker, cluster: &str, node: &str, extra_config: &str) -> Agent {
+        Self::start_prepared(broker, cluster, node, extra_config, |_| {})
+    }
+
+    /// Like [`Agent::start_with`], with `prepare` run on the agent's directory first (e.g. to
+    /// mount a small tmpfs as its data dir).
+    pub fn start_prepared(
+        broker: &Broker,
+        cluster: &str,
+        node: &str,
+        extra_config: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Agent {
         let n = AGENTS.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
         let cgroup_parent = format!("skiff-e2e-{}-{n}", std::process::id());
         let config = dir.path().join("agent.toml");
         std::fs::write(

@@ -273,3 +273,102 @@ fn events_and_metrics_made_offline_arrive_once_and_in_order_when_the_broker_retu
         "metrics once and in order: {samples:?}"
     );
 }
+
+/// Whether `skiff ctl nodes --json` shows each task running on the node.
+fn running(agent: &Agent, broker: &Broker, tasks: &[&str]) -> bool {
+    let out = agent.ctl(broker, &["nodes", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find(|l| l.contains("\"pi-1\"")) else {
+        return false;
+    };
+    let Ok(status) = serde_json::from_str::<skiff_proto::Status>(line) else {
+        return false;
+    };
+    tasks.iter().all(|n| {
+        status
+            .tasks
+            .iter()
+            .any(|t| t.name.as_str() == *n && t.state == TaskState::Running)
+    })
+}
+
+#[test]
+fn a_full_data_disk_gives_a_clear_error_and_corrupts_nothing() {
+    require_env!();
+    let broker = Broker::start();
+    let mut agent = Agent::start_prepared(&broker, "e2e-full", "pi-1", "", |dir| {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=24m", "skiff-e2e-full"])
+            .arg(&data)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount a small tmpfs");
+    });
+    let files = tempfile::tempdir().expect("tempdir");
+    let svc = |name: &str| {
+        task_file(
+            files.path(),
+            name,
+            &format!(
+                r#"{{"family":"{name}","restartPolicy":"always","containerDefinitions":[{{"name":"main","image":"busybox","command":["sleep","1000"]}}]}}"#
+            ),
+        )
+    };
+    let (a, b) = (svc("a"), svc("b"));
+    assert!(agent
+        .ctl(
+            &broker,
+            &["apply", a.to_str().expect("utf8"), "--node", "pi-1"]
+        )
+        .status
+        .success());
+    wait_for("a running", T, || {
+        running(&agent, &broker, &["a"]).then_some(())
+    });
+    // Fill the data dir to the last byte.
+    let data = agent.dir.path().join("data");
+    let mut filler = std::fs::File::create(data.join("filler")).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    while std::io::Write::write_all(&mut filler, &[0u8; 1]).is_ok() {}
+    drop(filler);
+    let out = agent.ctl(
+        &broker,
+        &["apply", b.to_str().expect("utf8"), "--node", "pi-1"],
+    );
+    assert!(
+        out.status.success(),
+        "applied in memory: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The operator's log (journald on a device) says what was not saved and why.
+    let line = wait_for("the state-not-saved warning", T, || {
+        let log = agent.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        log.lines()
+            .find(|l| l.contains("STATE NOT SAVED"))
+            .map(str::to_owned)
+    });
+    assert!(
+        line.contains("desired state") && line.contains("No space left"),
+        "{line}"
+    );
+    wait_for("b running anyway", T, || {
+        running(&agent, &broker, &["a", "b"]).then_some(())
+    });
+    // Power cut; the disk gets room again; the restart finds the last state that was saved,
+    // intact (nothing set aside as corrupt), then the broker's newer document.
+    agent.kill9();
+    std::fs::remove_file(data.join("filler")).expect("rm filler");
+    agent.restart();
+    wait_for("a and b running again", T, || {
+        running(&agent, &broker, &["a", "b"]).then_some(())
+    });
+    let corrupt = std::fs::read_dir(data.join("state")).map_or(0, |r| {
+        r.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".corrupt"))
+            .count()
+    });
+    assert_eq!(corrupt, 0, "no state file was corrupted");
+}
