@@ -703,7 +703,19 @@ fn run_image(i: ImageArgs) -> ExitCode {
                 low_water_bytes: cfg.images.gc_low_water_bytes,
                 dry_run,
             };
-            match store.gc(&policy, &[]) {
+            // Images of the desired state the agent last applied are in use even when their
+            // tasks are not running right now (restarting, scheduled, stopped).
+            let saved = skiff_agent::store::StateStore::open(cfg.data_dir.join("state"))
+                .map(|s| s.load())
+                .unwrap_or_default();
+            let protect: Vec<images::ImageRef> = [saved.cluster, saved.node]
+                .into_iter()
+                .flatten()
+                .flat_map(|d| d.tasks)
+                .flat_map(|t| t.containers)
+                .filter_map(|c| c.image.parse().ok())
+                .collect();
+            match store.gc(&policy, &protect) {
                 Ok(report) => {
                     let verb = if dry_run { "would remove" } else { "removed" };
                     for n in &report.names_removed {
