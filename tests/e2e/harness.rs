@@ -205,6 +205,18 @@ impl Agent {
         extra_config: &str,
         prepare: impl FnOnce(&Path),
     ) -> Agent {
+        Self::launch(broker, cluster, node, extra_config, prepare, true)
+    }
+
+    /// Writes the configuration, optionally imports busybox, and starts the agent.
+    fn launch(
+        broker: &Broker,
+        cluster: &str,
+        node: &str,
+        extra_config: &str,
+        prepare: impl FnOnce(&Path),
+        import_busybox: bool,
+    ) -> Agent {
         let n = AGENTS.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir().expect("tempdir");
         prepare(dir.path());
@@ -222,19 +234,9 @@ impl Agent {
             ),
         )
         .expect("write agent.toml");
-        let import = Command::new(SKIFF)
-            .args(["image", "--config"])
-            .arg(&config)
-            .arg("import")
-            .arg(busybox_layout())
-            .args(["--tag", "busybox"])
-            .output()
-            .expect("run skiff image import");
-        assert!(
-            import.status.success(),
-            "import failed: {}",
-            String::from_utf8_lossy(&import.stderr)
-        );
+        if import_busybox {
+            import_busybox_into(&config);
+        }
         let mut agent = Agent {
             node: node.into(),
             cluster: cluster.into(),
@@ -246,7 +248,25 @@ impl Agent {
         agent.spawn();
         agent
     }
+}
 
+fn import_busybox_into(config: &Path) {
+    let import = Command::new(SKIFF)
+        .args(["image", "--config"])
+        .arg(config)
+        .arg("import")
+        .arg(busybox_layout())
+        .args(["--tag", "busybox"])
+        .output()
+        .expect("run skiff image import");
+    assert!(
+        import.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+}
+
+impl Agent {
     /// Starts the agent process again with the same configuration and directories.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the agent is still running");
@@ -739,31 +759,7 @@ pub fn random_layout(out: &Path, mib: u32, layers: u32) -> String {
 impl Agent {
     /// Starts an agent with an empty image store: its images come from registries.
     pub fn start_bare(broker: &Broker, cluster: &str, node: &str, extra_config: &str) -> Agent {
-        let n = AGENTS.fetch_add(1, Ordering::Relaxed);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cgroup_parent = format!("skiff-e2e-{}-{n}", std::process::id());
-        std::fs::write(
-            dir.path().join("agent.toml"),
-            format!(
-                "node_id = \"{node}\"\ncluster = \"{cluster}\"\nbroker = \"{}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\
-                 metrics_interval_secs = 1\nstop_grace_secs = 2\nkeepalive_secs = 5\ncgroup_parent = \"{cgroup_parent}\"\n\
-                 log = \"info\"\n{extra_config}",
-                broker.url(),
-                dir.path().join("data").display(),
-                dir.path().join("run").display(),
-            ),
-        )
-        .expect("write agent.toml");
-        let mut agent = Agent {
-            node: node.into(),
-            cluster: cluster.into(),
-            dir,
-            cgroup_parent,
-            child: None,
-            stderr: Default::default(),
-        };
-        agent.spawn();
-        agent
+        Self::launch(broker, cluster, node, extra_config, |_| {}, false)
     }
 
     /// `skiff image --config <this agent's config> ARGS...`.
