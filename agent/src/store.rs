@@ -363,3 +363,40 @@ mod tests {
         assert!(saved.node.is_some(), "the good file is still read");
     }
 }
+
+#[cfg(test)]
+mod crash_tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        s.parse().expect("name")
+    }
+
+    /// A crash between writing the temp file and renaming it (kill -9 or power cut during a
+    /// store write) leaves the previous state, which is what the next start reads.
+    #[test]
+    fn a_write_torn_before_its_rename_leaves_the_previous_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path().join("state")).expect("open");
+        let v1 = DesiredState {
+            version: 1,
+            cluster: n("c"),
+            node: Some(n("pi")),
+            tasks: vec![],
+            signature: None,
+        };
+        store.save_desired(Scope::Node, &v1).expect("save v1");
+        // The next write died half-way: its temp file holds a fragment.
+        let tmp = store.desired_path(Scope::Node).with_extension("tmp");
+        std::fs::write(&tmp, b"SK\x01\x01\x07half").expect("torn temp");
+        std::fs::write(dir.path().join("state/finished.tmp"), b"\x02\x05").expect("torn temp");
+        let saved = store.load();
+        assert_eq!(saved.node, Some(v1.clone()));
+        assert!(saved.finished.is_empty());
+        // The next successful write replaces the leftover temp file.
+        let v2 = DesiredState { version: 2, ..v1 };
+        store.save_desired(Scope::Node, &v2).expect("save v2");
+        assert_eq!(store.load().node, Some(v2));
+        assert!(!tmp.exists());
+    }
+}
