@@ -729,12 +729,16 @@ impl Shells {
             let (task, container, image) = (def.family.clone(), c.name.clone(), r.to_string());
             let image = tokio::task::spawn_blocking(move || {
                 puller.ensure_resolved(&store, &r, &mut |p| {
-                    let _ = events.send(Event::ImagePulling {
+                    let report = EventBody::ImagePulling {
                         task: task.clone(),
                         container: container.clone(),
                         image: image.clone(),
                         done: p.done,
                         total: p.total,
+                    };
+                    let _ = events.send(Event::StartProgress {
+                        task: task.clone(),
+                        report,
                     });
                 })
             })
@@ -745,11 +749,15 @@ impl Shells {
         }
         for (c, image) in def.containers.iter().zip(&images) {
             let (image, digest) = (image.reference.clone(), image.digest.clone());
-            self.send(Event::ImageReady {
+            let report = EventBody::ImageReady {
                 task: def.family.clone(),
                 container: c.name.clone(),
                 image,
                 digest,
+            };
+            self.send(Event::StartProgress {
+                task: def.family.clone(),
+                report,
             });
         }
         self.runtime

@@ -104,21 +104,9 @@ pub enum Event {
         tasks: Result<Vec<TaskDefinition>, String>,
         images: Catalog,
     },
-    /// The image of a container of a starting task was found in the store.
-    ImageReady {
-        task: Name,
-        container: Name,
-        image: String,
-        digest: String,
-    },
-    /// An image of a starting task is being pulled (throttled progress).
-    ImagePulling {
-        task: Name,
-        container: Name,
-        image: String,
-        done: u64,
-        total: u64,
-    },
+    /// Progress of a starting task that the shells observed (image pulled, found): reported as
+    /// is while the start is still pending, dropped after (a late report of a stale start).
+    StartProgress { task: Name, report: EventBody },
     /// A container of a starting task was created and started.
     ContainerStarted {
         task: Name,
@@ -425,36 +413,9 @@ impl Core {
                     Err(e) => reject(&mut out, Scope::Node, None, e.to_string()),
                 }
             }
-            Event::ImageReady {
-                task,
-                container,
-                image,
-                digest,
-            } => {
+            Event::StartProgress { task, report } => {
                 if self.tasks.get(&task).is_some_and(|t| t.start_pending) {
-                    out.push(Action::Event(EventBody::ImageReady {
-                        task,
-                        container,
-                        image,
-                        digest,
-                    }));
-                }
-            }
-            Event::ImagePulling {
-                task,
-                container,
-                image,
-                done,
-                total,
-            } => {
-                if self.tasks.get(&task).is_some_and(|t| t.start_pending) {
-                    out.push(Action::Event(EventBody::ImagePulling {
-                        task,
-                        container,
-                        image,
-                        done,
-                        total,
-                    }));
+                    out.push(Action::Event(report));
                 }
             }
             Event::ContainerStarted {
