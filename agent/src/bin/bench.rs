@@ -12,7 +12,7 @@
 //! Needs root, mosquitto, busybox-static; runc and crun are measured when installed.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,19 +24,10 @@ use skiff_proto::{DesiredState, EventBody, RestartPolicy, TaskDefinition};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{launcher_of, median, name, rss_kib, size_mib, task, which, Kill, Res};
-
-struct Work(PathBuf);
-impl Work {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-impl Drop for Work {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{
+    launcher_of, median, name, rss_kib, size_mib, start_broker, task, until_n_running, which, Kill,
+    Res, Work,
+};
 
 /// `RUNTIME run` of `true` on a bundle over `rootfs`: create + start + wait + delete, median ms.
 fn peer_run(tool: &Path, rootfs: &Path, runs: usize, work: &Path) -> Res<f64> {
@@ -107,22 +98,9 @@ fn main() -> Res<()> {
     let exe = std::env::current_exe()?;
     let skiff = exe.parent().ok_or("no exe dir")?.join("skiff");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let work = Work(std::env::temp_dir().join(format!("skiff-bench-{}", std::process::id())));
-    std::fs::create_dir_all(work.path())?;
+    let work = Work::new("skiff-bench")?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let conf = work.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )?;
-    let broker = Kill(
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let broker = start_broker(port, work.path())?;
     let layout = work.path().join("busybox-oci");
     let st = Command::new("sh")
         .arg(repo.join("tests/fixtures/make-busybox-oci.sh"))
@@ -251,20 +229,7 @@ fn main() -> Res<()> {
         let tasks = (0..10).map(|i| task(&format!("s{i}"), &["sleep", "1000"], RestartPolicy::Always)).collect::<Res<Vec<_>>>()?;
         let doc = publish(tasks)?;
         conn.client.publish(desired.clone(), rumqttc::QoS::AtLeastOnce, true, doc).await?;
-        let mut running = std::collections::BTreeSet::new();
-        while running.len() < 10 {
-            match tokio::time::timeout(Duration::from_secs(30), conn.inbound.recv()).await? {
-                Some(Inbound::Publish { topic, payload, .. }) if topic == events => {
-                    if let Ok(Message::Event(e)) = decode(&payload) {
-                        if let EventBody::TaskRunning { task } = e.body {
-                            running.insert(task);
-                        }
-                    }
-                }
-                Some(_) => {}
-                None => return Err("broker gone".into()),
-            }
-        }
+        until_n_running(&mut conn, &events, 10, Duration::from_secs(30)).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let busy_rss = rss_kib(agent_pid);
         let busy_launcher = launcher_of(agent_pid).map_or(0, rss_kib);

@@ -21,7 +21,6 @@
 //! device runs), else the release `skiff` next to this program; `--agent` picks another.
 //! Needs root, mosquitto, busybox-static; runc and crun are measured when installed.
 
-use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,17 +34,12 @@ use skiff_proto::{DesiredState, EventBody, Name, RestartPolicy, TaskDefinition};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{launcher_of, median, name, task, which, Kill, Res};
+use common::{
+    launcher_of, median, name, start_broker, task, until_n_running, which, Kill, Res, Work,
+};
 
 /// A peer's medians in ms (create + start returned, create → first output), or why it failed.
 type PeerResult = Result<(f64, f64), String>;
-
-struct Work(PathBuf);
-impl Drop for Work {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn rss(pid: u32) -> (u64, u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -354,20 +348,7 @@ async fn measure_agent(s: &Setup) -> Res<AgentFigures> {
     conn.client
         .publish(desired.clone(), rumqttc::QoS::AtLeastOnce, true, payload)
         .await?;
-    let mut running = BTreeSet::new();
-    while running.len() < s.tasks {
-        match tokio::time::timeout(Duration::from_secs(60), conn.inbound.recv()).await? {
-            Some(Inbound::Publish { topic, payload, .. }) if topic == events => {
-                if let Ok(Message::Event(e)) = decode(&payload) {
-                    if let EventBody::TaskRunning { task } = e.body {
-                        running.insert(task);
-                    }
-                }
-            }
-            Some(_) => {}
-            None => return Err("broker gone".into()),
-        }
-    }
+    let mut running = until_n_running(&mut conn, &events, s.tasks, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     f.busy = [rss(s.agent), rss(s.launcher)];
     f.busy_threads = [threads(s.agent), threads(s.launcher)];
@@ -462,24 +443,10 @@ fn main() -> Res<()> {
         None if host_dist.is_file() => host_dist,
         None => exe_dir.join("skiff"),
     };
-    let work = Work(std::env::temp_dir().join(format!("skiff-footprint-{}", std::process::id())));
+    let work = Work::new("skiff-footprint")?;
     let w = work.0.clone();
-    std::fs::create_dir_all(&w)?;
-
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let conf = w.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )?;
-    let broker = Kill(
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let broker = start_broker(port, &w)?;
     let layout = w.join("busybox-oci");
     if !Command::new("sh")
         .arg(repo.join("tests/fixtures/make-busybox-oci.sh"))

@@ -24,7 +24,7 @@ use skiff_proto::{DesiredState, Name, NodeState, RestartPolicy, TaskDefinition, 
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{launcher_of, write_bytes, Kill as Proc, Res};
+use common::{launcher_of, start_broker, write_bytes, Kill as Proc, Res};
 
 fn agent_writes(agent: u32) -> u64 {
     write_bytes(agent) + launcher_of(agent).map_or(0, write_bytes)
@@ -36,24 +36,6 @@ fn service(i: usize) -> Res<TaskDefinition> {
         &["sleep", "100000"],
         RestartPolicy::Always,
     )
-}
-
-fn start_broker(port: u16, dir: &Path) -> Res<Proc> {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )?;
-    let p = Proc(
-        Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(p)
 }
 
 /// Waits until the node's retained status shows `n` running tasks; returns when it did.

@@ -3,7 +3,12 @@
 #![allow(dead_code)] // each benchmark uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use skiff_agent::mqtt::{Connection, Inbound};
+use skiff_proto::codec::{decode, Message};
+use skiff_proto::EventBody;
 
 use skiff_proto::{ContainerDefinition, Name, NetworkMode, RestartPolicy, TaskDefinition};
 
@@ -36,6 +41,71 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A scratch directory removed when dropped.
+pub struct Work(pub PathBuf);
+
+impl Work {
+    /// `{tmp}/{prefix}-{pid}`, created.
+    pub fn new(prefix: &str) -> Res<Work> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Work(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// mosquitto on `127.0.0.1:{port}`, anonymous, no persistence, config written in `dir`.
+pub fn start_broker(port: u16, dir: &Path) -> Res<Kill> {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )?;
+    let broker = Kill(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(broker)
+}
+
+/// Waits until `n` distinct tasks reported `TaskRunning` on the `events` topic; returns them.
+pub async fn until_n_running(
+    conn: &mut Connection,
+    events: &str,
+    n: usize,
+    limit: Duration,
+) -> Res<std::collections::BTreeSet<Name>> {
+    let mut running = std::collections::BTreeSet::new();
+    while running.len() < n {
+        match tokio::time::timeout(limit, conn.inbound.recv()).await? {
+            Some(Inbound::Publish { topic, payload, .. }) if topic == events => {
+                if let Ok(Message::Event(e)) = decode(&payload) {
+                    if let EventBody::TaskRunning { task } = e.body {
+                        running.insert(task);
+                    }
+                }
+            }
+            Some(_) => {}
+            None => return Err("broker gone".into()),
+        }
+    }
+    Ok(running)
 }
 
 pub fn name(s: &str) -> Res<Name> {
