@@ -51,6 +51,13 @@ macro_rules! require_env {
     };
 }
 
+/// Why `tool` can't be used, or None: not on PATH (`apt-get install {package}`).
+pub fn tool_missing(tool: &str, package: &str) -> Option<String> {
+    which(tool)
+        .is_none()
+        .then(|| format!("{tool} is not installed (apt-get install {package})"))
+}
+
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -783,4 +790,218 @@ pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+// --- A foreign-architecture busybox from the Debian archive ------------------------------------
+
+/// Another CPU than this machine's, for multi-arch tests: its dpkg architecture, the OCI
+/// platform `skiff image pull --platform` names, and what `file` says of its binaries.
+#[derive(Debug, Clone, Copy)]
+pub struct ForeignArch {
+    pub dpkg: &'static str,
+    pub platform: &'static str,
+    pub file_says: &'static str,
+}
+
+impl ForeignArch {
+    /// arm64 on an amd64 machine (CI), amd64 anywhere else.
+    pub fn for_host() -> ForeignArch {
+        if std::env::consts::ARCH == "x86_64" {
+            ForeignArch {
+                dpkg: "arm64",
+                platform: "linux/arm64/v8",
+                file_says: "ARM aarch64",
+            }
+        } else {
+            ForeignArch {
+                dpkg: "amd64",
+                platform: "linux/amd64",
+                file_says: "x86-64",
+            }
+        }
+    }
+}
+
+/// The host's dpkg architecture (`dpkg --print-architecture`), as apt's native one.
+fn host_dpkg_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "armhf",
+        other => other,
+    }
+}
+
+/// `/bin/busybox` of Debian's `busybox-static:{arch}`, fetched by `apt-get download` under a
+/// private apt state in `dir` (lists, cache and sources there; the host's apt state and
+/// dpkg's are only read) and unpacked with `dpkg-deb -x`. The sources are the host's deb
+/// entries, asked for both architectures. Nothing is kept outside `dir`. The error says which
+/// step failed and what apt said: without the Debian archive (network or a mirror in the
+/// host's sources) this cannot work.
+pub fn debian_busybox(dir: &Path, arch: &str) -> Result<PathBuf, String> {
+    let native = host_dpkg_arch();
+    for d in [
+        "state/lists/partial",
+        "cache/archives/partial",
+        "sources.list.d",
+        "debs",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).map_err(|e| format!("mkdir {d}: {e}"))?;
+    }
+    let archs = if arch == native {
+        native.to_owned()
+    } else {
+        format!("{native},{arch}")
+    };
+    let (list, parts) = private_sources(&archs);
+    if list.trim().is_empty() && parts.is_empty() {
+        return Err("the host has no deb entries in /etc/apt/sources.list(.d)".into());
+    }
+    std::fs::write(dir.join("sources.list"), list).map_err(|e| e.to_string())?;
+    for (name, text) in parts {
+        std::fs::write(dir.join("sources.list.d").join(name), text).map_err(|e| e.to_string())?;
+    }
+    let mut opts = vec![
+        "-q".to_owned(),
+        format!("-oDir::State={}", dir.join("state").display()),
+        format!("-oDir::Cache={}", dir.join("cache").display()),
+        format!(
+            "-oDir::Etc::SourceList={}",
+            dir.join("sources.list").display()
+        ),
+        format!(
+            "-oDir::Etc::SourceParts={}",
+            dir.join("sources.list.d").display()
+        ),
+        format!("-oAPT::Architecture={native}"),
+        format!("-oAPT::Architectures::={native}"),
+        "-oAcquire::Languages=none".to_owned(),
+        // The private dirs are root's; downloading as _apt would only warn about it.
+        "-oAPT::Sandbox::User=root".to_owned(),
+    ];
+    if arch != native {
+        opts.push(format!("-oAPT::Architectures::={arch}"));
+    }
+    let apt = |args: &[&str]| -> Result<Output, String> {
+        Command::new("apt-get")
+            .args(&opts)
+            .args(args)
+            .current_dir(dir.join("debs"))
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .map_err(|e| format!("cannot run apt-get: {e}"))
+    };
+    let said = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // An unreachable third-party source fails the update without hurting the download; the
+    // download's failure is the one that counts, reported with the update's words.
+    let update = apt(&["update"])?;
+    let download = apt(&["download", &format!("busybox-static:{arch}")])?;
+    if !download.status.success() {
+        return Err(format!(
+            "apt-get download busybox-static:{arch} failed ({}); apt-get update said:\n{}\napt-get download said:\n{}",
+            download.status,
+            said(&update),
+            said(&download)
+        ));
+    }
+    let deb = std::fs::read_dir(dir.join("debs"))
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| format!("apt-get download left no .deb: {}", said(&download)))?;
+    let root = dir.join("busybox-static");
+    let x = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .output()
+        .map_err(|e| format!("cannot run dpkg-deb: {e}"))?;
+    if !x.status.success() {
+        return Err(format!("dpkg-deb -x {}: {}", deb.display(), said(&x)));
+    }
+    let busybox = root.join("bin/busybox");
+    if !busybox.is_file() {
+        return Err(format!("{} has no /bin/busybox", deb.display()));
+    }
+    Ok(busybox)
+}
+
+/// The host's apt sources with every `deb` entry restricted to `archs` (`amd64,arm64`): the
+/// one-line entries of sources.list and sources.list.d/*.list as one file, and each
+/// sources.list.d/*.sources (deb822) file with its `Architectures:` set.
+fn private_sources(archs: &str) -> (String, Vec<(std::ffi::OsString, String)>) {
+    let mut list = String::new();
+    let mut one_line = vec![PathBuf::from("/etc/apt/sources.list")];
+    let mut parts = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for p in entries {
+        match p.extension().and_then(|x| x.to_str()) {
+            Some("list") => one_line.push(p),
+            Some("sources") => {
+                if let (Ok(text), Some(name)) = (std::fs::read_to_string(&p), p.file_name()) {
+                    parts.push((name.to_owned(), deb822_with_archs(&text, archs)));
+                }
+            }
+            _ => {}
+        }
+    }
+    for p in one_line {
+        for line in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+            if let Some(rest) = line.trim_start().strip_prefix("deb ") {
+                list.push_str(&one_line_with_archs(rest.trim_start(), archs));
+                list.push('\n');
+            }
+        }
+    }
+    (list, parts)
+}
+
+/// `deb [arch=ARCHS other=opts] uri suite components` from the part after `deb `.
+fn one_line_with_archs(rest: &str, archs: &str) -> String {
+    let (opts, tail) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((opts, tail)) => (opts, tail.trim_start()),
+        None => ("", rest),
+    };
+    let mut kept: Vec<&str> = opts
+        .split_whitespace()
+        .filter(|o| !o.starts_with("arch=") && !o.starts_with("arch+=") && !o.starts_with("arch-="))
+        .collect();
+    let arch = format!("arch={archs}");
+    kept.insert(0, &arch);
+    format!("deb [{}] {tail}", kept.join(" "))
+}
+
+/// A deb822 sources file with each entry's `Architectures:` set to `archs`.
+fn deb822_with_archs(text: &str, archs: &str) -> String {
+    let field = format!("Architectures: {}", archs.replace(',', " "));
+    let mut out = String::new();
+    for stanza in text.split("\n\n") {
+        if stanza.trim().is_empty() {
+            continue;
+        }
+        let is_entry = stanza
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("types:"));
+        if !is_entry {
+            continue; // comments only
+        }
+        let mut lines: Vec<&str> = stanza
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("architectures:"))
+            .collect();
+        lines.push(&field);
+        out.push_str(&lines.join("\n"));
+        out.push_str("\n\n");
+    }
+    out
 }

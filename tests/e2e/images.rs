@@ -1,6 +1,7 @@
 //! Registry pulls against Debian's `docker-registry` on loopback, images pushed with `skopeo`:
-//! pull and run, pull by digest, multi-arch selection, a tampered blob, a download broken off
-//! and resumed, and `prefer-cached` with the registry gone.
+//! pull and run, pull by digest, multi-arch selection (an index over this machine's busybox
+//! and Debian's busybox-static for another CPU), a tampered blob, a download broken off and
+//! resumed, and `prefer-cached` with the registry gone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,10 +10,13 @@ use std::time::{Duration, Instant};
 use skiff_proto::codec::Message;
 use skiff_proto::EventBody;
 
+use skiff_agent::images::Platform;
+
 use crate::harness::{
-    busybox_layout, random_layout, task_file, wait_for, Agent, Broker, Registry, Sub, SKIFF,
+    busybox_layout, debian_busybox, random_layout, task_file, tool_missing, wait_for, Agent,
+    Broker, ForeignArch, Registry, Sub, SKIFF,
 };
-use crate::require_registry;
+use crate::{require_env, require_registry};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -87,6 +91,31 @@ fn read_blob_json(layout: &Path, digest: &str) -> serde_json::Value {
     let hex = digest.trim_start_matches("sha256:");
     serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).expect("blob"))
         .expect("blob JSON")
+}
+
+/// What `file -b` says of `path`.
+fn file_type(path: &Path) -> String {
+    let out = Command::new("file")
+        .arg("-b")
+        .arg(path)
+        .output()
+        .expect("run file");
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Copies `name` out of the gzip'd layer tar `blob` to `dest`.
+fn extract_file(blob: &Path, name: &str, dest: &Path) {
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(blob).expect("open layer"));
+    let mut tar = tar::Archive::new(gz);
+    for entry in tar.entries().expect("layer entries") {
+        let mut entry = entry.expect("layer entry");
+        if entry.path().expect("entry path").to_str() == Some(name) {
+            let mut out = std::fs::File::create(dest).expect("create");
+            std::io::copy(&mut entry, &mut out).expect("copy out of the layer");
+            return;
+        }
+    }
+    panic!("{name} is not in layer {}", blob.display());
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -164,24 +193,40 @@ fn an_image_pulled_from_a_registry_runs_and_pulling_is_reported() {
 #[test]
 fn pulls_by_digest_and_picks_this_platform_from_a_multi_arch_index() {
     require_registry!();
-    let registry = Registry::start();
+    require_env!(tool_missing("file", "file"));
     let work = tempfile::tempdir().expect("tempdir");
+    // The other architecture's busybox-static from the Debian archive, under a private apt
+    // state in this test's temp dir.
+    let foreign = ForeignArch::for_host();
+    let fetched = debian_busybox(&work.path().join("apt"), foreign.dpkg);
+    require_env!(fetched.as_ref().err().map(|e| format!(
+        "busybox-static:{} could not be fetched from the Debian archive (the multi-arch test \
+         needs the archive reachable, or a mirror in /etc/apt/sources.list): {e}",
+        foreign.dpkg
+    )));
+    let foreign_busybox = fetched.expect("fetched");
+    assert!(
+        file_type(&foreign_busybox).contains(foreign.file_says),
+        "{}",
+        file_type(&foreign_busybox)
+    );
+    let registry = Registry::start();
 
-    // A second busybox layout labelled arm64 (same binary, another applet list: another
-    // layer), and an index over both, pushed with --all.
-    let arm = work.path().join("arm64");
+    // Its image layout, and an index over this machine's busybox and it, pushed with --all.
+    let foreign_layout = work.path().join("foreign");
     let status = Command::new("sh")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/make-busybox-oci.sh"))
-        .arg(&arm)
-        .arg("arm64")
-        .env("BUSYBOX", "/bin/busybox")
+        .arg(&foreign_layout)
+        .arg(foreign.dpkg)
+        .env("BUSYBOX", &foreign_busybox)
+        .stdout(std::process::Stdio::null())
         .status()
-        .expect("make arm64 layout");
+        .expect("make the foreign layout");
     assert!(status.success());
-    let amd = busybox_layout();
+    let host_layout = busybox_layout();
     let multi = work.path().join("multi");
     std::fs::create_dir_all(multi.join("blobs/sha256")).expect("mkdir");
-    for layout in [&amd, &arm] {
+    for layout in [&host_layout, &foreign_layout] {
         for e in std::fs::read_dir(layout.join("blobs/sha256")).expect("blobs") {
             let e = e.expect("entry");
             std::fs::copy(e.path(), multi.join("blobs/sha256").join(e.file_name()))
@@ -196,11 +241,14 @@ fn pulls_by_digest_and_picks_this_platform_from_a_multi_arch_index() {
         m.as_object_mut().expect("object").remove("annotations");
         m
     };
-    let (amd_digest, arm_digest) = (layout_manifest(&amd), layout_manifest(&arm));
+    let (host_digest, foreign_digest) = (
+        layout_manifest(&host_layout),
+        layout_manifest(&foreign_layout),
+    );
     let image_index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [entry(&amd), entry(&arm)],
+        "manifests": [entry(&host_layout), entry(&foreign_layout)],
     }))
     .expect("index bytes");
     let index_hex = sha256_hex(&image_index);
@@ -232,31 +280,57 @@ fn pulls_by_digest_and_picks_this_platform_from_a_multi_arch_index() {
     let out = image(&cfg, &["pull", &format!("{host}/multi:latest"), "--json"]);
     assert!(out.status.success());
     let v = pulled(&out);
-    assert_eq!(v["digest"], amd_digest.as_str());
-    assert_eq!(v["platform"], "linux/amd64");
+    assert_eq!(v["digest"], host_digest.as_str());
+    assert_eq!(v["platform"], Platform::host().to_string());
     assert_eq!(v["unpacked"], true);
+    let host_busybox = work
+        .path()
+        .join("data/images/rootfs")
+        .join(host_digest.trim_start_matches("sha256:"))
+        .join("bin/busybox");
+    assert!(
+        !file_type(&host_busybox).contains(foreign.file_says),
+        "{}",
+        file_type(&host_busybox)
+    );
 
     // Another platform, into another store.
     let other = tempfile::tempdir().expect("tempdir");
-    let cfg_arm = cli_config(other.path(), &registry, "");
+    let cfg_foreign = cli_config(other.path(), &registry, "");
     let out = image(
-        &cfg_arm,
+        &cfg_foreign,
         &[
             "pull",
             &format!("{host}/multi:latest"),
             "--json",
             "--platform",
-            "linux/arm64/v8",
+            foreign.platform,
         ],
     );
     assert!(out.status.success());
     let v = pulled(&out);
-    assert_eq!(v["digest"], arm_digest.as_str());
-    assert_eq!(v["platform"], "linux/arm64/v8");
+    assert_eq!(v["digest"], foreign_digest.as_str());
+    assert_eq!(v["platform"], foreign.platform);
+    assert_eq!(v["unpacked"], false, "not this machine's: kept packed");
+    // Its one layer is the Debian archive's binary.
+    let layer = read_blob_json(&foreign_layout, &foreign_digest)["layers"][0]["digest"]
+        .as_str()
+        .expect("layer digest")
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let blob = other.path().join("data/images/blobs/sha256").join(layer);
+    let stored = other.path().join("busybox-from-the-layer");
+    extract_file(&blob, "bin/busybox", &stored);
+    assert_eq!(
+        std::fs::read(&stored).expect("extracted"),
+        std::fs::read(&foreign_busybox).expect("fetched")
+    );
+    let said = file_type(&stored);
+    assert!(said.contains(foreign.file_says), "{said}");
 
     // None fits: said clearly, with what there is.
     let out = image(
-        &cfg_arm,
+        &cfg_foreign,
         &[
             "pull",
             &format!("{host}/multi:latest"),
@@ -268,7 +342,7 @@ fn pulls_by_digest_and_picks_this_platform_from_a_multi_arch_index() {
     let err = text(&out.stderr);
     assert!(
         err.contains("no image for platform linux/s390x")
-            && err.contains("linux/amd64, linux/arm64/v8"),
+            && err.contains(&format!("{}, {}", Platform::host(), foreign.platform)),
         "{err}"
     );
 
@@ -277,12 +351,12 @@ fn pulls_by_digest_and_picks_this_platform_from_a_multi_arch_index() {
     let by_index = format!("{host}/multi@sha256:{index_hex}");
     let out = image(&cfg, &["pull", &by_index, "--json"]);
     assert!(out.status.success());
-    assert_eq!(pulled(&out)["digest"], amd_digest.as_str());
-    let by_manifest = format!("{host}/multi@{amd_digest}");
+    assert_eq!(pulled(&out)["digest"], host_digest.as_str());
+    let by_manifest = format!("{host}/multi@{host_digest}");
     let out = image(&cfg, &["pull", &by_manifest, "--json"]);
     assert!(out.status.success());
     let v = pulled(&out);
-    assert_eq!(v["digest"], amd_digest.as_str());
+    assert_eq!(v["digest"], host_digest.as_str());
     assert_eq!(v["bytes_fetched"], 0, "every blob was already in the store");
     let ls = text(&image(&cfg, &["ls", "--json"]).stdout);
     for r in [&by_index, &by_manifest, &format!("{host}/multi:latest")] {
