@@ -80,16 +80,7 @@ impl ImageStore {
                 .or_default()
                 .push((rec.imported_at, key.clone()));
         }
-        let mut doomed: Vec<String> = Vec::new();
-        for (_, mut names) in by_repo {
-            names.sort_by(|a, b| b.cmp(a));
-            doomed.extend(
-                names
-                    .into_iter()
-                    .skip(policy.keep_per_repository)
-                    .map(|(_, k)| k),
-            );
-        }
+        let doomed = beyond_keep(by_repo, policy.keep_per_repository);
         for key in &doomed {
             refs.images.remove(key);
         }
@@ -97,23 +88,15 @@ impl ImageStore {
 
         // Below the low-water mark: unused names, oldest first, until there is room.
         if policy.low_water_bytes > 0 {
-            let mut unused: Vec<(u64, String)> = refs
+            let unused: Vec<(u64, String, u64)> = refs
                 .images
                 .iter()
                 .filter(|(_, rec)| !in_use.contains(&rec.digest))
-                .map(|(k, rec)| (rec.imported_at, k.clone()))
+                .map(|(k, rec)| (rec.imported_at, k.clone(), rec.size))
                 .collect();
-            unused.sort();
-            let mut freed_estimate = 0u64;
-            let free = self.free_bytes();
-            for (_, key) in unused {
-                if free.saturating_add(freed_estimate) >= policy.low_water_bytes {
-                    break;
-                }
-                if let Some(rec) = refs.images.remove(&key) {
-                    freed_estimate = freed_estimate.saturating_add(rec.size.saturating_mul(3));
-                    report.names_removed.push(key);
-                }
+            for key in below_low_water(unused, self.free_bytes(), policy.low_water_bytes) {
+                refs.images.remove(&key);
+                report.names_removed.push(key);
             }
         }
         if policy.dry_run {
@@ -197,17 +180,8 @@ impl ImageStore {
 
     /// Manifest digests whose rootfs is the lower layer of a mounted overlay.
     fn mounted_images(&self) -> BTreeSet<Digest> {
-        let rootfs = self.rootfs_dir().to_string_lossy().into_owned();
-        let prefix = format!("{rootfs}/");
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        mounts
-            .lines()
-            .flat_map(|l| l.split([' ', ',']))
-            .filter_map(|opt| opt.strip_prefix("lowerdir="))
-            .flat_map(|l| l.split(':'))
-            .filter_map(|dir| dir.strip_prefix(&prefix))
-            .filter_map(|hex| Digest::from_hex(hex.trim_end_matches('/')).ok())
-            .collect()
+        lower_rootfs(&mounts, self.rootfs_dir())
     }
 
     /// Bytes available to unprivileged writers on the store's file system.
@@ -222,9 +196,55 @@ impl ImageStore {
     }
 }
 
+/// The names to remove so each repository keeps its `keep` most recent: `by_repo` maps a
+/// repository to its unused names with their import times. Newest first; among names imported
+/// in the same second, the one sorting last by name counts as newer (a stable order).
+fn beyond_keep(by_repo: BTreeMap<String, Vec<(u64, String)>>, keep: usize) -> Vec<String> {
+    let mut doomed = Vec::new();
+    for (_, mut names) in by_repo {
+        names.sort_by(|a, b| b.cmp(a));
+        doomed.extend(names.into_iter().skip(keep).map(|(_, k)| k));
+    }
+    doomed
+}
+
+/// The unused names (`(imported_at, name, size)`) to remove, oldest first, until `free` plus
+/// an estimate of what they free (three times their size: blobs plus unpacked rootfs) reaches
+/// `low_water`.
+fn below_low_water(mut unused: Vec<(u64, String, u64)>, free: u64, low_water: u64) -> Vec<String> {
+    unused.sort();
+    let mut freed_estimate = 0u64;
+    let mut doomed = Vec::new();
+    for (_, key, size) in unused {
+        if free.saturating_add(freed_estimate) >= low_water {
+            break;
+        }
+        freed_estimate = freed_estimate.saturating_add(size.saturating_mul(3));
+        doomed.push(key);
+    }
+    doomed
+}
+
+/// Manifest digests of the rootfs directories under `rootfs_dir` that `mountinfo` (the text of
+/// `/proc/self/mountinfo`) shows as an overlay's lower layer.
+fn lower_rootfs(mountinfo: &str, rootfs_dir: &Path) -> BTreeSet<Digest> {
+    let prefix = format!("{}/", rootfs_dir.to_string_lossy());
+    mountinfo
+        .lines()
+        .flat_map(|l| l.split([' ', ',']))
+        .filter_map(|opt| opt.strip_prefix("lowerdir="))
+        .flat_map(|l| l.split(':'))
+        .filter_map(|dir| dir.strip_prefix(&prefix))
+        .filter_map(|hex| Digest::from_hex(hex.trim_end_matches('/')).ok())
+        .collect()
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: PathBuf::from(path),
         source,
     }
 }
+
+#[cfg(test)]
+mod tests;

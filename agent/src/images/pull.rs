@@ -7,7 +7,8 @@
 //! rest with HTTP Range. A blob whose content does not hash to its digest is deleted and the
 //! pull fails naming it. Names are set in refs.json only once every blob is in the store.
 
-use std::fs::{self, OpenOptions};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -292,6 +293,49 @@ impl PullError {
     }
 }
 
+/// What [`ImageStore::ensure`] does, by policy and by what the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Run the image in the store.
+    UseCached,
+    /// Fail: not in the store, and the policy forbids pulling.
+    Refuse,
+    /// Pull; a failed pull fails.
+    Pull,
+    /// Pull; when the registry cannot be reached, run the image in the store.
+    PullElseCached,
+}
+
+/// `present`: the reference names an image in the store; `pinned`: it names a digest (the
+/// content cannot have moved, so it is never fetched again).
+fn plan(policy: PullPolicy, present: bool, pinned: bool) -> Plan {
+    match policy {
+        _ if present && pinned => Plan::UseCached,
+        PullPolicy::Never | PullPolicy::IfNotPresent if present => Plan::UseCached,
+        PullPolicy::Never => Plan::Refuse,
+        PullPolicy::PreferCached if present => Plan::PullElseCached,
+        PullPolicy::IfNotPresent | PullPolicy::Always | PullPolicy::PreferCached => Plan::Pull,
+    }
+}
+
+/// The entry of `index` to pull for `platform`: the best fit (see [`Platform::match_score`]),
+/// or the only entry when it names no platform. None fits: an error listing what there is.
+fn choose_manifest<'a>(
+    reference: &str,
+    platform: &Platform,
+    index: &'a Index,
+) -> Result<&'a Descriptor, PullError> {
+    match index.manifests.as_slice() {
+        [only] if only.platform.is_none() => Some(only),
+        all => oci::select_platform(platform, all),
+    }
+    .ok_or_else(|| PullError::NoMatchingPlatform {
+        reference: reference.to_owned(),
+        wanted: platform.to_string(),
+        available: oci::list_platforms(&index.manifests),
+    })
+}
+
 impl ImageStore {
     /// Whether `r` names an image in the store (by name, or by digest).
     pub fn contains(&self, r: &ImageRef) -> Result<bool, StoreError> {
@@ -308,20 +352,17 @@ impl ImageStore {
         progress: &mut dyn FnMut(&PullProgress),
     ) -> Result<Ensured, PullError> {
         let present = self.contains(r)?;
-        let pinned_present = present && r.digest().is_some();
-        match policy {
-            PullPolicy::Never if present => Ok(Ensured::Cached),
-            PullPolicy::Never => Err(PullError::NotPresent {
+        match plan(policy, present, r.digest().is_some()) {
+            Plan::UseCached => Ok(Ensured::Cached),
+            Plan::Refuse => Err(PullError::NotPresent {
                 reference: r.to_string(),
             }),
-            PullPolicy::IfNotPresent if present => Ok(Ensured::Cached),
-            _ if pinned_present => Ok(Ensured::Cached),
-            PullPolicy::IfNotPresent | PullPolicy::Always => self
+            Plan::Pull => self
                 .pull(client, r, opts, progress)
                 .map(|p| Ensured::Pulled(Box::new(p))),
-            PullPolicy::PreferCached => match self.pull(client, r, opts, progress) {
+            Plan::PullElseCached => match self.pull(client, r, opts, progress) {
                 Ok(p) => Ok(Ensured::Pulled(Box::new(p))),
-                Err(e) if present && e.is_unreachable() => Ok(Ensured::CachedAfter(Box::new(e))),
+                Err(e) if e.is_unreachable() => Ok(Ensured::CachedAfter(Box::new(e))),
                 Err(e) => Err(e),
             },
         }
@@ -359,16 +400,7 @@ impl ImageStore {
             }
             depth += 1;
             let index: Index = pull.parse(&doc.bytes, format!("image index {}", doc.digest))?;
-            let chosen = match index.manifests.as_slice() {
-                [only] if only.platform.is_none() => Some(only),
-                all => oci::select_platform(&self.platform, all),
-            }
-            .ok_or_else(|| PullError::NoMatchingPlatform {
-                reference: reference.clone(),
-                wanted: self.platform.to_string(),
-                available: oci::list_platforms(&index.manifests),
-            })?
-            .clone();
+            let chosen = choose_manifest(&reference, &self.platform, &index)?.clone();
             if chosen.size > MAX_JSON_SIZE {
                 return Err(pull.too_large(format!("manifest {}", chosen.digest)));
             }
@@ -503,6 +535,162 @@ impl ImageStore {
     }
 }
 
+/// Bytes a pull still writes: the config and what is missing of each layer not in the store
+/// (`partial`: digest hex → bytes an earlier attempt left), plus room to unpack every layer
+/// (twice its compressed size).
+fn space_needed(config_size: u64, layers: &[LayerInfo], partial: &BTreeMap<String, u64>) -> u64 {
+    let download = layers
+        .iter()
+        .filter(|l| !l.present)
+        .map(|l| {
+            // A partial file longer than its layer is restarted (see `Partial::open`).
+            let have = partial.get(l.digest.hex()).copied().unwrap_or(0);
+            l.size.checked_sub(have).unwrap_or(l.size)
+        })
+        .fold(config_size, u64::saturating_add);
+    let unpacked = layers
+        .iter()
+        .map(|l| l.size)
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(2);
+    download.saturating_add(unpacked)
+}
+
+/// A blob being downloaded into `tmp/partial-<hex>`, hashed as it is written. What an earlier
+/// attempt left there is kept and hashed again (a sha256 state cannot be saved, its input can),
+/// so the download goes on from `have`.
+struct Partial {
+    file: File,
+    hasher: Sha256,
+    /// Bytes on disk and hashed.
+    have: u64,
+}
+
+impl Partial {
+    /// Open (or create) the partial file of a blob of `size` bytes. Longer than the blob: not
+    /// this blob's beginning, so start over.
+    fn open(path: &Path, size: u64) -> io::Result<Partial> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let mut partial = Partial {
+            have: file.metadata()?.len(),
+            file,
+            hasher: Sha256::new(),
+        };
+        if partial.have > size {
+            partial.start_over()?;
+        } else if partial.have > 0 {
+            let read = io::copy(
+                &mut (&mut partial.file).take(partial.have),
+                &mut partial.hasher,
+            )?;
+            if read != partial.have {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the partial download shrank while being read",
+                ));
+            }
+        }
+        Ok(partial)
+    }
+
+    /// Forget what is there (the registry sends the whole blob again).
+    fn start_over(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.hasher = Sha256::new();
+        self.have = 0;
+        Ok(())
+    }
+
+    /// Write `bytes` at the end (the file position is always `have`).
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.have += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Delete the partial file: its content cannot become the blob.
+    fn discard(self, path: &Path) {
+        drop(self.file);
+        let _ = fs::remove_file(path);
+    }
+
+    /// Whole blob on disk: check it hashes to `digest` and sync it; otherwise delete it.
+    fn verify(self, path: &Path, digest: &Digest) -> Result<(), BlobError> {
+        let Partial { file, hasher, .. } = self;
+        let actual = Digest::from_sha256(hasher.finalize().into());
+        if actual != *digest {
+            drop(file);
+            let _ = fs::remove_file(path);
+            return Err(BlobError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        file.sync_all().map_err(|source| BlobError::Io {
+            digest: digest.clone(),
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// How a blob download goes on after the registry answered a GET asking for the bytes from
+/// `done` on (no Range header when `done` is 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// The body continues the partial file.
+    Append,
+    /// The body is the whole blob (200: the registry ignored the Range): start over.
+    StartOver,
+}
+
+/// An answer that cannot give the blob (the text says what came instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BadAnswer {
+    /// 206 for another range than asked: the pull fails, the partial file is kept.
+    Range(String),
+    /// A body that would not end at the blob's size: the partial file cannot be trusted.
+    Length(String),
+}
+
+fn answer(
+    status: u16,
+    content_range: Option<&str>,
+    content_length: Option<u64>,
+    done: u64,
+    size: u64,
+) -> Result<Answer, BadAnswer> {
+    let next = if status == 206 {
+        let range = content_range.unwrap_or_default();
+        if !range.starts_with(&format!("bytes {done}-")) {
+            return Err(BadAnswer::Range(format!(
+                "Content-Range {range:?} for a request from byte {done}"
+            )));
+        }
+        Answer::Append
+    } else if done > 0 {
+        Answer::StartOver
+    } else {
+        Answer::Append
+    };
+    let from = if next == Answer::StartOver { 0 } else { done };
+    match content_length {
+        Some(len) if from.saturating_add(len) != size => Err(BadAnswer::Length(format!(
+            "{} bytes",
+            from.saturating_add(len)
+        ))),
+        _ => Ok(next),
+    }
+}
+
 /// A fetched manifest or index, verified.
 struct Document {
     bytes: Vec<u8>,
@@ -580,8 +768,28 @@ impl Pull<'_> {
                 source,
             })?
             .ok_or_else(|| self.too_large(what.clone()))?;
+        self.document(
+            what,
+            bytes,
+            expected.or(header_digest.as_ref()),
+            expected_size,
+            content_type,
+        )
+    }
+
+    /// A fetched manifest or index checked: its sha256 against `expected` (the descriptor or
+    /// digest pulled, else the registry's `Docker-Content-Digest`), its size against
+    /// `expected_size`, and whether it is an index or a manifest.
+    fn document(
+        &self,
+        what: String,
+        bytes: Vec<u8>,
+        expected: Option<&Digest>,
+        expected_size: Option<u64>,
+        content_type: Option<String>,
+    ) -> Result<Document, PullError> {
         let actual = Digest::of(&bytes);
-        if let Some(expected) = expected.or(header_digest.as_ref()) {
+        if let Some(expected) = expected {
             if *expected != actual {
                 return Err(PullError::ManifestDigest {
                     reference: self.reference.to_owned(),
@@ -669,22 +877,8 @@ impl Pull<'_> {
     /// Fail before downloading when the layers still to fetch, plus room to unpack them
     /// (about twice their compressed size), would leave less than `min_free_bytes` free.
     fn check_disk(&self, m: &Manifest, layers: &[LayerInfo]) -> Result<(), PullError> {
-        let partial: std::collections::BTreeMap<String, u64> =
-            self.store.partial_downloads().into_iter().collect();
-        let download: u64 = layers
-            .iter()
-            .filter(|l| !l.present)
-            .map(|l| {
-                l.size
-                    .saturating_sub(partial.get(l.digest.hex()).copied().unwrap_or(0))
-            })
-            .fold(m.config.size, u64::saturating_add);
-        let unpacked = layers
-            .iter()
-            .map(|l| l.size)
-            .fold(0u64, u64::saturating_add)
-            .saturating_mul(2);
-        let needed = download.saturating_add(unpacked);
+        let partial: BTreeMap<String, u64> = self.store.partial_downloads().into_iter().collect();
+        let needed = space_needed(m.config.size, layers, &partial);
         let root = self.store.root();
         let st = nix::sys::statvfs::statvfs(root).map_err(|errno| PullError::Io {
             reference: self.reference.to_owned(),
@@ -794,30 +988,12 @@ impl Pull<'_> {
                 resumed_from: 0,
             });
         }
-        let partial = self
+        let path = self
             .store
             .tmp
             .join(format!("{PARTIAL_PREFIX}{}", d.digest.hex()));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&partial)
-            .map_err(io_err(&partial))?;
-        let mut hasher = Sha256::new();
-        let mut have = file.metadata().map_err(io_err(&partial))?.len();
-        if have > d.size {
-            file.set_len(0).map_err(io_err(&partial))?;
-            have = 0;
-        }
-        if have > 0 {
-            // Hash what is there: a sha256 state cannot be saved, its input can.
-            io::copy(&mut (&mut file).take(have), &mut hasher).map_err(io_err(&partial))?;
-        }
-        let resumed_from = have;
-        let mut done = have;
+        let mut partial = Partial::open(&path, d.size).map_err(io_err(&path))?;
+        let resumed_from = partial.have;
         let mut fetched = 0u64;
         let mut attempt = 0u32;
         let mut buf = vec![0u8; COPY_BUFFER];
@@ -827,12 +1003,18 @@ impl Pull<'_> {
                 .clamp(1024, COPY_BUFFER),
             None => COPY_BUFFER,
         };
-        if done > 0 {
-            tracing::info!(reference = self.reference, digest = %d.digest, from = done, size = d.size, "resuming layer download");
+        if resumed_from > 0 {
+            tracing::info!(reference = self.reference, digest = %d.digest, from = resumed_from, size = d.size, "resuming layer download");
         }
-        while done < d.size {
+        let blob_length = |got: String| PullError::BlobLength {
+            reference: self.reference.to_owned(),
+            digest: d.digest.clone(),
+            expected: d.size,
+            got,
+        };
+        while partial.have < d.size {
             let what = format!("blob {}", d.digest);
-            let outcome = session.get(&what, &format!("blobs/{}", d.digest), None, done);
+            let outcome = session.get(&what, &format!("blobs/{}", d.digest), None, partial.have);
             let resp = match outcome {
                 Ok(r) => r,
                 Err(e) if e.is_unreachable() && attempt < self.opts.retries => {
@@ -842,47 +1024,32 @@ impl Pull<'_> {
                 }
                 Err(e) => return Err(self.registry_err(e)),
             };
-            let status = resp.status().as_u16();
-            let content_length = resp
-                .headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if status == 206 {
-                let range = resp
-                    .headers()
-                    .get("content-range")
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
                     .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                if !range.starts_with(&format!("bytes {done}-")) {
-                    return Err(PullError::BlobLength {
-                        reference: self.reference.to_owned(),
-                        digest: d.digest.clone(),
-                        expected: d.size,
-                        got: format!("Content-Range {range:?} for a request from byte {done}"),
-                    });
+                    .map(str::to_owned)
+            };
+            let content_range = header("content-range");
+            let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
+            match answer(
+                resp.status().as_u16(),
+                content_range.as_deref(),
+                content_length,
+                partial.have,
+                d.size,
+            ) {
+                Ok(Answer::Append) => {}
+                Ok(Answer::StartOver) => {
+                    tracing::info!(reference = self.reference, digest = %d.digest, "registry does not resume; downloading the blob again");
+                    partial.start_over().map_err(io_err(&path))?;
                 }
-            } else if done > 0 {
-                // The registry ignored the Range: start over.
-                tracing::info!(reference = self.reference, digest = %d.digest, "registry does not resume; downloading the blob again");
-                file.set_len(0).map_err(io_err(&partial))?;
-                hasher = Sha256::new();
-                done = 0;
-            }
-            if let Some(len) = content_length {
-                if done.saturating_add(len) != d.size {
-                    drop(file);
-                    let _ = fs::remove_file(&partial);
-                    return Err(PullError::BlobLength {
-                        reference: self.reference.to_owned(),
-                        digest: d.digest.clone(),
-                        expected: d.size,
-                        got: format!("{} bytes", done.saturating_add(len)),
-                    });
+                Err(BadAnswer::Range(got)) => return Err(blob_length(got)),
+                Err(BadAnswer::Length(got)) => {
+                    partial.discard(&path);
+                    return Err(blob_length(got));
                 }
             }
-            file.seek(SeekFrom::Start(done)).map_err(io_err(&partial))?;
             let mut reader = resp.into_body().into_reader();
             let started = Instant::now();
             let mut this_call = 0u64;
@@ -893,9 +1060,8 @@ impl Pull<'_> {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => break Some(e),
                 };
-                if done + n as u64 > d.size {
-                    drop(file);
-                    let _ = fs::remove_file(&partial);
+                if partial.have + n as u64 > d.size {
+                    partial.discard(&path);
                     return Err(PullError::Corrupt {
                         reference: self.reference.to_owned(),
                         source: BlobError::TooLong {
@@ -904,15 +1070,12 @@ impl Pull<'_> {
                         },
                     });
                 }
-                let bytes = &buf[..n];
-                file.write_all(bytes).map_err(io_err(&partial))?;
-                hasher.update(bytes);
-                done += n as u64;
+                partial.append(&buf[..n]).map_err(io_err(&path))?;
                 fetched += n as u64;
                 this_call += n as u64;
                 progress(&PullProgress::Layer {
                     digest: d.digest.clone(),
-                    done,
+                    done: partial.have,
                     size: d.size,
                 });
                 if let Some(rate) = self.opts.rate_limit.filter(|r| *r > 0) {
@@ -922,42 +1085,29 @@ impl Pull<'_> {
                     }
                 }
             };
-            if done >= d.size {
+            if partial.have >= d.size {
                 break;
             }
             let source = broke.unwrap_or_else(|| {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "the connection closed early")
             });
-            file.sync_data().map_err(io_err(&partial))?;
+            partial.file.sync_data().map_err(io_err(&path))?;
             if attempt < self.opts.retries {
-                tracing::warn!(reference = self.reference, digest = %d.digest, done, size = d.size, error = %source, "layer download broke off; resuming");
+                tracing::warn!(reference = self.reference, digest = %d.digest, done = partial.have, size = d.size, error = %source, "layer download broke off; resuming");
                 self.backoff(&mut attempt);
                 continue;
             }
             return Err(PullError::Interrupted {
                 reference: self.reference.to_owned(),
                 digest: d.digest.clone(),
-                done,
+                done: partial.have,
                 size: d.size,
                 source,
             });
         }
-        let actual = Digest::from_sha256(hasher.finalize().into());
-        if actual != d.digest {
-            drop(file);
-            let _ = fs::remove_file(&partial);
-            return Err(PullError::Corrupt {
-                reference: self.reference.to_owned(),
-                source: BlobError::DigestMismatch {
-                    expected: d.digest.clone(),
-                    actual,
-                },
-            });
-        }
-        file.sync_all().map_err(io_err(&partial))?;
-        drop(file);
-        blobs
-            .install_hashed(&d.digest, &partial)
+        partial
+            .verify(&path, &d.digest)
+            .and_then(|()| blobs.install_hashed(&d.digest, &path))
             .map_err(|source| PullError::Corrupt {
                 reference: self.reference.to_owned(),
                 source,
@@ -977,3 +1127,6 @@ impl Pull<'_> {
         std::thread::sleep(delay);
     }
 }
+
+#[cfg(test)]
+mod tests;
