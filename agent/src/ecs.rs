@@ -29,10 +29,12 @@ use std::path::Path;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
-use skiff_proto::limits::MAX_CONTAINERS;
+use skiff_proto::limits::{MAX_CONTAINERS, MAX_SERVICE_TASKS};
 use skiff_proto::{
-    Batch, BoundError, ContainerDefinition, EnvVar, MissedRunPolicy, Name, NetworkMode,
-    OverlapPolicy, RestartPolicy, Schedule, ScheduleSpec, TaskDefinition, TaskExtension,
+    AutoScaling, Batch, BoundError, CircuitBreaker, ContainerDefinition, EnvVar, HealthCheck,
+    HealthTest, MissedRunPolicy, Name, NetworkMode, OverlapPolicy, RestartPolicy, ScalingMetric,
+    Schedule, ScheduleSpec, ScheduledScaling, Service, StepAdjustment, StepScaling, TargetTracking,
+    TaskDefinition, TaskExtension,
 };
 
 /// Largest task-definition JSON accepted. A whole desired-state document must fit in one
@@ -195,6 +197,9 @@ pub fn to_ecs_json(def: &TaskDefinition) -> Value {
     );
     for e in &def.extensions {
         match e {
+            TaskExtension::Service(svc) => {
+                t.insert("service".into(), service_to_json(svc));
+            }
             TaskExtension::Batch(b) => {
                 let mut o = Map::new();
                 o.insert("completions".into(), b.completions.into());
@@ -212,11 +217,9 @@ pub fn to_ecs_json(def: &TaskDefinition) -> Value {
                         utc_offset_minutes,
                     } => {
                         o.insert("cron".into(), expr.as_str().into());
-                        let m = i32::from(*utc_offset_minutes);
-                        let sign = if m < 0 { '-' } else { '+' };
                         o.insert(
                             "timezone".into(),
-                            format!("{sign}{:02}:{:02}", m.abs() / 60, m.abs() % 60).into(),
+                            utc_offset_str(*utc_offset_minutes).into(),
                         );
                     }
                     ScheduleSpec::Rate { every_secs } => {
@@ -279,6 +282,134 @@ fn container_to_json(c: &ContainerDefinition) -> Value {
     if let Some(u) = &c.user {
         o.insert("user".into(), u.as_str().into());
     }
+    if let Some(h) = &c.health_check {
+        let command: Vec<Value> = match &h.test {
+            HealthTest::Cmd(args) => std::iter::once("CMD")
+                .chain(args.iter().map(String::as_str))
+                .map(Value::from)
+                .collect(),
+            HealthTest::Shell(cmd) => vec!["CMD-SHELL".into(), cmd.as_str().into()],
+            HealthTest::Tcp(port) => vec!["TCP".into(), port.to_string().into()],
+        };
+        let mut hc = Map::new();
+        hc.insert("command".into(), Value::Array(command));
+        hc.insert("interval".into(), h.interval_secs.into());
+        hc.insert("timeout".into(), h.timeout_secs.into());
+        hc.insert("retries".into(), h.retries.into());
+        hc.insert("startPeriod".into(), h.start_period_secs.into());
+        o.insert("healthCheck".into(), Value::Object(hc));
+    }
+    if let Some(s) = c.stop_timeout_secs {
+        o.insert("stopTimeout".into(), s.into());
+    }
+    Value::Object(o)
+}
+
+/// `+05:30`, `-08:00`, `+00:00`.
+fn utc_offset_str(minutes: i16) -> String {
+    let m = i32::from(minutes);
+    let sign = if m < 0 { '-' } else { '+' };
+    format!("{sign}{:02}:{:02}", m.abs() / 60, m.abs() % 60)
+}
+
+fn metric_str(m: ScalingMetric) -> &'static str {
+    match m {
+        ScalingMetric::Cpu => "ECSServiceAverageCPUUtilization",
+        ScalingMetric::Memory => "ECSServiceAverageMemoryUtilization",
+    }
+}
+
+/// skiff's task-level `service`, every field written out (defaults included).
+fn service_to_json(s: &Service) -> Value {
+    let mut dc = Map::new();
+    dc.insert("minimumHealthyPercent".into(), s.min_healthy_percent.into());
+    dc.insert("maximumPercent".into(), s.max_percent.into());
+    if let Some(cb) = &s.circuit_breaker {
+        dc.insert(
+            "deploymentCircuitBreaker".into(),
+            serde_json::json!({"enable": true, "rollback": cb.rollback}),
+        );
+    }
+    let mut o = Map::new();
+    o.insert("desiredCount".into(), s.desired_count.into());
+    o.insert("deploymentConfiguration".into(), Value::Object(dc));
+    o.insert(
+        "healthCheckGracePeriodSeconds".into(),
+        s.health_grace_secs.into(),
+    );
+    if let Some(a) = &s.scaling {
+        let mut sc = Map::new();
+        sc.insert("minCapacity".into(), a.min.into());
+        sc.insert("maxCapacity".into(), a.max.into());
+        let tt: Vec<Value> = a
+            .target_tracking
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "metric": metric_str(t.metric),
+                    "targetValue": t.target_percent,
+                    "scaleOutCooldown": t.scale_out_cooldown_secs,
+                    "scaleInCooldown": t.scale_in_cooldown_secs,
+                    "disableScaleIn": t.disable_scale_in,
+                })
+            })
+            .collect();
+        let step: Vec<Value> = a
+            .step
+            .iter()
+            .map(|p| {
+                let steps: Vec<Value> = p
+                    .steps
+                    .iter()
+                    .map(|st| {
+                        let mut m = Map::new();
+                        if let Some(l) = st.lower {
+                            m.insert("metricIntervalLowerBound".into(), l.into());
+                        }
+                        if let Some(u) = st.upper {
+                            m.insert("metricIntervalUpperBound".into(), u.into());
+                        }
+                        m.insert("scalingAdjustment".into(), st.change.into());
+                        Value::Object(m)
+                    })
+                    .collect();
+                let comparison = if p.above {
+                    "GreaterThanOrEqualToThreshold"
+                } else {
+                    "LessThanOrEqualToThreshold"
+                };
+                serde_json::json!({
+                    "metric": metric_str(p.metric),
+                    "threshold": p.threshold_percent,
+                    "comparison": comparison,
+                    "cooldown": p.cooldown_secs,
+                    "stepAdjustments": steps,
+                })
+            })
+            .collect();
+        let scheduled: Vec<Value> = a
+            .scheduled
+            .iter()
+            .map(|x| {
+                serde_json::json!({
+                    "schedule": x.cron,
+                    "timezone": utc_offset_str(x.utc_offset_minutes),
+                    "minCapacity": x.min,
+                    "maxCapacity": x.max,
+                })
+            })
+            .collect();
+        for (k, v) in [
+            ("targetTracking", tt),
+            ("stepScaling", step),
+            ("scheduledActions", scheduled),
+        ] {
+            if !v.is_empty() {
+                sc.insert(k.into(), Value::Array(v));
+            }
+        }
+        o.insert("autoScaling".into(), Value::Object(sc));
+    }
     Value::Object(o)
 }
 
@@ -314,6 +445,7 @@ const TASK_SUPPORTED: &[&str] = &[
     "restartPolicy",
     "schedule",
     "batch",
+    "service",
 ];
 
 /// Task-level ECS keys accepted when their value is one skiff honours (checked one by one).
@@ -364,6 +496,8 @@ const CONTAINER_SUPPORTED: &[&str] = &[
     "essential",
     "workingDirectory",
     "user",
+    "healthCheck",
+    "stopTimeout",
 ];
 
 const NO_VOLUMES: Option<&str> = Some("volumes are not supported yet");
@@ -394,12 +528,7 @@ const CONTAINER_UNSUPPORTED: &[(&str, Option<&str>)] = &[
         "dependsOn",
         Some("container start order is not supported yet"),
     ),
-    ("healthCheck", Some("health checks are not supported yet")),
     ("startTimeout", None),
-    (
-        "stopTimeout",
-        Some("the time between SIGTERM and SIGKILL is the agent's stop_grace_secs"),
-    ),
     ("linuxParameters", None),
     ("privileged", None),
     ("readonlyRootFilesystem", None),
@@ -579,6 +708,7 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
                 "restartPolicy" => restart_policy = parse_restart_policy(v, &path)?,
                 "schedule" => extensions.push(TaskExtension::Schedule(parse_schedule(v, &path)?)),
                 "batch" => extensions.push(TaskExtension::Batch(parse_batch(v, &path)?)),
+                "service" => extensions.push(TaskExtension::Service(parse_service(v, &path)?)),
                 "requiresCompatibilities" => check_compatibilities(v, &path)?,
                 "runtimePlatform" => check_runtime_platform(v, &path)?,
                 _ => check_tags(v, &path)?,
@@ -606,6 +736,23 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
             "missing; a task needs at least one container",
         )
     })?;
+    let has = |f: fn(&TaskExtension) -> bool| extensions.iter().any(f);
+    if has(|e| matches!(e, TaskExtension::Service(_))) {
+        for (other, given) in [
+            ("schedule", has(|e| matches!(e, TaskExtension::Schedule(_)))),
+            ("batch", has(|e| matches!(e, TaskExtension::Batch(_)))),
+        ] {
+            if given {
+                return Err(invalid(
+                    &join(base, "service"),
+                    format!(
+                        "a service runs all the time: it cannot have a \"{other}\" too \
+                         (remove \"service\" or \"{other}\")"
+                    ),
+                ));
+            }
+        }
+    }
     if extensions.len() > 1 {
         return Err(invalid(
             base,
@@ -667,6 +814,8 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
     let mut essential = true;
     let mut working_directory = None;
     let mut user = None;
+    let mut health_check = None;
+    let mut stop_timeout_secs = None;
     for (key, v) in obj {
         let path = join(base, key);
         let k = key.as_str();
@@ -690,6 +839,10 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
                 }
                 "essential" => essential = boolean(v, &path)?,
                 "workingDirectory" => working_directory = optional_string(v, &path)?,
+                "healthCheck" => health_check = Some(parse_health_check(v, &path)?),
+                "stopTimeout" => {
+                    stop_timeout_secs = Some(number_u32(v, &path, "a number of seconds")?)
+                }
                 _ => user = optional_string(v, &path)?,
             }
         } else if let Some((_, why)) = CONTAINER_UNSUPPORTED.iter().find(|(n, _)| *n == k) {
@@ -720,6 +873,8 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
         essential,
         working_directory,
         user,
+        health_check,
+        stop_timeout_secs,
     })
 }
 
@@ -907,6 +1062,600 @@ fn parse_batch(v: &Value, path: &str) -> Result<Batch, TaskDefError> {
         }
     }
     Ok(b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health checks
+// ---------------------------------------------------------------------------------------------
+
+const HEALTH_CHECK_KEYS: &[&str] = &["command", "interval", "timeout", "retries", "startPeriod"];
+
+/// ECS's container `healthCheck`, with ECS's defaults: interval 30 s, timeout 5 s (at most the
+/// interval), 3 retries, no start period. Ranges are [`TaskDefinition::validate`]'s: skiff allows
+/// intervals and timeouts down to 1 s, shorter than ECS's 5 s and 2 s.
+fn parse_health_check(v: &Value, path: &str) -> Result<HealthCheck, TaskDefError> {
+    let mut test = None;
+    let mut interval = None;
+    let mut timeout = None;
+    let mut retries = 3;
+    let mut start_period = 0;
+    for (k, x, p) in known_fields(v, path, HEALTH_CHECK_KEYS)? {
+        match k {
+            "command" => test = Some(health_test(x, &p)?),
+            "interval" => interval = Some(number_u32(x, &p, "a number of seconds")?),
+            "timeout" => timeout = Some(number_u32(x, &p, "a number of seconds")?),
+            "retries" => retries = number_u32(x, &p, "a number of retries")?,
+            _ => start_period = number_u32(x, &p, "a number of seconds")?,
+        }
+    }
+    let test = test.ok_or_else(|| {
+        invalid(
+            &join(path, "command"),
+            "missing; e.g. [\"CMD-SHELL\", \"wget -q -O /dev/null http://localhost/ || exit 1\"]",
+        )
+    })?;
+    let interval_secs = interval.unwrap_or(30);
+    Ok(HealthCheck {
+        test,
+        interval_secs,
+        // ECS's 5 s default would be longer than a short interval skiff allows.
+        timeout_secs: timeout.unwrap_or(interval_secs.min(5)),
+        retries,
+        start_period_secs: start_period,
+    })
+}
+
+/// `["CMD", "executable", "arg"...]`, `["CMD-SHELL", "command"]` or skiff's `["TCP", "8080"]`.
+fn health_test(v: &Value, path: &str) -> Result<HealthTest, TaskDefError> {
+    let args = strings(v, path)?;
+    match args.split_first() {
+        Some((k, rest)) if k == "CMD" => Ok(HealthTest::Cmd(rest.to_vec())),
+        Some((k, [cmd])) if k == "CMD-SHELL" => Ok(HealthTest::Shell(cmd.clone())),
+        Some((k, _)) if k == "CMD-SHELL" => Err(invalid(
+            path,
+            "CMD-SHELL takes exactly one command string (run with /bin/sh -c)",
+        )),
+        Some((k, [port])) if k == "TCP" => port
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(HealthTest::Tcp)
+            .ok_or_else(|| {
+                invalid(
+                    &format!("{path}[1]"),
+                    format!("expected a port 1..=65535, got {}", quoted(port)),
+                )
+            }),
+        Some((k, _)) if k == "TCP" => Err(invalid(
+            path,
+            "TCP takes exactly one port, as a string: [\"TCP\", \"8080\"]",
+        )),
+        Some((k, _)) if k == "NONE" => Err(invalid(
+            path,
+            "\"NONE\" turns a Docker image's health check off; skiff runs none unless asked: \
+             leave healthCheck out",
+        )),
+        _ => Err(invalid(
+            path,
+            format!(
+                "expected [\"CMD\", \"executable\", args...], [\"CMD-SHELL\", \"command\"] or \
+                 skiff's [\"TCP\", \"port\"], got {}",
+                args.first()
+                    .map_or("an empty array".into(), |f| format!("{} first", quoted(f)))
+            ),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+// ---------------------------------------------------------------------------------------------
+
+const SERVICE_KEYS: &[&str] = &[
+    "desiredCount",
+    "deploymentConfiguration",
+    "healthCheckGracePeriodSeconds",
+    "autoScaling",
+];
+
+const DEPLOYMENT_KEYS: &[&str] = &[
+    "minimumHealthyPercent",
+    "maximumPercent",
+    "deploymentCircuitBreaker",
+    "strategy",
+    "alarms",
+    "bakeTimeInMinutes",
+    "lifecycleHooks",
+];
+
+const AUTO_SCALING_KEYS: &[&str] = &[
+    "minCapacity",
+    "maxCapacity",
+    "targetTracking",
+    "stepScaling",
+    "scheduledActions",
+];
+
+const TARGET_TRACKING_KEYS: &[&str] = &[
+    "metric",
+    "targetValue",
+    "scaleOutCooldown",
+    "scaleInCooldown",
+    "disableScaleIn",
+];
+
+const STEP_SCALING_KEYS: &[&str] = &[
+    "metric",
+    "threshold",
+    "comparison",
+    "cooldown",
+    "adjustmentType",
+    "stepAdjustments",
+];
+
+const STEP_KEYS: &[&str] = &[
+    "metricIntervalLowerBound",
+    "metricIntervalUpperBound",
+    "scalingAdjustment",
+];
+
+const SCHEDULED_KEYS: &[&str] = &["schedule", "timezone", "minCapacity", "maxCapacity"];
+
+/// Application Auto Scaling's default cooldown for ECS services, in seconds.
+const DEFAULT_COOLDOWN: u32 = 300;
+/// Longest cooldown (as [`TaskDefinition::validate`]).
+const MAX_COOLDOWN: i64 = 86_400;
+
+/// skiff's task-level `service`: ECS `CreateService`'s `desiredCount`,
+/// `deploymentConfiguration` and `healthCheckGracePeriodSeconds`, plus `autoScaling` (the
+/// Application Auto Scaling target and policies, on the device). Defaults as ECS: 1 task,
+/// 100 % / 200 %, no circuit breaker, no grace period, no scaling.
+fn parse_service(v: &Value, path: &str) -> Result<Service, TaskDefError> {
+    let mut s = Service {
+        desired_count: 1,
+        min_healthy_percent: 100,
+        max_percent: 200,
+        circuit_breaker: None,
+        health_grace_secs: 0,
+        scaling: None,
+    };
+    for (k, x, p) in known_fields(v, path, SERVICE_KEYS)? {
+        match k {
+            "desiredCount" => s.desired_count = number_u32(x, &p, "a number of tasks")?,
+            "deploymentConfiguration" => parse_deployment_configuration(x, &p, &mut s)?,
+            "healthCheckGracePeriodSeconds" => {
+                s.health_grace_secs = number_u32(x, &p, "a number of seconds")?
+            }
+            _ => s.scaling = Some(parse_auto_scaling(x, &p)?),
+        }
+    }
+    Ok(s)
+}
+
+fn parse_deployment_configuration(
+    v: &Value,
+    path: &str,
+    s: &mut Service,
+) -> Result<(), TaskDefError> {
+    for (k, x, p) in known_fields(v, path, DEPLOYMENT_KEYS)? {
+        match k {
+            "minimumHealthyPercent" => s.min_healthy_percent = number_u32(x, &p, "a percentage")?,
+            "maximumPercent" => s.max_percent = number_u32(x, &p, "a percentage")?,
+            "deploymentCircuitBreaker" => {
+                let mut enable = false;
+                let mut rollback = false;
+                let mut rollback_path = String::new();
+                for (k, x, p) in known_fields(x, &p, &["enable", "rollback"])? {
+                    if k == "enable" {
+                        enable = boolean(x, &p)?;
+                    } else {
+                        rollback = boolean(x, &p)?;
+                        rollback_path = p;
+                    }
+                }
+                if rollback && !enable {
+                    return Err(invalid(
+                        &rollback_path,
+                        "only applies with \"enable\": true",
+                    ));
+                }
+                s.circuit_breaker = enable.then_some(CircuitBreaker { rollback });
+            }
+            "strategy" => {
+                let st = string(x, &p)?;
+                if !(st.is_empty() || st == "ROLLING") {
+                    return Err(TaskDefError::Unsupported {
+                        path: p,
+                        why: Some("skiff rolls services out in place (\"ROLLING\")"),
+                    });
+                }
+            }
+            "alarms" => {
+                if !is_empty(x) {
+                    return Err(TaskDefError::Unsupported {
+                        path: p,
+                        why: Some(
+                            "CloudWatch alarms do not reach a device; use \
+                             deploymentCircuitBreaker and container health checks",
+                        ),
+                    });
+                }
+            }
+            _ => {
+                if !is_empty(x) {
+                    return Err(TaskDefError::Unsupported {
+                        path: p,
+                        why: Some("blue/green deployments are not supported"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_auto_scaling(v: &Value, path: &str) -> Result<AutoScaling, TaskDefError> {
+    let mut min = None;
+    let mut max = None;
+    let mut a = AutoScaling {
+        min: 0,
+        max: 0,
+        target_tracking: Vec::new(),
+        step: Vec::new(),
+        scheduled: Vec::new(),
+    };
+    for (k, x, p) in known_fields(v, path, AUTO_SCALING_KEYS)? {
+        match k {
+            "minCapacity" => min = Some(number_u32(x, &p, "a number of tasks")?),
+            "maxCapacity" => max = Some(number_u32(x, &p, "a number of tasks")?),
+            "targetTracking" => a.target_tracking = each(x, &p, parse_target_tracking)?,
+            "stepScaling" => a.step = each(x, &p, parse_step_scaling)?,
+            _ => a.scheduled = each(x, &p, parse_scheduled_scaling)?,
+        }
+    }
+    a.min = min.ok_or_else(|| invalid(&join(path, "minCapacity"), "missing"))?;
+    a.max = max.ok_or_else(|| invalid(&join(path, "maxCapacity"), "missing"))?;
+    Ok(a)
+}
+
+fn parse_target_tracking(v: &Value, path: &str) -> Result<TargetTracking, TaskDefError> {
+    let mut metric = None;
+    let mut target = None;
+    let mut t = TargetTracking {
+        metric: ScalingMetric::Cpu,
+        target_percent: 0,
+        scale_out_cooldown_secs: DEFAULT_COOLDOWN,
+        scale_in_cooldown_secs: DEFAULT_COOLDOWN,
+        disable_scale_in: false,
+    };
+    for (k, x, p) in known_fields(v, path, TARGET_TRACKING_KEYS)? {
+        match k {
+            "metric" => metric = Some(scaling_metric(x, &p)?),
+            "targetValue" => target = Some(whole_in(x, &p, "a percentage", 1, 100)?),
+            "scaleOutCooldown" => {
+                t.scale_out_cooldown_secs = whole_in(x, &p, "seconds", 0, MAX_COOLDOWN)?
+            }
+            "scaleInCooldown" => {
+                t.scale_in_cooldown_secs = whole_in(x, &p, "seconds", 0, MAX_COOLDOWN)?
+            }
+            _ => t.disable_scale_in = boolean(x, &p)?,
+        }
+    }
+    t.metric = metric.ok_or_else(|| missing_metric(path))?;
+    t.target_percent = target.ok_or_else(|| invalid(&join(path, "targetValue"), "missing"))?;
+    Ok(t)
+}
+
+fn parse_step_scaling(v: &Value, path: &str) -> Result<StepScaling, TaskDefError> {
+    let mut metric = None;
+    let mut threshold = None;
+    let mut above = None;
+    let mut cooldown = DEFAULT_COOLDOWN;
+    let mut steps = None;
+    for (k, x, p) in known_fields(v, path, STEP_SCALING_KEYS)? {
+        match k {
+            "metric" => metric = Some(scaling_metric(x, &p)?),
+            "threshold" => threshold = Some(whole_in(x, &p, "a percentage", 0, 1000)?),
+            "comparison" => {
+                above = Some(match string(x, &p)? {
+                    "GreaterThanOrEqualToThreshold" => true,
+                    "LessThanOrEqualToThreshold" => false,
+                    c @ ("GreaterThanThreshold" | "LessThanThreshold") => {
+                        return Err(invalid(
+                            &p,
+                            format!(
+                                "{c:?} is not supported: skiff compares with >= or <= \
+                                 (\"GreaterThanOrEqualToThreshold\", \
+                                 \"LessThanOrEqualToThreshold\")"
+                            ),
+                        ))
+                    }
+                    other => {
+                        return Err(invalid(
+                            &p,
+                            format!(
+                                "expected \"GreaterThanOrEqualToThreshold\" or \
+                                 \"LessThanOrEqualToThreshold\", got {}",
+                                quoted(other)
+                            ),
+                        ))
+                    }
+                })
+            }
+            "cooldown" => cooldown = whole_in(x, &p, "seconds", 0, MAX_COOLDOWN)?,
+            "adjustmentType" => {
+                let t = string(x, &p)?;
+                if t != "ChangeInCapacity" {
+                    return Err(invalid(
+                        &p,
+                        format!(
+                            "only \"ChangeInCapacity\" is supported (scalingAdjustment is a \
+                             number of tasks), got {}",
+                            quoted(t)
+                        ),
+                    ));
+                }
+            }
+            _ => {
+                let steps_v = each(x, &p, parse_step)?;
+                if steps_v.is_empty() {
+                    return Err(invalid(&p, "at least one step"));
+                }
+                steps = Some(steps_v);
+            }
+        }
+    }
+    Ok(StepScaling {
+        metric: metric.ok_or_else(|| missing_metric(path))?,
+        threshold_percent: threshold.ok_or_else(|| invalid(&join(path, "threshold"), "missing"))?,
+        above: above.ok_or_else(|| {
+            invalid(
+                &join(path, "comparison"),
+                "missing; \"GreaterThanOrEqualToThreshold\" or \"LessThanOrEqualToThreshold\"",
+            )
+        })?,
+        cooldown_secs: cooldown,
+        steps: steps.ok_or_else(|| invalid(&join(path, "stepAdjustments"), "missing"))?,
+    })
+}
+
+fn parse_step(v: &Value, path: &str) -> Result<StepAdjustment, TaskDefError> {
+    let mut st = StepAdjustment {
+        lower: None,
+        upper: None,
+        change: 0,
+    };
+    let mut change = None;
+    let bound = i64::from(i32::MAX);
+    let most = i64::from(MAX_SERVICE_TASKS);
+    for (k, x, p) in known_fields(v, path, STEP_KEYS)? {
+        match k {
+            "metricIntervalLowerBound" => {
+                st.lower = Some(whole_in(x, &p, "a whole number", -bound, bound)?)
+            }
+            "metricIntervalUpperBound" => {
+                st.upper = Some(whole_in(x, &p, "a whole number", -bound, bound)?)
+            }
+            _ => change = Some(whole_in(x, &p, "a number of tasks", -most, most)?),
+        }
+    }
+    st.change = change.ok_or_else(|| invalid(&join(path, "scalingAdjustment"), "missing"))?;
+    if let (Some(l), Some(u)) = (st.lower, st.upper) {
+        if l >= u {
+            return Err(invalid(
+                &join(path, "metricIntervalUpperBound"),
+                format!("{u} is not above metricIntervalLowerBound {l}"),
+            ));
+        }
+    }
+    Ok(st)
+}
+
+fn parse_scheduled_scaling(v: &Value, path: &str) -> Result<ScheduledScaling, TaskDefError> {
+    let mut cron = None;
+    let mut offset = 0;
+    let mut min = None;
+    let mut max = None;
+    let tasks = i64::from(MAX_SERVICE_TASKS);
+    for (k, x, p) in known_fields(v, path, SCHEDULED_KEYS)? {
+        match k {
+            "schedule" => {
+                let text = string(x, &p)?;
+                cron = Some(scaling_cron(text).map_err(|e| invalid(&p, e))?);
+            }
+            "timezone" => offset = parse_utc_offset(string(x, &p)?).map_err(|e| invalid(&p, e))?,
+            "minCapacity" => min = Some(whole_in(x, &p, "a number of tasks", 0, tasks)?),
+            _ => max = Some(whole_in(x, &p, "a number of tasks", 0, tasks)?),
+        }
+    }
+    let cron = cron.ok_or_else(|| invalid(&join(path, "schedule"), "missing"))?;
+    let min = min.ok_or_else(|| invalid(&join(path, "minCapacity"), "missing"))?;
+    let max = max.ok_or_else(|| invalid(&join(path, "maxCapacity"), "missing"))?;
+    if min > max {
+        return Err(invalid(
+            &join(path, "maxCapacity"),
+            format!("{max} is below minCapacity {min}"),
+        ));
+    }
+    Ok(ScheduledScaling {
+        cron,
+        utc_offset_minutes: offset,
+        min,
+        max,
+    })
+}
+
+fn missing_metric(path: &str) -> TaskDefError {
+    invalid(
+        &join(path, "metric"),
+        "missing; \"ECSServiceAverageCPUUtilization\" or \"ECSServiceAverageMemoryUtilization\"",
+    )
+}
+
+fn scaling_metric(v: &Value, path: &str) -> Result<ScalingMetric, TaskDefError> {
+    match string(v, path)? {
+        "ECSServiceAverageCPUUtilization" => Ok(ScalingMetric::Cpu),
+        "ECSServiceAverageMemoryUtilization" => Ok(ScalingMetric::Memory),
+        "ALBRequestCountPerTarget" => Err(TaskDefError::Unsupported {
+            path: path.to_string(),
+            why: Some("a skiff node has no load balancer"),
+        }),
+        other => Err(invalid(
+            path,
+            format!(
+                "expected \"ECSServiceAverageCPUUtilization\" or \
+                 \"ECSServiceAverageMemoryUtilization\", got {}",
+                quoted(other)
+            ),
+        )),
+    }
+}
+
+/// A scheduled action's `schedule`, as the plain cron expression skiff keeps:
+/// - `cron(...)` with 6 fields is Application Auto Scaling's form, `minutes hours
+///   day-of-month month day-of-week year`: `?` means `*`, the year must be `*`, and
+///   day-of-week numbers count 1-7 from Sunday (they are shifted to cron's 0-6);
+/// - `cron(...)` with 5 fields, or no `cron(...)` at all, is the cron of the task-level
+///   `schedule` (5 fields, or 6 with leading seconds).
+fn scaling_cron(text: &str) -> Result<String, String> {
+    let s = text.trim();
+    let expr = if let Some(inner) = s.strip_prefix("cron(").and_then(|r| r.strip_suffix(')')) {
+        let any = |f: &str| {
+            if f == "?" {
+                "*".to_string()
+            } else {
+                f.to_string()
+            }
+        };
+        match inner.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [min, hour, dom, month, dow, year] => {
+                if !matches!(*year, "*" | "?") {
+                    return Err(format!(
+                        "{}: a year other than * is not supported",
+                        quoted(text)
+                    ));
+                }
+                let dow = aws_weekdays(&any(dow)).map_err(|e| format!("{}: {e}", quoted(text)))?;
+                format!("{min} {hour} {} {month} {dow}", any(dom))
+            }
+            fields @ [_, _, _, _, _] => fields.iter().map(|f| any(f)).collect::<Vec<_>>().join(" "),
+            _ => {
+                return Err(format!(
+                    "{}: cron(...) takes 6 fields (minutes hours day-of-month month \
+                     day-of-week year) or 5",
+                    quoted(text)
+                ))
+            }
+        }
+    } else if s.starts_with("rate(") || s.starts_with("at(") {
+        return Err(format!(
+            "{}: only cron schedules are supported for scheduled scaling",
+            quoted(text)
+        ));
+    } else {
+        s.to_string()
+    };
+    expr.parse::<crate::core::cron::CronExpr>()
+        .map_err(|e| format!("{}: {e}", quoted(text)))?;
+    Ok(expr)
+}
+
+/// AWS cron's day-of-week numbers (1 = Sunday ... 7 = Saturday) as cron's (0 = Sunday).
+fn aws_weekdays(field: &str) -> Result<String, String> {
+    let shift = |n: &str| -> Result<String, String> {
+        if !n.bytes().all(|b| b.is_ascii_digit()) || n.is_empty() {
+            return Ok(n.to_string()); // `*`, names: unchanged
+        }
+        match n.parse::<u8>() {
+            Ok(d @ 1..=7) => Ok((d - 1).to_string()),
+            _ => Err(format!(
+                "day-of-week {n:?}: AWS cron numbers the days 1-7 (SUN-SAT)"
+            )),
+        }
+    };
+    let mut parts = Vec::new();
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (part, None),
+        };
+        let mut out = match range.split_once('-') {
+            Some((a, b)) => format!("{}-{}", shift(a)?, shift(b)?),
+            None => shift(range)?,
+        };
+        if let Some(s) = step {
+            out.push('/');
+            out.push_str(s);
+        }
+        parts.push(out);
+    }
+    Ok(parts.join(","))
+}
+
+/// Each element of an array, parsed by `f` with its indexed path.
+fn each<T>(
+    v: &Value,
+    path: &str,
+    f: fn(&Value, &str) -> Result<T, TaskDefError>,
+) -> Result<Vec<T>, TaskDefError> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| invalid(path, format!("expected an array, got {}", got(v))))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, x)| f(x, &format!("{path}[{i}]")))
+        .collect()
+}
+
+/// The non-null entries of one of skiff's own objects, with their paths; a key not in `keys`
+/// is refused as unknown (with a "did you mean" hint).
+fn known_fields<'a>(
+    v: &'a Value,
+    path: &str,
+    keys: &[&'static str],
+) -> Result<Vec<(&'a str, &'a Value, String)>, TaskDefError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid(path, format!("expected an object, got {}", got(v))))?;
+    let mut out = Vec::with_capacity(obj.len());
+    for (k, x) in obj {
+        let p = join(path, k);
+        if !keys.contains(&k.as_str()) {
+            return Err(unknown(&p, k, keys, &[], ""));
+        }
+        if !x.is_null() {
+            out.push((k.as_str(), x, p));
+        }
+    }
+    Ok(out)
+}
+
+/// A whole number in `lo..=hi`, written as an integer or as a float without fraction
+/// (Application Auto Scaling's fields are doubles: `"targetValue": 50.0`).
+fn whole_in<T: TryFrom<i64>>(
+    v: &Value,
+    path: &str,
+    what: &str,
+    lo: i64,
+    hi: i64,
+) -> Result<T, TaskDefError> {
+    let Value::Number(n) = v else {
+        return Err(invalid(path, format!("expected {what}, got {}", got(v))));
+    };
+    let whole = n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .and_then(|f| format!("{f:.0}").parse().ok())
+    });
+    match whole {
+        Some(w) if (lo..=hi).contains(&w) => {
+            T::try_from(w).map_err(|_| invalid(path, format!("{n} is outside {lo}..={hi}")))
+        }
+        Some(_) => Err(invalid(path, format!("{n} is outside {lo}..={hi}"))),
+        None if n.as_u64().is_some() => Err(invalid(path, format!("{n} is outside {lo}..={hi}"))),
+        None => Err(invalid(path, format!("expected {what}, got {n}"))),
+    }
 }
 
 /// `UTC`, `Z`, `+05:30`, `-08:00` → minutes east of UTC. Named zones (`Europe/Paris`) need a
@@ -1478,6 +2227,459 @@ mod tests {
     }
 
     #[test]
+    fn health_checks_parse_with_ecs_defaults() {
+        let d = ok(container(
+            json!({"healthCheck": {"command": ["CMD-SHELL", "wget -q -O- http://localhost/ || exit 1"]}}),
+        ));
+        assert_eq!(
+            d.containers[0].health_check,
+            Some(HealthCheck {
+                test: HealthTest::Shell("wget -q -O- http://localhost/ || exit 1".into()),
+                interval_secs: 30,
+                timeout_secs: 5,
+                retries: 3,
+                start_period_secs: 0,
+            })
+        );
+        let d = ok(container(json!({"healthCheck": {
+            "command": ["CMD", "/bin/check", "--quick"], "interval": 10, "timeout": 2,
+            "retries": 5, "startPeriod": 60}})));
+        assert_eq!(
+            d.containers[0].health_check,
+            Some(HealthCheck {
+                test: HealthTest::Cmd(vec!["/bin/check".into(), "--quick".into()]),
+                interval_secs: 10,
+                timeout_secs: 2,
+                retries: 5,
+                start_period_secs: 60,
+            })
+        );
+        let tcp = ok(container(
+            json!({"healthCheck": {"command": ["TCP", "8080"], "interval": 1, "startPeriod": null}}),
+        ));
+        let h = tcp.containers[0]
+            .health_check
+            .clone()
+            .expect("health check");
+        assert_eq!(h.test, HealthTest::Tcp(8080));
+        // skiff allows a 1 s interval; the default timeout shrinks to fit it.
+        assert_eq!((h.interval_secs, h.timeout_secs), (1, 1));
+        assert_eq!(
+            ok(container(json!({"healthCheck": null}))).containers[0].health_check,
+            None
+        );
+        // ECS's own bounds are all accepted.
+        for (interval, timeout, retries, start) in [(5, 2, 1, 0), (300, 60, 10, 300)] {
+            ok(container(
+                json!({"healthCheck": {"command": ["CMD", "true"],
+                "interval": interval, "timeout": timeout, "retries": retries,
+                "startPeriod": start}}),
+            ));
+        }
+    }
+
+    #[test]
+    fn health_check_errors_name_their_path() {
+        let hc = |extra: Value| {
+            let mut h = json!({"command": ["CMD-SHELL", "true"]});
+            for (k, v) in extra.as_object().expect("object") {
+                h[k] = v.clone();
+            }
+            err(container(json!({ "healthCheck": h })))
+        };
+        let at = "containerDefinitions[0].healthCheck";
+        let cases = [
+            (json!({"interval": 0}), format!("{at}.interval: 0 is outside 1..=300")),
+            (json!({"interval": 301}), format!("{at}.interval: 301 is outside 1..=300")),
+            (json!({"timeout": 0}), format!("{at}.timeout: 0 is outside 1..=60")),
+            (json!({"timeout": 61, "interval": 100}), format!("{at}.timeout: 61 is outside 1..=60")),
+            (json!({"timeout": 20, "interval": 10}), format!("{at}.timeout: longer than the interval")),
+            (json!({"retries": 0}), format!("{at}.retries: 0 is outside 1..=10")),
+            (json!({"retries": 11}), format!("{at}.retries: 11 is outside 1..=10")),
+            (json!({"startPeriod": 301}), format!("{at}.startPeriod: 301 is outside 0..=300")),
+            (json!({"interval": "30s"}), format!("{at}.interval: expected a number of seconds, got \"30s\"")),
+            (json!({"command": ["CMD"]}), format!("{at}.command: CMD needs a command")),
+            (json!({"command": ["CMD-SHELL", "a", "b"]}), format!("{at}.command: CMD-SHELL takes exactly one command string (run with /bin/sh -c)")),
+            (json!({"command": ["TCP", "http"]}), format!("{at}.command[1]: expected a port 1..=65535, got \"http\"")),
+            (json!({"command": ["TCP", "0"]}), format!("{at}.command[1]: expected a port 1..=65535, got \"0\"")),
+            (json!({"command": ["TCP"]}), format!("{at}.command: TCP takes exactly one port, as a string: [\"TCP\", \"8080\"]")),
+            (json!({"command": "curl localhost"}), format!("{at}.command: expected an array of strings, got \"curl localhost\"")),
+            (json!({"intervall": 5}), format!("{at}.intervall: unknown field (did you mean \"interval\"?)")),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(hc(extra.clone()), want, "{extra}");
+        }
+        let e = hc(json!({"command": ["curl", "localhost"]}));
+        assert!(
+            e.starts_with(&format!("{at}.command: expected [\"CMD\"")),
+            "{e}"
+        );
+        assert!(e.contains("got \"curl\" first"), "{e}");
+        assert!(hc(json!({"command": ["NONE"]})).contains("leave healthCheck out"));
+        assert_eq!(
+            err(container(json!({"healthCheck": {"interval": 5}}))),
+            format!("{at}.command: missing; e.g. [\"CMD-SHELL\", \"wget -q -O /dev/null http://localhost/ || exit 1\"]")
+        );
+        assert_eq!(
+            err(container(json!({"healthCheck": ["CMD", "true"]}))),
+            format!("{at}: expected an object, got an array")
+        );
+    }
+
+    #[test]
+    fn stop_timeout_parses_and_is_bounded() {
+        assert_eq!(
+            ok(container(json!({"stopTimeout": 120}))).containers[0].stop_timeout_secs,
+            Some(120)
+        );
+        // Beyond ECS's 120 s, up to an hour.
+        assert_eq!(
+            ok(container(json!({"stopTimeout": 3600}))).containers[0].stop_timeout_secs,
+            Some(3600)
+        );
+        assert_eq!(
+            ok(container(json!({"stopTimeout": 0}))).containers[0].stop_timeout_secs,
+            Some(0)
+        );
+        assert_eq!(
+            ok(container(json!({}))).containers[0].stop_timeout_secs,
+            None
+        );
+        assert_eq!(
+            err(container(json!({"stopTimeout": 3601}))),
+            "containerDefinitions[0].stopTimeout: at most 3600 seconds"
+        );
+        assert_eq!(
+            err(container(json!({"stopTimeout": "30s"}))),
+            "containerDefinitions[0].stopTimeout: expected a number of seconds, got \"30s\""
+        );
+    }
+
+    fn service_of(d: &TaskDefinition) -> &Service {
+        d.extensions
+            .iter()
+            .find_map(|e| match e {
+                TaskExtension::Service(s) => Some(s),
+                _ => None,
+            })
+            .expect("a service")
+    }
+
+    #[test]
+    fn service_defaults_are_ecs_defaults() {
+        let d = ok(task(json!({"service": {}})));
+        assert_eq!(
+            service_of(&d),
+            &Service {
+                desired_count: 1,
+                min_healthy_percent: 100,
+                max_percent: 200,
+                circuit_breaker: None,
+                health_grace_secs: 0,
+                scaling: None,
+            }
+        );
+        assert_eq!(ok(to_ecs_json(&d)), d);
+        assert_eq!(ok(task(json!({"service": null}))).extensions, vec![]);
+        let t = ok(task(
+            json!({"service": {"autoScaling": {"minCapacity": 1, "maxCapacity": 4,
+            "targetTracking": [{"metric": "ECSServiceAverageMemoryUtilization", "targetValue": 70}],
+            "stepScaling": [{"metric": "ECSServiceAverageCPUUtilization", "threshold": 90,
+                "comparison": "GreaterThanOrEqualToThreshold",
+                "stepAdjustments": [{"scalingAdjustment": 1}]}]}}}),
+        ));
+        let a = service_of(&t).scaling.as_ref().expect("scaling");
+        assert_eq!(
+            a.target_tracking,
+            [TargetTracking {
+                metric: ScalingMetric::Memory,
+                target_percent: 70,
+                scale_out_cooldown_secs: 300,
+                scale_in_cooldown_secs: 300,
+                disable_scale_in: false,
+            }]
+        );
+        assert_eq!(a.step[0].cooldown_secs, 300);
+        assert_eq!(
+            a.step[0].steps,
+            [StepAdjustment {
+                lower: None,
+                upper: None,
+                change: 1
+            }]
+        );
+        assert_eq!(ok(to_ecs_json(&t)), t);
+    }
+
+    fn full_service() -> Value {
+        json!({"desiredCount": 3,
+            "deploymentConfiguration": {"minimumHealthyPercent": 50, "maximumPercent": 150,
+                "deploymentCircuitBreaker": {"enable": true, "rollback": true},
+                "strategy": "ROLLING", "alarms": {"alarmNames": [], "enable": false, "rollback": false}},
+            "healthCheckGracePeriodSeconds": 30,
+            "autoScaling": {"minCapacity": 2, "maxCapacity": 6,
+                "targetTracking": [{"metric": "ECSServiceAverageCPUUtilization", "targetValue": 50.0,
+                    "scaleOutCooldown": 60, "scaleInCooldown": 120, "disableScaleIn": true}],
+                "stepScaling": [{"metric": "ECSServiceAverageMemoryUtilization", "threshold": 30,
+                    "comparison": "LessThanOrEqualToThreshold", "cooldown": 90,
+                    "adjustmentType": "ChangeInCapacity",
+                    "stepAdjustments": [
+                        {"metricIntervalLowerBound": -10, "metricIntervalUpperBound": 0, "scalingAdjustment": -1},
+                        {"metricIntervalUpperBound": -10.0, "scalingAdjustment": -2}]}],
+                "scheduledActions": [
+                    {"schedule": "cron(0 8 ? * 2-6 *)", "timezone": "+01:00", "minCapacity": 4, "maxCapacity": 6},
+                    {"schedule": "0 20 * * *", "minCapacity": 1, "maxCapacity": 2}]}})
+    }
+
+    #[test]
+    fn a_full_service_parses_and_round_trips() {
+        let d = ok(task(json!({ "service": full_service() })));
+        assert_eq!(
+            service_of(&d),
+            &Service {
+                desired_count: 3,
+                min_healthy_percent: 50,
+                max_percent: 150,
+                circuit_breaker: Some(CircuitBreaker { rollback: true }),
+                health_grace_secs: 30,
+                scaling: Some(AutoScaling {
+                    min: 2,
+                    max: 6,
+                    target_tracking: vec![TargetTracking {
+                        metric: ScalingMetric::Cpu,
+                        target_percent: 50,
+                        scale_out_cooldown_secs: 60,
+                        scale_in_cooldown_secs: 120,
+                        disable_scale_in: true,
+                    }],
+                    step: vec![StepScaling {
+                        metric: ScalingMetric::Memory,
+                        threshold_percent: 30,
+                        above: false,
+                        cooldown_secs: 90,
+                        steps: vec![
+                            StepAdjustment {
+                                lower: Some(-10),
+                                upper: Some(0),
+                                change: -1
+                            },
+                            StepAdjustment {
+                                lower: None,
+                                upper: Some(-10),
+                                change: -2
+                            },
+                        ],
+                    }],
+                    scheduled: vec![
+                        ScheduledScaling {
+                            // AWS's MON-FRI (2-6) as cron's 1-5.
+                            cron: "0 8 * * 1-5".into(),
+                            utc_offset_minutes: 60,
+                            min: 4,
+                            max: 6,
+                        },
+                        ScheduledScaling {
+                            cron: "0 20 * * *".into(),
+                            utc_offset_minutes: 0,
+                            min: 1,
+                            max: 2,
+                        },
+                    ],
+                }),
+            }
+        );
+        let v = to_ecs_json(&d);
+        assert_eq!(ok(v.clone()), d);
+        assert_eq!(v["service"]["desiredCount"], json!(3));
+        assert_eq!(
+            v["service"]["deploymentConfiguration"]["deploymentCircuitBreaker"],
+            json!({"enable": true, "rollback": true})
+        );
+        assert_eq!(
+            v["service"]["autoScaling"]["scheduledActions"][0],
+            json!({"schedule": "0 8 * * 1-5", "timezone": "+01:00", "minCapacity": 4, "maxCapacity": 6})
+        );
+        // A circuit breaker without rollback, and one turned off.
+        let d = ok(task(json!({"service": {"deploymentConfiguration": {
+            "deploymentCircuitBreaker": {"enable": true}}}})));
+        assert_eq!(
+            service_of(&d).circuit_breaker,
+            Some(CircuitBreaker { rollback: false })
+        );
+        assert_eq!(ok(to_ecs_json(&d)), d);
+        let d = ok(task(json!({"service": {"deploymentConfiguration": {
+            "deploymentCircuitBreaker": {"enable": false, "rollback": false}}}})));
+        assert_eq!(service_of(&d).circuit_breaker, None);
+    }
+
+    #[test]
+    fn scaling_schedules_take_aws_and_plain_cron() {
+        let cases = [
+            ("cron(0 8 * * *)", "0 8 * * *"),
+            ("cron(0 8 * * ?)", "0 8 * * *"),
+            ("cron(30 7 ? * 1 *)", "30 7 * * 0"),
+            ("cron(0 9 1 * ? *)", "0 9 1 * *"),
+            ("cron(0 */2 ? * MON-FRI *)", "0 */2 * * MON-FRI"),
+            ("cron(0 8 ? * 1,7 *)", "0 8 * * 0,6"),
+            ("cron(0 8 ? * 2-6/2 *)", "0 8 * * 1-5/2"),
+            ("*/15 * * * *", "*/15 * * * *"),
+            ("0 */15 * * * *", "0 */15 * * * *"),
+        ];
+        for (given, kept) in cases {
+            assert_eq!(scaling_cron(given).as_deref(), Ok(kept), "{given}");
+        }
+        for (given, want) in [
+            (
+                "cron(0 8 ? * * 2027)",
+                "a year other than * is not supported",
+            ),
+            ("cron(0 8 ? * 8 *)", "AWS cron numbers the days 1-7"),
+            ("cron(0 8 * *)", "cron(...) takes 6 fields"),
+            ("rate(5 minutes)", "only cron schedules"),
+            ("at(2026-01-01T00:00:00)", "only cron schedules"),
+            ("61 * * * *", "minutes: 61 is outside 0-59"),
+        ] {
+            let e = scaling_cron(given).expect_err(given);
+            assert!(e.contains(want), "{given}: {e}");
+        }
+    }
+
+    #[test]
+    fn service_errors_name_their_path() {
+        let svc = |s: Value| err(task(json!({ "service": s })));
+        let a = |extra: Value| {
+            let mut s = json!({"minCapacity": 1, "maxCapacity": 4});
+            for (k, v) in extra.as_object().expect("object") {
+                s[k] = v.clone();
+            }
+            svc(json!({ "autoScaling": s }))
+        };
+        let tt = |t: Value| {
+            let mut x = json!({"metric": "ECSServiceAverageCPUUtilization", "targetValue": 50});
+            for (k, v) in t.as_object().expect("object") {
+                x[k] = v.clone();
+            }
+            a(json!({ "targetTracking": [x] }))
+        };
+        let step = |t: Value| {
+            let mut x = json!({"metric": "ECSServiceAverageCPUUtilization", "threshold": 80,
+                "comparison": "GreaterThanOrEqualToThreshold",
+                "stepAdjustments": [{"scalingAdjustment": 1}]});
+            for (k, v) in t.as_object().expect("object") {
+                x[k] = v.clone();
+            }
+            a(json!({ "stepScaling": [x] }))
+        };
+        let sched = |t: Value| {
+            let mut x = json!({"schedule": "0 8 * * *", "minCapacity": 1, "maxCapacity": 2});
+            for (k, v) in t.as_object().expect("object") {
+                x[k] = v.clone();
+            }
+            a(json!({ "scheduledActions": [x] }))
+        };
+        let ts = "service.autoScaling.targetTracking[0]";
+        let ss = "service.autoScaling.stepScaling[0]";
+        let sa = "service.autoScaling.scheduledActions[0]";
+        let cases = [
+            (svc(json!({"desiredCount": 65})), "service.desiredCount: at most 64".to_string()),
+            (svc(json!({"desiredCount": -1})), "service.desiredCount: expected a number of tasks, got -1".into()),
+            (svc(json!({"desiredcount": 2})), "service.desiredcount: unknown field (did you mean \"desiredCount\"?)".into()),
+            (svc(json!([])), "service: expected an object, got an array".into()),
+            (svc(json!({"deploymentConfiguration": {"minimumHealthyPercent": 101}})),
+                "service.deploymentConfiguration.minimumHealthyPercent: must be 0..=100".into()),
+            (svc(json!({"deploymentConfiguration": {"maximumPercent": 99}})),
+                "service.deploymentConfiguration.maximumPercent: must be 100..=200".into()),
+            (svc(json!({"deploymentConfiguration": {"maximumPercent": 201}})),
+                "service.deploymentConfiguration.maximumPercent: must be 100..=200".into()),
+            (svc(json!({"deploymentConfiguration": {"minimumHealthyPercent": 100, "maximumPercent": 100}})),
+                "service.deploymentConfiguration: maximumPercent must be greater than minimumHealthyPercent, or a rollout can't make progress".into()),
+            (svc(json!({"deploymentConfiguration": {"deploymentCircuitBreaker": {"rollback": true}}})),
+                "service.deploymentConfiguration.deploymentCircuitBreaker.rollback: only applies with \"enable\": true".into()),
+            (svc(json!({"deploymentConfiguration": {"deploymentCircuitBreaker": {"enable": "yes"}}})),
+                "service.deploymentConfiguration.deploymentCircuitBreaker.enable: expected true or false, got \"yes\"".into()),
+            (svc(json!({"deploymentConfiguration": {"strategy": "BLUE_GREEN"}})),
+                "service.deploymentConfiguration.strategy: not supported by skiff (skiff rolls services out in place (\"ROLLING\"))".into()),
+            (svc(json!({"deploymentConfiguration": {"alarms": {"alarmNames": ["a"], "enable": true}}})),
+                "service.deploymentConfiguration.alarms: not supported by skiff (CloudWatch alarms do not reach a device; use deploymentCircuitBreaker and container health checks)".into()),
+            (svc(json!({"healthCheckGracePeriodSeconds": 3601})),
+                "service.healthCheckGracePeriodSeconds: at most 3600".into()),
+            (svc(json!({"autoScaling": {"maxCapacity": 3}})), "service.autoScaling.minCapacity: missing".into()),
+            (svc(json!({"autoScaling": {"minCapacity": 3}})), "service.autoScaling.maxCapacity: missing".into()),
+            (a(json!({"minCapacity": 5})), "service.autoScaling.maxCapacity: need minCapacity <= maxCapacity <= 64".into()),
+            (a(json!({"maxCapacity": 65})), "service.autoScaling.maxCapacity: need minCapacity <= maxCapacity <= 64".into()),
+            (a(json!({"targetTracking": {}})), "service.autoScaling.targetTracking: expected an array, got an object".into()),
+            (tt(json!({"targetValue": 0})), format!("{ts}.targetValue: 0 is outside 1..=100")),
+            (tt(json!({"targetValue": 101})), format!("{ts}.targetValue: 101 is outside 1..=100")),
+            (tt(json!({"targetValue": 50.5})), format!("{ts}.targetValue: expected a percentage, got 50.5")),
+            (tt(json!({"targetValue": null})), format!("{ts}.targetValue: missing")),
+            (tt(json!({"metric": null})), format!("{ts}.metric: missing; \"ECSServiceAverageCPUUtilization\" or \"ECSServiceAverageMemoryUtilization\"")),
+            (tt(json!({"metric": "CPU"})), format!("{ts}.metric: expected \"ECSServiceAverageCPUUtilization\" or \"ECSServiceAverageMemoryUtilization\", got \"CPU\"")),
+            (tt(json!({"metric": "ALBRequestCountPerTarget"})), format!("{ts}.metric: not supported by skiff (a skiff node has no load balancer)")),
+            (tt(json!({"scaleOutCooldown": 86401})), format!("{ts}.scaleOutCooldown: 86401 is outside 0..=86400")),
+            (tt(json!({"scaleInCooldown": -1})), format!("{ts}.scaleInCooldown: -1 is outside 0..=86400")),
+            (tt(json!({"disableScaleIn": 1})), format!("{ts}.disableScaleIn: expected true or false, got 1")),
+            (tt(json!({"predefinedMetricSpecification": {}})), format!("{ts}.predefinedMetricSpecification: unknown field")),
+            (step(json!({"threshold": 1001})), format!("{ss}.threshold: 1001 is outside 0..=1000")),
+            (step(json!({"comparison": "GreaterThanThreshold"})), format!("{ss}.comparison: \"GreaterThanThreshold\" is not supported: skiff compares with >= or <= (\"GreaterThanOrEqualToThreshold\", \"LessThanOrEqualToThreshold\")")),
+            (step(json!({"comparison": ">="})), format!("{ss}.comparison: expected \"GreaterThanOrEqualToThreshold\" or \"LessThanOrEqualToThreshold\", got \">=\"")),
+            (step(json!({"comparison": null})), format!("{ss}.comparison: missing; \"GreaterThanOrEqualToThreshold\" or \"LessThanOrEqualToThreshold\"")),
+            (step(json!({"cooldown": 90000})), format!("{ss}.cooldown: 90000 is outside 0..=86400")),
+            (step(json!({"adjustmentType": "PercentChangeInCapacity"})), format!("{ss}.adjustmentType: only \"ChangeInCapacity\" is supported (scalingAdjustment is a number of tasks), got \"PercentChangeInCapacity\"")),
+            (step(json!({"stepAdjustments": []})), format!("{ss}.stepAdjustments: at least one step")),
+            (step(json!({"stepAdjustments": null})), format!("{ss}.stepAdjustments: missing")),
+            (step(json!({"stepAdjustments": [{"scalingAdjustment": 1}, {"metricIntervalLowerBound": 10, "metricIntervalUpperBound": 10, "scalingAdjustment": 2}]})),
+                format!("{ss}.stepAdjustments[1].metricIntervalUpperBound: 10 is not above metricIntervalLowerBound 10")),
+            (step(json!({"stepAdjustments": [{"scalingAdjustment": 65}]})), format!("{ss}.stepAdjustments[0].scalingAdjustment: 65 is outside -64..=64")),
+            (step(json!({"stepAdjustments": [{"metricIntervalLowerBound": 0}]})), format!("{ss}.stepAdjustments[0].scalingAdjustment: missing")),
+            (step(json!({"stepAdjustments": [{"scalingAdjustment": 1, "lower": 0}]})), format!("{ss}.stepAdjustments[0].lower: unknown field")),
+            (sched(json!({"schedule": "cron(0 8 ? * * 2030)"})), format!("{sa}.schedule: \"cron(0 8 ? * * 2030)\": a year other than * is not supported")),
+            (sched(json!({"schedule": "0 25 * * *"})), format!("{sa}.schedule: \"0 25 * * *\": hours: 25 is outside 0-23")),
+            (sched(json!({"schedule": null})), format!("{sa}.schedule: missing")),
+            (sched(json!({"timezone": "Europe/Paris"})), format!("{sa}.timezone: \"Europe/Paris\": expected \"UTC\" or an offset like \"+05:30\" (named zones are not supported)")),
+            (sched(json!({"minCapacity": 3})), format!("{sa}.maxCapacity: 2 is below minCapacity 3")),
+            (sched(json!({"maxCapacity": 65})), format!("{sa}.maxCapacity: 65 is outside 0..=64")),
+            (sched(json!({"maxCapacity": null})), format!("{sa}.maxCapacity: missing")),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+        let many: Vec<Value> = (0..9)
+            .map(|_| json!({"metric": "ECSServiceAverageCPUUtilization", "targetValue": 50}))
+            .collect();
+        assert_eq!(
+            a(json!({ "targetTracking": many })),
+            "service.autoScaling.targetTracking: 9 entries, at most 8 allowed"
+        );
+    }
+
+    #[test]
+    fn a_service_is_neither_scheduled_nor_a_batch() {
+        assert_eq!(
+            err(task(json!({"service": {}, "schedule": {"rate": 60}}))),
+            "service: a service runs all the time: it cannot have a \"schedule\" too (remove \"service\" or \"schedule\")"
+        );
+        assert_eq!(
+            err(task(json!({"batch": {}, "service": {"desiredCount": 2}}))),
+            "service: a service runs all the time: it cannot have a \"batch\" too (remove \"service\" or \"batch\")"
+        );
+        let mut v: Value = serde_json::from_str(DESCRIBE_OUTPUT).expect("json");
+        v["taskDefinition"]["service"] = json!({});
+        v["taskDefinition"]["batch"] = json!({});
+        assert!(err(v).starts_with("taskDefinition.service: a service runs all the time"));
+    }
+
+    #[test]
+    fn a_service_family_leaves_room_for_the_slot() {
+        let long = "s".repeat(61);
+        assert_eq!(
+            err(task(json!({"family": long, "service": {}}))),
+            "family: a service's family is at most 60 characters (its tasks are named family.N)"
+        );
+        ok(task(json!({"family": "s".repeat(60), "service": {}})));
+        ok(task(json!({"family": long})));
+    }
+
+    #[test]
     fn minimal_definition_gets_the_documented_defaults() {
         let d = ok(json!({"family": "hello",
             "containerDefinitions": [{"name": "hello", "image": "busybox"}]}));
@@ -1498,6 +2700,8 @@ mod tests {
                     essential: true,
                     working_directory: None,
                     user: None,
+                    health_check: None,
+                    stop_timeout_secs: None,
                 }],
                 cpu: None,
                 memory_mib: None,
@@ -1795,6 +2999,8 @@ mod tests {
                 essential: true,
                 working_directory: None,
                 user: None,
+                health_check: None,
+                stop_timeout_secs: None,
             }],
             cpu: None,
             memory_mib: None,
@@ -1921,9 +3127,9 @@ mod tests {
         ok(container(json!({"restartPolicy": {"enabled": false}})));
         let e = err(container(json!({"restartPolicy": {"enabled": true}})));
         assert!(e.contains("set the task-level \"restartPolicy\""), "{e}");
-        let e = err(container(json!({"stopTimeout": 0})));
+        let e = err(container(json!({"startTimeout": 0})));
         assert!(
-            e.starts_with("containerDefinitions[0].stopTimeout: not supported by skiff"),
+            e.starts_with("containerDefinitions[0].startTimeout: not supported by skiff"),
             "{e}"
         );
         let e = err(container(
@@ -2326,6 +3532,13 @@ mod tests {
                 json!({"restartPolicy": "always", "cpu": 2048, "memory": "0.5 GB"}),
             )),
             describe_expected(),
+            ok(task(json!({ "service": full_service() }))),
+            ok(container(json!({"stopTimeout": 45, "healthCheck": {
+                "command": ["CMD", "/bin/check", "--deep"], "interval": 15, "timeout": 3,
+                "retries": 2, "startPeriod": 20}}))),
+            ok(container(
+                json!({"healthCheck": {"command": ["TCP", "80"]}}),
+            )),
         ];
         for d in defs {
             let v = to_ecs_json(&d);
@@ -2388,7 +3601,19 @@ mod tests {
         assert_eq!(once.family, n("hello-once"));
         assert_eq!(once.restart_policy, RestartPolicy::Never);
         assert_eq!(once.containers[0].environment[0].name, "GREETING");
-        for d in [&hello, &service, &ticker, &once] {
+        let web = parse_task_definition(include_bytes!("../../examples/web-service.json"))
+            .expect("web-service");
+        let svc = service_of(&web);
+        assert_eq!(svc.desired_count, 3);
+        assert_eq!(svc.circuit_breaker, Some(CircuitBreaker { rollback: true }));
+        let scaling = svc.scaling.as_ref().expect("auto scaling");
+        assert_eq!(scaling.target_tracking[0].metric, ScalingMetric::Cpu);
+        assert!(matches!(
+            web.containers[0].health_check.as_ref().map(|h| &h.test),
+            Some(HealthTest::Shell(_))
+        ));
+        assert_eq!(ok(to_ecs_json(&web)), web);
+        for d in [&hello, &service, &ticker, &once, &web] {
             assert!(d.containers.iter().all(|c| c.image == "busybox"));
         }
     }
@@ -2438,6 +3663,35 @@ mod tests {
         assert_eq!(d.memory_mib, Some(256));
         assert_eq!(d.restart_policy, RestartPolicy::Always);
         assert_eq!(d.containers.len(), 2);
+    }
+
+    /// The first code block after `heading` in the docs, a JSON object member, parsed inside a
+    /// minimal definition.
+    fn doc_snippet(heading: &str, container_level: bool) -> TaskDefinition {
+        let doc = include_str!("../../docs/task-definition.md");
+        let at = doc.find(heading).expect("heading");
+        let start = doc[at..].find("```\n").expect("a block") + at + "```\n".len();
+        let len = doc[start..].find("```").expect("closed block");
+        let member: Value =
+            serde_json::from_str(&format!("{{{}}}", &doc[start..start + len])).expect("json");
+        if container_level {
+            ok(container(member))
+        } else {
+            ok(task(member))
+        }
+    }
+
+    #[test]
+    fn the_service_and_health_check_examples_in_the_docs_parse() {
+        let d = doc_snippet("### `service` (skiff)", false);
+        let s = service_of(&d);
+        assert_eq!(s.desired_count, 3);
+        let a = s.scaling.as_ref().expect("scaling");
+        assert_eq!(a.step[0].steps.len(), 2);
+        assert_eq!(a.scheduled[0].cron, "0 8 * * MON-FRI");
+        let d = doc_snippet("### `healthCheck`", true);
+        let h = d.containers[0].health_check.as_ref().expect("health check");
+        assert_eq!((h.interval_secs, h.timeout_secs, h.retries), (30, 5, 3));
     }
 
     #[test]
