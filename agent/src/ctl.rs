@@ -15,7 +15,7 @@ use skiff_proto::codec::{decode, decode_as, encode, Kind, Message};
 use skiff_proto::topic::{all_nodes, Topic};
 use skiff_proto::{
     Command, CommandBody, DesiredState, EventBody, Name, NodeState, ReplyBody, Status,
-    TaskDefinition,
+    TaskDefinition, TaskState,
 };
 use tokio::time::Instant;
 
@@ -517,11 +517,7 @@ pub async fn watch(target: &Target, opts: WatchOptions) -> Result<(), CtlError> 
             Ok(Message::Event(e)) => vec![display::event(&e)],
             Ok(Message::Metrics(m)) => display::metrics(&m),
             Ok(Message::Status(st)) => {
-                let state = if st.state == NodeState::Online {
-                    "online"
-                } else {
-                    "offline"
-                };
+                let state = display::node_state_label(st.state);
                 let tag = if retained { " (retained)" } else { "" };
                 vec![format!(
                     "{} {} status: {state}, {} tasks{tag}",
@@ -567,6 +563,16 @@ struct NodeChannel {
 
 impl NodeChannel {
     async fn open(target: &Target, node: Name) -> Result<NodeChannel, CtlError> {
+        NodeChannel::open_with(target, node, Vec::new()).await
+    }
+
+    /// Also subscribed to `extra` (the node's status, events): what arrives on them while a
+    /// request waits for its reply is kept for [`Session::next`].
+    async fn open_with(
+        target: &Target,
+        node: Name,
+        extra: Vec<String>,
+    ) -> Result<NodeChannel, CtlError> {
         let reply_topic = Topic::Reply {
             cluster: target.cluster.clone(),
             node: node.clone(),
@@ -577,7 +583,9 @@ impl NodeChannel {
             node: node.clone(),
         }
         .to_topic();
-        let session = Session::open(target, vec![reply_topic.clone()]).await?;
+        let mut subscriptions = vec![reply_topic.clone()];
+        subscriptions.extend(extra);
+        let session = Session::open(target, subscriptions).await?;
         Ok(NodeChannel {
             session,
             node,
@@ -598,19 +606,21 @@ impl NodeChannel {
             .publish(&self.cmd_topic, bytes, false, self.timeout)
             .await?;
         let deadline = Instant::now() + self.timeout;
-        loop {
-            let Some((topic, payload, _)) = self.session.next(deadline).await else {
-                return Err(CtlError::Timeout(format!(
+        let mut other_topics = Vec::new();
+        let answer = loop {
+            let Some((topic, payload, retained)) = self.session.next(deadline).await else {
+                break Err(CtlError::Timeout(format!(
                     "node {} did not answer (is it online?)",
                     self.node
                 )));
             };
             if topic != self.reply_topic {
+                other_topics.push((topic, payload, retained));
                 continue;
             }
             match decode_as(Kind::Reply, &payload) {
                 Ok(Message::Reply(r)) if r.id == id => {
-                    return match r.body {
+                    break match r.body {
                         ReplyBody::Error { reason } | ReplyBody::Unsupported { reason } => {
                             Err(CtlError::Failed(reason))
                         }
@@ -619,6 +629,20 @@ impl NodeChannel {
                 }
                 _ => continue,
             }
+        };
+        for m in other_topics.into_iter().rev() {
+            self.session.pending.push_front(m);
+        }
+        answer
+    }
+
+    /// Sends `Drain` or `Activate`; the node's state after it.
+    async fn set_state(&mut self, body: CommandBody) -> Result<NodeState, CtlError> {
+        match self.request(body).await? {
+            ReplyBody::NodeState { state } => Ok(state),
+            other => Err(CtlError::Failed(format!(
+                "unexpected answer to a drain or activate request: {other:?}"
+            ))),
         }
     }
 }
@@ -693,4 +717,325 @@ pub async fn history(
     };
     print!("{}", display::history(&runs, json));
     Ok(())
+}
+
+/// `skiff ctl drain`: the node starts nothing new, stops its service and long-running tasks and
+/// lets batch tasks finish (until the agent's `drain_batch_deadline_secs`). With `wait`, follows
+/// the node's events and status until it reports `Drained`, printing tasks as they stop; gives
+/// up after `wait` (exit 75) or when the node goes offline.
+pub async fn drain(target: &Target, node: Name, wait: Option<Duration>) -> Result<(), CtlError> {
+    let (status_topic, events_topic) = node_topics(target, &node);
+    let extra = if wait.is_some() {
+        vec![status_topic.clone(), events_topic.clone()]
+    } else {
+        Vec::new()
+    };
+    let mut ch = NodeChannel::open_with(target, node.clone(), extra).await?;
+    let state = ch.set_state(CommandBody::Drain).await?;
+    println!("{node}: {}", display::node_state(state));
+    let Some(wait) = wait else {
+        return Ok(());
+    };
+    if state == NodeState::Drained {
+        return Ok(());
+    }
+    let deadline = Instant::now() + wait;
+    let mut progress = DrainProgress::default();
+    loop {
+        let Some((topic, payload, _)) = ch.session.next(deadline).await else {
+            return Err(CtlError::Timeout(format!(
+                "node {node} is still draining after {} s{}",
+                wait.as_secs(),
+                progress.still_running_suffix()
+            )));
+        };
+        let Ok(msg) = decode(&payload) else {
+            continue;
+        };
+        match progress.observe(&node, &topic, &status_topic, &events_topic, msg) {
+            DrainStep::Print(line) => println!("{line}"),
+            DrainStep::Nothing => {}
+            DrainStep::Drained => {
+                println!("{node}: drained");
+                return Ok(());
+            }
+            DrainStep::Offline => {
+                return Err(CtlError::Failed(format!(
+                    "node {node} went offline before it was drained{}",
+                    progress.still_running_suffix()
+                )))
+            }
+        }
+    }
+}
+
+/// `skiff ctl activate`: undoes a drain; the node starts again what the drain stopped.
+pub async fn activate(target: &Target, node: Name) -> Result<(), CtlError> {
+    let mut ch = NodeChannel::open(target, node.clone()).await?;
+    let state = ch.set_state(CommandBody::Activate).await?;
+    println!("{node}: {}", display::node_state(state));
+    Ok(())
+}
+
+fn node_topics(target: &Target, node: &Name) -> (String, String) {
+    let status = Topic::Status {
+        cluster: target.cluster.clone(),
+        node: node.clone(),
+    }
+    .to_topic();
+    let events = Topic::Events {
+        cluster: target.cluster.clone(),
+        node: node.clone(),
+    }
+    .to_topic();
+    (status, events)
+}
+
+/// What `drain --wait` does with one message.
+#[derive(Debug, PartialEq, Eq)]
+enum DrainStep {
+    Print(String),
+    Nothing,
+    Drained,
+    Offline,
+}
+
+/// The tasks a draining node still runs, as its status last said.
+#[derive(Debug, Default)]
+struct DrainProgress {
+    still_running: Option<Vec<String>>,
+}
+
+impl DrainProgress {
+    fn observe(
+        &mut self,
+        node: &Name,
+        topic: &str,
+        status_topic: &str,
+        events_topic: &str,
+        msg: Message,
+    ) -> DrainStep {
+        match msg {
+            Message::Event(e) if topic == events_topic && e.node == *node => match e.body {
+                EventBody::NodeStateChanged {
+                    state: NodeState::Drained,
+                } => DrainStep::Drained,
+                EventBody::TaskStopped { .. } => DrainStep::Print(display::event(&e)),
+                _ => DrainStep::Nothing,
+            },
+            Message::Status(st) if topic == status_topic => match st.state {
+                NodeState::Drained => DrainStep::Drained,
+                NodeState::Offline => DrainStep::Offline,
+                // A status from before the drain (the retained one) says nothing yet.
+                NodeState::Online => DrainStep::Nothing,
+                NodeState::Draining => {
+                    let running: Vec<String> = st
+                        .tasks
+                        .iter()
+                        .filter(|t| {
+                            matches!(
+                                t.state,
+                                TaskState::Pending | TaskState::Running | TaskState::Stopping
+                            )
+                        })
+                        .map(|t| t.name.to_string())
+                        .collect();
+                    if self.still_running.as_ref() == Some(&running) {
+                        return DrainStep::Nothing;
+                    }
+                    let line = format!(
+                        "{node}: draining, {} task(s) still running{}",
+                        running.len(),
+                        list_suffix(&running)
+                    );
+                    self.still_running = Some(running);
+                    DrainStep::Print(line)
+                }
+            },
+            _ => DrainStep::Nothing,
+        }
+    }
+
+    fn still_running_suffix(&self) -> String {
+        match &self.still_running {
+            Some(r) if !r.is_empty() => {
+                format!(", {} task(s) still running{}", r.len(), list_suffix(r))
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// ` (a, b, c)`, or nothing for an empty list.
+fn list_suffix(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", names.join(", "))
+    }
+}
+
+/// `skiff ctl services`: each node's services and their deployments, from the nodes' retained
+/// status (one node with `node`).
+pub async fn services(target: &Target, node: Option<Name>, json: bool) -> Result<(), CtlError> {
+    let topic = match &node {
+        Some(n) => node_topics(target, n).0,
+        None => all_nodes(&target.cluster, "status"),
+    };
+    let mut s = Session::open(target, vec![topic]).await?;
+    let retained = s.retained(Duration::from_millis(300), target.timeout).await;
+    let mut nodes: Vec<Status> = retained
+        .iter()
+        .filter_map(|(_, p)| match decode(p) {
+            Ok(Message::Status(st)) => Some(st),
+            _ => None,
+        })
+        .filter(|st| node.as_ref().is_none_or(|n| st.node == *n))
+        .collect();
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let whose = node
+        .as_ref()
+        .map_or(format!("cluster {}", target.cluster), |n| {
+            format!("node {n}")
+        });
+    if nodes.is_empty() {
+        return Err(CtlError::Failed(match &node {
+            Some(n) => format!("node {n} has not reported a status"),
+            None => format!("no nodes have reported in cluster {}", target.cluster),
+        }));
+    }
+    if json {
+        for n in &nodes {
+            for svc in &n.services {
+                let line = serde_json::json!({
+                    "node": n.node,
+                    "node_state": display::node_state(n.state),
+                    "service": svc,
+                });
+                println!("{line}");
+            }
+        }
+    } else if nodes.iter().all(|n| n.services.is_empty()) {
+        println!("no services on {whose}");
+    } else {
+        print!("{}", display::services_table(&nodes));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_proto::{Event, Health, StopReason, TaskStatus};
+
+    fn n(s: &str) -> Name {
+        s.parse().expect("name")
+    }
+
+    fn status(state: NodeState, tasks: &[(&str, TaskState)]) -> Message {
+        Message::Status(Status {
+            node: n("pi-1"),
+            state,
+            agent_version: "0.1.0".into(),
+            cluster_version: 0,
+            node_version: 1,
+            at_ms: 0,
+            tasks: tasks
+                .iter()
+                .map(|(name, st)| TaskStatus {
+                    name: n(name),
+                    revision: 1,
+                    state: *st,
+                    restarts: 0,
+                    last_exit: None,
+                    containers: vec![],
+                    service: None,
+                    health: Health::Unknown,
+                })
+                .collect(),
+            services: vec![],
+        })
+    }
+
+    fn event(node: &str, body: EventBody) -> Message {
+        Message::Event(Event {
+            node: n(node),
+            seq: 9,
+            at_ms: 3_600_000,
+            body,
+        })
+    }
+
+    #[test]
+    fn drain_wait_prints_progress_until_drained() {
+        let node = n("pi-1");
+        let (st, ev) = ("c/nodes/pi-1/status", "c/nodes/pi-1/events");
+        let mut p = DrainProgress::default();
+        let mut step = |topic: &str, m: Message| p.observe(&node, topic, st, ev, m);
+        // The retained status from before the drain.
+        assert_eq!(
+            step(
+                st,
+                status(NodeState::Online, &[("web.1", TaskState::Running)])
+            ),
+            DrainStep::Nothing
+        );
+        let running = [
+            ("web.1", TaskState::Stopping),
+            ("web.2", TaskState::Running),
+            ("done", TaskState::Stopped),
+        ];
+        assert_eq!(
+            step(st, status(NodeState::Draining, &running)),
+            DrainStep::Print("pi-1: draining, 2 task(s) still running (web.1, web.2)".into())
+        );
+        // The same tasks again: nothing new to say.
+        assert_eq!(
+            step(st, status(NodeState::Draining, &running)),
+            DrainStep::Nothing
+        );
+        let stopped = EventBody::TaskStopped {
+            task: n("web.1"),
+            reason: StopReason::Drained,
+            exit: None,
+        };
+        assert_eq!(
+            step(ev, event("pi-1", stopped.clone())),
+            DrainStep::Print("01:00:00 pi-1 #9 web.1: stopped (node draining)".into())
+        );
+        // An event counts only on the events topic.
+        assert_eq!(step(st, event("pi-1", stopped)), DrainStep::Nothing);
+        assert_eq!(
+            step(
+                ev,
+                event(
+                    "pi-1",
+                    EventBody::NodeStateChanged {
+                        state: NodeState::Drained
+                    }
+                )
+            ),
+            DrainStep::Drained
+        );
+        assert_eq!(
+            p.still_running_suffix(),
+            ", 2 task(s) still running (web.1, web.2)"
+        );
+    }
+
+    #[test]
+    fn drain_wait_ends_on_a_drained_or_offline_status() {
+        let node = n("pi-1");
+        let (st, ev) = ("s", "e");
+        let mut p = DrainProgress::default();
+        assert_eq!(
+            p.observe(&node, st, st, ev, status(NodeState::Drained, &[])),
+            DrainStep::Drained
+        );
+        assert_eq!(
+            p.observe(&node, st, st, ev, status(NodeState::Offline, &[])),
+            DrainStep::Offline
+        );
+        assert_eq!(p.still_running_suffix(), "");
+    }
 }

@@ -1,8 +1,9 @@
 //! Human-readable lines for events, metrics and status, shared by `skiff ctl watch`, `skiff ctl
-//! nodes` and the agent's local mode.
+//! nodes`, `skiff ctl services` and the agent's local mode.
 
 use skiff_proto::{
-    Event, EventBody, ExitInfo, Metrics, MetricsSample, NodeState, Scope, Status, StopReason,
+    Event, EventBody, ExitInfo, Health, Metrics, MetricsSample, NodeState, RolloutState, Scope,
+    Status, StopReason, TaskStatus,
 };
 
 /// `HH:MM:SS` (UTC) of a wall-clock time in ms.
@@ -99,6 +100,9 @@ pub fn event_body(b: &EventBody) -> String {
                 StopReason::Shutdown => "agent shutting down",
                 StopReason::StartFailed => "start failed",
                 StopReason::TimedOut => "timed out",
+                StopReason::Unhealthy => "unhealthy",
+                StopReason::ServiceUpdated => "service scaled in or updated",
+                StopReason::Drained => "node draining",
             };
             match e {
                 Some(e) => format!("{task}: stopped ({why}, {})", exit(e)),
@@ -128,6 +132,98 @@ pub fn event_body(b: &EventBody) -> String {
         EventBody::ScheduleSkipped { task, reason } => {
             format!("{task}: scheduled run skipped: {reason}")
         }
+        EventBody::HealthChanged {
+            task,
+            container,
+            health,
+            output,
+        } => {
+            let h = health_str(*health);
+            if output.is_empty() {
+                format!("{task}/{container}: {h}")
+            } else {
+                format!("{task}/{container}: {h}: {}", output.trim_end())
+            }
+        }
+        EventBody::DeploymentStarted {
+            service,
+            deployment,
+            revision,
+        } => format!("service {service}: deployment {deployment} rolling out revision {revision}"),
+        EventBody::DeploymentCompleted {
+            service,
+            deployment,
+            revision,
+        } => format!("service {service}: deployment {deployment} (revision {revision}) completed"),
+        EventBody::DeploymentFailed {
+            service,
+            deployment,
+            revision,
+            reason,
+            rollback_to,
+        } => match rollback_to {
+            Some(r) => format!(
+                "service {service}: deployment {deployment} (revision {revision}) FAILED: {reason}; rolling back to revision {r}"
+            ),
+            None => format!(
+                "service {service}: deployment {deployment} (revision {revision}) FAILED: {reason}"
+            ),
+        },
+        EventBody::ServiceScaled {
+            service,
+            from,
+            to,
+            cause,
+        } => format!("service {service}: scaled {from} → {to} tasks: {cause}"),
+        EventBody::NodeStateChanged { state } => format!("node {}", node_state(*state)),
+    }
+}
+
+/// `healthy`, `unhealthy`, `unknown`.
+pub fn health_str(h: Health) -> &'static str {
+    match h {
+        Health::Unknown => "health unknown",
+        Health::Healthy => "healthy",
+        Health::Unhealthy => "UNHEALTHY",
+    }
+}
+
+/// `online`, `offline`, `draining`, `drained`.
+pub fn node_state(s: NodeState) -> &'static str {
+    match s {
+        NodeState::Online => "online",
+        NodeState::Offline => "offline",
+        NodeState::Draining => "draining",
+        NodeState::Drained => "drained",
+    }
+}
+
+/// A node state in a table or status line: `DRAINING` and `DRAINED` stand out, since a node in
+/// them runs nothing new until `skiff ctl activate`.
+pub fn node_state_label(s: NodeState) -> &'static str {
+    match s {
+        NodeState::Online | NodeState::Offline => node_state(s),
+        NodeState::Draining => "DRAINING",
+        NodeState::Drained => "DRAINED",
+    }
+}
+
+/// `web.1:running`, `web.2:running(healthy)`, `web.3:running(UNHEALTHY)`.
+pub fn task_brief(t: &TaskStatus) -> String {
+    let state = format!("{:?}", t.state).to_lowercase();
+    match t.health {
+        Health::Unknown => format!("{}:{state}", t.name),
+        Health::Healthy => format!("{}:{state}(healthy)", t.name),
+        Health::Unhealthy => format!("{}:{state}(UNHEALTHY)", t.name),
+    }
+}
+
+/// ECS's spelling of a rollout state.
+pub fn rollout_state(r: RolloutState) -> &'static str {
+    match r {
+        RolloutState::InProgress => "IN_PROGRESS",
+        RolloutState::Completed => "COMPLETED",
+        RolloutState::Failed => "FAILED",
     }
 }
 
@@ -177,25 +273,19 @@ pub fn metrics(m: &Metrics) -> Vec<String> {
         .collect()
 }
 
-/// A table of node statuses, for `skiff ctl nodes`.
+/// A table of node statuses, for `skiff ctl nodes`. Desired-state versions are wide enough for
+/// the unix seconds `skiff ctl apply` uses.
 pub fn nodes_table(nodes: &[Status], now_ms: u64) -> String {
     let mut out = format!(
-        "{:<20} {:<8} {:<9} {:>8} {:>8} {:>6} {:>8}  {}\n",
+        "{:<20} {:<8} {:<9} {:>10} {:>10} {:>6} {:>8}  {}\n",
         "NODE", "STATE", "VERSION", "CLUSTER", "NODE-DS", "TASKS", "AGE", "RUNNING"
     );
     for s in nodes {
-        let state = match s.state {
-            NodeState::Online => "online",
-            NodeState::Offline => "offline",
-        };
-        let running: Vec<String> = s
-            .tasks
-            .iter()
-            .map(|t| format!("{}:{:?}", t.name, t.state).to_lowercase())
-            .collect();
+        let state = node_state_label(s.state);
+        let running: Vec<String> = s.tasks.iter().map(task_brief).collect();
         let age = now_ms.saturating_sub(s.at_ms) / 1000;
         out.push_str(&format!(
-            "{:<20} {:<8} {:<9} {:>8} {:>8} {:>6} {:>7}s  {}\n",
+            "{:<20} {:<8} {:<9} {:>10} {:>10} {:>6} {:>7}s  {}\n",
             s.node.as_str(),
             state,
             s.agent_version,
@@ -204,6 +294,77 @@ pub fn nodes_table(nodes: &[Status], now_ms: u64) -> String {
             s.tasks.len(),
             age,
             running.join(" ")
+        ));
+    }
+    out
+}
+
+/// Each node's services, for `skiff ctl services`: one row per service (`NODE SERVICE`), then
+/// one per deployment, newest (primary) first, as `aws ecs describe-services` lists them.
+/// Service rows count pending tasks over all deployments; `ROLLOUT` is the primary's.
+pub fn services_table(nodes: &[Status]) -> String {
+    struct Row {
+        label: String,
+        desired: u32,
+        pending: u32,
+        running: u32,
+        healthy: u32,
+        failed: Option<u32>,
+        rollout: &'static str,
+    }
+    let mut rows = Vec::new();
+    for n in nodes {
+        let note = match n.state {
+            NodeState::Online => String::new(),
+            other => format!(" [{}]", node_state(other)),
+        };
+        for svc in &n.services {
+            let primary = svc.deployments.iter().find(|d| d.primary);
+            rows.push(Row {
+                label: format!("{} {}{note}", n.node, svc.name),
+                desired: svc.desired_count,
+                pending: svc.deployments.iter().map(|d| d.pending_count).sum(),
+                running: svc.running_count,
+                healthy: svc.healthy_count,
+                failed: None,
+                rollout: primary.map_or("-", |d| rollout_state(d.rollout)),
+            });
+            for d in &svc.deployments {
+                let role = if d.primary { "PRIMARY" } else { "ACTIVE" };
+                rows.push(Row {
+                    label: format!("  {}: revision {} {role}", d.id, d.revision),
+                    desired: d.desired_count,
+                    pending: d.pending_count,
+                    running: d.running_count,
+                    healthy: d.healthy_count,
+                    failed: Some(d.failed_tasks),
+                    rollout: rollout_state(d.rollout),
+                });
+            }
+        }
+    }
+    const FIRST: &str = "NODE SERVICE / DEPLOYMENT";
+    let w = rows
+        .iter()
+        .map(|r| r.label.chars().count())
+        .chain([FIRST.len()])
+        .max()
+        .unwrap_or(FIRST.len());
+    let mut out = format!(
+        "{:<w$}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}  {}\n",
+        "NODE SERVICE / DEPLOYMENT",
+        "DESIRED",
+        "PENDING",
+        "RUNNING",
+        "HEALTHY",
+        "FAILED",
+        "ROLLOUT"
+    );
+    for r in rows {
+        let failed = r.failed.map_or("-".to_string(), |f| f.to_string());
+        out.push_str(&format!(
+            "{:<w$}  {:>7}  {:>7}  {:>7}  {:>7}  {failed:>6}  {}\n",
+            r.label, r.desired, r.pending, r.running, r.healthy, r.rollout
         ));
     }
     out
@@ -264,6 +425,149 @@ pub fn datetime(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_proto::{DeploymentStatus, ServiceStatus, TaskState};
+
+    fn n(s: &str) -> skiff_proto::Name {
+        s.parse().expect("name")
+    }
+
+    fn task(name: &str, state: TaskState, health: Health) -> TaskStatus {
+        TaskStatus {
+            name: n(name),
+            revision: 1,
+            state,
+            restarts: 0,
+            last_exit: None,
+            containers: vec![],
+            service: None,
+            health,
+        }
+    }
+
+    fn status(node: &str, state: NodeState) -> Status {
+        Status {
+            node: n(node),
+            state,
+            agent_version: "0.1.0".into(),
+            cluster_version: 0,
+            node_version: 7,
+            at_ms: 1_000_000,
+            tasks: vec![],
+            services: vec![],
+        }
+    }
+
+    #[test]
+    fn nodes_table_shows_drain_states_and_task_health() {
+        let mut a = status("pi-1", NodeState::Online);
+        a.tasks = vec![
+            task("Web.1", TaskState::Running, Health::Healthy),
+            task("web.2", TaskState::Running, Health::Unhealthy),
+            task("cron", TaskState::Stopped, Health::Unknown),
+        ];
+        let t = nodes_table(
+            &[
+                a,
+                status("pi-2", NodeState::Draining),
+                status("pi-3", NodeState::Drained),
+                status("pi-4", NodeState::Offline),
+            ],
+            4_000_000,
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NODE "), "{t}");
+        assert!(
+            lines[1].ends_with("Web.1:running(healthy) web.2:running(UNHEALTHY) cron:stopped"),
+            "{t}"
+        );
+        assert!(lines[1].contains(" online "), "{t}");
+        assert!(lines[2].contains(" DRAINING "), "{t}");
+        assert!(lines[3].contains(" DRAINED "), "{t}");
+        assert!(lines[4].contains(" offline "), "{t}");
+        assert!(lines[1].contains("3000s"), "{t}");
+    }
+
+    fn deployment(
+        id: u32,
+        revision: u32,
+        primary: bool,
+        rollout: RolloutState,
+    ) -> DeploymentStatus {
+        DeploymentStatus {
+            id,
+            revision,
+            primary,
+            rollout,
+            desired_count: if primary { 3 } else { 0 },
+            pending_count: u32::from(primary),
+            running_count: if primary { 1 } else { 2 },
+            healthy_count: 1,
+            failed_tasks: if primary { 2 } else { 0 },
+        }
+    }
+
+    #[test]
+    fn services_table_lists_services_then_their_deployments() {
+        let mut a = status("pi-1", NodeState::Online);
+        a.services = vec![ServiceStatus {
+            name: n("web"),
+            desired_count: 3,
+            running_count: 3,
+            healthy_count: 2,
+            deployments: vec![
+                deployment(4, 7, true, RolloutState::InProgress),
+                deployment(3, 6, false, RolloutState::Completed),
+            ],
+        }];
+        let mut b = status("pi-2", NodeState::Draining);
+        b.services = vec![ServiceStatus {
+            name: n("api"),
+            desired_count: 2,
+            running_count: 0,
+            healthy_count: 0,
+            deployments: vec![],
+        }];
+        let t = services_table(&[a, b, status("pi-3", NodeState::Online)]);
+        let want = "\
+NODE SERVICE / DEPLOYMENT  DESIRED  PENDING  RUNNING  HEALTHY  FAILED  ROLLOUT
+pi-1 web                         3        1        3        2       -  IN_PROGRESS
+  4: revision 7 PRIMARY          3        1        1        1       2  IN_PROGRESS
+  3: revision 6 ACTIVE           0        0        2        1       0  COMPLETED
+pi-2 api [draining]              2        0        0        0       -  -
+";
+        assert_eq!(t, want);
+    }
+
+    #[test]
+    fn drain_states_and_health_read_as_users_expect() {
+        assert_eq!(node_state_label(NodeState::Draining), "DRAINING");
+        assert_eq!(node_state_label(NodeState::Online), "online");
+        assert_eq!(
+            event_body(&EventBody::NodeStateChanged {
+                state: NodeState::Drained
+            }),
+            "node drained"
+        );
+        assert_eq!(
+            event_body(&EventBody::HealthChanged {
+                task: n("web.1"),
+                container: n("httpd"),
+                health: Health::Unhealthy,
+                output: "wget: can't connect\n".into(),
+            }),
+            "web.1/httpd: UNHEALTHY: wget: can't connect"
+        );
+        assert_eq!(
+            event_body(&EventBody::DeploymentFailed {
+                service: n("web"),
+                deployment: 5,
+                revision: 8,
+                reason: "3 tasks failed".into(),
+                rollback_to: Some(7),
+            }),
+            "service web: deployment 5 (revision 8) FAILED: 3 tasks failed; rolling back to revision 7"
+        );
+    }
 
     #[test]
     fn exits_read_as_users_expect() {

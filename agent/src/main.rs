@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use skiff_agent::config::{Config, ConfigError, Validated};
 use skiff_agent::ctl::{self, CtlError, Target};
 use skiff_agent::{agent, images, logs};
-use skiff_proto::Name;
+use skiff_proto::{Name, TaskExtension};
 
 /// Exit code for a configuration error (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -136,25 +136,67 @@ enum CtlCmd {
     },
     /// Remove a task from the desired state (its containers are stopped and deleted).
     Stop {
+        /// The task's family (a service: its family, which stops all its tasks).
         task: String,
+        /// Remove it from one node's desired state; without it, from the cluster's.
         #[arg(long)]
         node: Option<String>,
+        /// Don't wait for the nodes to apply it.
         #[arg(long)]
         no_wait: bool,
     },
     /// Show the desired state document as JSON.
     Desired {
+        /// One node's document; without it, the cluster's.
         #[arg(long)]
         node: Option<String>,
     },
     /// List the cluster's nodes from their retained status.
+    ///
+    /// DRAINING and DRAINED stand out; each task is shown with its state and, when it has
+    /// health checks, its health.
     Nodes {
         /// One JSON object per node.
         #[arg(long)]
         json: bool,
     },
+    /// Each node's services and their deployments.
+    ///
+    /// From the nodes' retained status: per service the desired, pending, running and healthy
+    /// tasks, then each deployment (id, revision, PRIMARY or ACTIVE, its counts, failed tasks,
+    /// rollout state), as `aws ecs describe-services` lists them.
+    Services {
+        /// One node; without it, every node that reported.
+        #[arg(long)]
+        node: Option<String>,
+        /// One JSON object per service: {"node", "node_state", "service"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a node: nothing new starts, its service tasks stop.
+    ///
+    /// The node starts nothing new, stops its service and long-running tasks and lets batch
+    /// tasks finish (until the agent's `drain_batch_deadline_secs`), then reports DRAINED.
+    /// Prints the node's state; `skiff ctl activate` undoes it.
+    Drain {
+        /// The node to drain.
+        node: String,
+        /// Wait until the node reports DRAINED, printing tasks as they stop.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after SECS seconds (exit code 75; the drain goes on). The
+        /// answer to the drain itself is awaited for ctl's own --timeout.
+        #[arg(long, value_name = "SECS", default_value_t = 600, requires = "wait")]
+        timeout: u64,
+    },
+    /// Undo a drain: the node is online again and starts what the drain stopped.
+    Activate {
+        /// The node to activate.
+        node: String,
+    },
     /// Print events and metrics (and status with --status) as they arrive.
     Watch {
+        /// One node's messages; without it, every node's.
         #[arg(long)]
         node: Option<String>,
         /// One JSON object per message.
@@ -178,7 +220,9 @@ enum CtlCmd {
     },
     /// Fetch a task's run history (start, end, exit code, reason) from a node.
     History {
+        /// The task (a service's task: `{family}.{n}`).
         task: String,
+        /// The node that runs it.
         #[arg(long)]
         node: String,
         /// Newest runs to show (at most 100).
@@ -190,7 +234,9 @@ enum CtlCmd {
     },
     /// Fetch a task's log from a node.
     Logs {
+        /// The task (a service's task: `{family}.{n}`).
         task: String,
+        /// The node that runs it.
         #[arg(long)]
         node: String,
         /// Keep printing new output.
@@ -206,11 +252,13 @@ enum CtlCmd {
 enum TaskCmd {
     /// Check task-definition files offline; prints the normalised definition.
     Validate {
+        /// Task-definition files (ECS JSON).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Write a desired-state message holding these task definitions (postcard bytes) to stdout.
     Encode {
+        /// Task-definition files (ECS JSON).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Desired-state version.
@@ -224,7 +272,10 @@ enum TaskCmd {
         node: Option<String>,
     },
     /// Print a skiff wire message (any kind, e.g. from `task encode`) as JSON.
-    Decode { file: PathBuf },
+    Decode {
+        /// The message's bytes.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -473,6 +524,16 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
             } => ctl::stop(&target, name("task", &task)?, node(n)?, !no_wait).await,
             CtlCmd::Desired { node: n } => ctl::show_desired(&target, node(n)?).await,
             CtlCmd::Nodes { json } => ctl::nodes(&target, json).await,
+            CtlCmd::Services { node: n, json } => ctl::services(&target, node(n)?, json).await,
+            CtlCmd::Drain {
+                node: n,
+                wait,
+                timeout,
+            } => {
+                let wait = wait.then(|| Duration::from_secs(timeout.max(1)));
+                ctl::drain(&target, name("node", &n)?, wait).await
+            }
+            CtlCmd::Activate { node: n } => ctl::activate(&target, name("node", &n)?).await,
             CtlCmd::Watch {
                 node: n,
                 json,
@@ -559,8 +620,19 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         match skiff_agent::local::read_task_file(f) {
             Ok(def) => {
                 let c = def.containers.len();
+                let kind = def
+                    .extensions
+                    .iter()
+                    .map(|e| match e {
+                        TaskExtension::Service(s) => {
+                            format!(", a service of {} task(s)", s.desired_count)
+                        }
+                        TaskExtension::Schedule(_) => ", scheduled".into(),
+                        TaskExtension::Batch(_) => ", a batch job".into(),
+                    })
+                    .collect::<String>();
                 println!(
-                    "{}: ok: family {} revision {}, {c} container(s)",
+                    "{}: ok: family {} revision {}, {c} container(s){kind}",
                     f.display(),
                     def.family,
                     def.revision
