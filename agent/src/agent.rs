@@ -18,13 +18,13 @@ use rumqttc::{AsyncClient, QoS};
 use skiff_proto::codec::{decode_as, encode, Kind, Message};
 use skiff_proto::topic::Topic;
 use skiff_proto::{
-    Command, CommandBody, Event as EventMsg, EventBody, Metrics, MetricsSample, Name, NodeState,
-    Reply, ReplyBody, Scope, Status, TaskDefinition,
+    Command, CommandBody, Event as EventMsg, EventBody, HealthTest, Metrics, MetricsSample, Name,
+    NodeState, Reply, ReplyBody, Scope, Status, TaskDefinition,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::config::Validated;
+use crate::config::{StopPolicy, Validated};
 use crate::core::{Action, Catalog, Core, CoreConfig, Event, Signal};
 use crate::images::{ImageRef, ImageStore, ResolvedImage};
 use crate::logs::Logs;
@@ -210,6 +210,9 @@ pub async fn run(
     let mut local_tick = tokio::time::interval(local::POLL);
     tokio::pin!(shutdown);
     let mut stopping = false;
+    // SIGTERM with `stop_policy = "drain"`: drain first, exit once drained.
+    let mut draining_to_exit = false;
+    let drain_deadline_ms = u64::try_from(cfg.drain_batch_deadline.as_millis()).unwrap_or(u64::MAX);
 
     tracing::info!(node = %cfg.node, cluster = %cfg.cluster, version = VERSION, "skiff agent starting");
     out.perform(core.handle(Event::Started, clock.now()), &shells);
@@ -241,11 +244,19 @@ pub async fn run(
             .next_deadline()
             .map(|ms| tokio::time::Instant::from_std(clock.instant(ms)));
         tokio::select! {
-            () = &mut shutdown, if !stopping => {
-                stopping = true;
-                notify.stopping("stopping every task");
-                tracing::info!("shutting down: stopping every task");
-                out.perform(core.handle(Event::Shutdown, clock.now()), &shells);
+            () = &mut shutdown, if !stopping && !draining_to_exit => {
+                if cfg.stop_policy == StopPolicy::Drain {
+                    draining_to_exit = true;
+                    notify.stopping("draining: service tasks stop, batch tasks may finish");
+                    tracing::info!("SIGTERM: draining before exit (stop_policy = \"drain\")");
+                    let ev = Event::Drain { batch_deadline_ms: drain_deadline_ms };
+                    out.perform(core.handle(ev, clock.now()), &shells);
+                } else {
+                    stopping = true;
+                    notify.stopping("stopping every task");
+                    tracing::info!("shutting down: stopping every task");
+                    out.perform(core.handle(Event::Shutdown, clock.now()), &shells);
+                }
             }
             Some(ev) = events_rx.recv() => out.perform(core.handle(ev, clock.now()), &shells),
             Some(exit) = exits.recv() => {
@@ -260,8 +271,12 @@ pub async fn run(
                     Inbound::Disconnected(_) => notify.status("running: broker unreachable, reconnecting"),
                     _ => {}
                 }
-                if let Some(ev) = handle_inbound(msg, &cfg, &shells, &out).await {
+                if let Some((ev, reply_to)) = handle_inbound(msg, &cfg, &shells, &out).await {
                     out.perform(core.handle(ev, clock.now()), &shells);
+                    if let Some(id) = reply_to {
+                        let state = core.node_state();
+                        out.reply(Reply { id, body: ReplyBody::NodeState { state } });
+                    }
                 }
             }
             _ = metrics_tick.tick() => {
@@ -271,6 +286,11 @@ pub async fn run(
                     (t, stats)
                 }).collect();
                 let sample = sampler.sample(tasks, now.mono_ms, now.wall_ms);
+                let ev = Event::Metrics {
+                    tasks: sample.tasks.clone(),
+                    mem_total_bytes: sample.mem_total_bytes,
+                };
+                out.perform(core.handle(ev, now), &shells);
                 if out.print {
                     println!("{}", display::sample(cfg.node.as_str(), &sample));
                 }
@@ -294,6 +314,11 @@ pub async fn run(
             }
             _ = sleep_until(deadline) => out.perform(core.handle(Event::Tick, clock.now()), &shells),
             _ = watchdog.tick(), if notify.watchdog_interval().is_some() => notify.watchdog(),
+        }
+        if draining_to_exit && !stopping && core.node_state() == NodeState::Drained {
+            stopping = true;
+            tracing::info!("drained: exiting");
+            out.perform(core.handle(Event::Shutdown, clock.now()), &shells);
         }
         if stopping && core.is_idle() {
             break;
@@ -348,22 +373,25 @@ fn offline_status(node: &Name, at_ms: u64) -> Vec<u8> {
         node_version: 0,
         at_ms,
         tasks: vec![],
+        services: vec![],
     };
     encode(&Message::Status(status)).unwrap_or_default()
 }
 
-/// Broker messages: desired state goes to the core, commands are answered here.
+/// Broker messages: desired state goes to the core, commands are answered here, except drain
+/// and activate: they go to the core, with the id to answer with the node state after.
 async fn handle_inbound(
     msg: Inbound,
     cfg: &Validated,
     shells: &Shells,
     out: &Output,
-) -> Option<Event> {
+) -> Option<(Event, Option<u64>)> {
+    let ev = |e| Some((e, None));
     match msg {
         Inbound::Connected => {
             tracing::info!(broker = %format!("{}:{}", cfg.broker.host, cfg.broker.port), "connected to the broker");
             out.connection(true);
-            Some(Event::Connected)
+            ev(Event::Connected)
         }
         Inbound::Disconnected(reason) => {
             tracing::warn!(%reason, "broker connection lost; reconnecting, tasks keep running");
@@ -376,20 +404,34 @@ async fn handle_inbound(
         }
         Inbound::Subscribed => None,
         Inbound::Publish { topic, payload, .. } => match Topic::parse(&topic) {
-            Some(Topic::ClusterDesired { .. }) => Some(Event::DesiredPayload {
+            Some(Topic::ClusterDesired { .. }) => ev(Event::DesiredPayload {
                 scope: Scope::Cluster,
                 payload,
                 images: shells.catalog().await,
             }),
-            Some(Topic::NodeDesired { .. }) => Some(Event::DesiredPayload {
+            Some(Topic::NodeDesired { .. }) => ev(Event::DesiredPayload {
                 scope: Scope::Node,
                 payload,
                 images: shells.catalog().await,
             }),
-            Some(Topic::Cmd { .. }) => {
-                out.reply(answer(&payload, &shells.logs, &shells.state));
-                None
-            }
+            Some(Topic::Cmd { .. }) => match decode_as(Kind::Command, &payload) {
+                Ok(Message::Command(Command {
+                    id,
+                    body: CommandBody::Drain,
+                })) => {
+                    let batch_deadline_ms =
+                        u64::try_from(cfg.drain_batch_deadline.as_millis()).unwrap_or(u64::MAX);
+                    Some((Event::Drain { batch_deadline_ms }, Some(id)))
+                }
+                Ok(Message::Command(Command {
+                    id,
+                    body: CommandBody::Activate,
+                })) => Some((Event::Activate, Some(id))),
+                _ => {
+                    out.reply(answer(&payload, &shells.logs, &shells.state));
+                    None
+                }
+            },
             _ => {
                 tracing::debug!(%topic, "ignoring message on an unexpected topic");
                 None
@@ -440,6 +482,10 @@ fn answer(payload: &[u8], logs: &Logs, state: &StateStore) -> Reply {
         }
         CommandBody::History { task, limit } => ReplyBody::History {
             runs: state.history(&task, usize::try_from(limit).unwrap_or(usize::MAX)),
+        },
+        // Routed to the core before `answer` is reached.
+        CommandBody::Drain | CommandBody::Activate => ReplyBody::Error {
+            reason: "drain and activate are handled by the core".into(),
         },
     };
     Reply { id, body }
@@ -500,6 +546,12 @@ impl Output {
                     signal,
                 } => shells.signal(task, container, signal),
                 Action::RemoveTask { task } => shells.remove_task(task),
+                Action::HealthCheck {
+                    task,
+                    container,
+                    test,
+                    timeout_ms,
+                } => shells.health_check(task, container, test, timeout_ms),
                 Action::Event(body) => self.event(body),
                 Action::Status(status) => {
                     let topic = Topic::Status {
@@ -900,6 +952,51 @@ impl Shells {
             if let Err(e) = runtime.kill(&task, &container, sig).await {
                 tracing::warn!(%task, %container, error = %e, "cannot signal container");
             }
+        });
+    }
+
+    /// Runs one health check and reports its result: `CMD` / `CMD-SHELL` inside the container
+    /// (exit 0 = healthy), `TCP` as a connection in the task's network namespace.
+    fn health_check(&self, task: Name, container: Name, test: HealthTest, timeout_ms: u64) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(timeout_ms);
+            let argv = match &test {
+                HealthTest::Cmd(args) => Some(args.clone()),
+                HealthTest::Shell(cmd) => Some(vec!["/bin/sh".into(), "-c".into(), cmd.clone()]),
+                HealthTest::Tcp(_) => None,
+            };
+            let (ok, output) = match (&test, argv) {
+                (HealthTest::Tcp(port), _) => {
+                    match me.runtime.tcp_check(&task, *port, timeout).await {
+                        Ok(true) => (true, String::new()),
+                        Ok(false) => (
+                            false,
+                            format!("no TCP connection to port {port} within {timeout_ms} ms"),
+                        ),
+                        Err(e) => (false, e.to_string()),
+                    }
+                }
+                (_, Some(argv)) => match me.runtime.exec(&task, &container, argv, timeout).await {
+                    Ok(o) if o.timed_out => (false, format!("timed out after {timeout_ms} ms")),
+                    Ok(o) => {
+                        let text = String::from_utf8_lossy(&o.output).into_owned();
+                        match o.code {
+                            Some(0) => (true, text),
+                            Some(c) => (false, format!("exit code {c}: {text}")),
+                            None => (false, text),
+                        }
+                    }
+                    Err(e) => (false, e.to_string()),
+                },
+                (_, None) => (false, String::new()),
+            };
+            me.send(Event::HealthResult {
+                task,
+                container,
+                ok,
+                output,
+            });
         });
     }
 

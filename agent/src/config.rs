@@ -32,7 +32,14 @@ pub struct Config {
     /// Samples batched into one metrics message. Default 1 (publish every sample), 1..=64.
     pub metrics_batch: usize,
     /// Seconds between SIGTERM and SIGKILL when a task is stopped. Default 10, 0..=3600.
+    /// A container's own `stopTimeout` wins.
     pub stop_grace_secs: u64,
+    /// What SIGTERM to the agent does: `stop` (default) stops every task and exits; `drain`
+    /// drains the node first (service tasks stop, batch tasks may finish within
+    /// `drain_batch_deadline_secs`), reporting DRAINING then DRAINED, then exits.
+    pub stop_policy: StopPolicy,
+    /// How long a drain lets batch tasks run on before stopping them. Default 300, 0..=86400.
+    pub drain_batch_deadline_secs: u64,
     /// Bytes of log kept per task (stdout and stderr of all its containers). Default 65536.
     pub log_limit_bytes: usize,
     /// Cgroup under which task cgroups are made (`/{cgroup_parent}/{task}/{container}`).
@@ -65,6 +72,8 @@ impl Default for Config {
             metrics_interval_secs: 10,
             metrics_batch: 1,
             stop_grace_secs: 10,
+            stop_policy: StopPolicy::Stop,
+            drain_batch_deadline_secs: 300,
             log_limit_bytes: 64 * 1024,
             cgroup_parent: "skiff".into(),
             keepalive_secs: 30,
@@ -74,6 +83,16 @@ impl Default for Config {
             registries: Vec::new(),
         }
     }
+}
+
+/// What SIGTERM to the agent does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopPolicy {
+    /// Stop every task, then exit.
+    Stop,
+    /// Drain (batch tasks may finish), then exit.
+    Drain,
 }
 
 /// Why a configuration can't be used. Exit code 78 (EX_CONFIG) in the binary.
@@ -157,6 +176,8 @@ pub struct Validated {
     pub metrics_interval: Duration,
     pub metrics_batch: usize,
     pub stop_grace: Duration,
+    pub stop_policy: StopPolicy,
+    pub drain_batch_deadline: Duration,
     pub log_limit_bytes: usize,
     pub cgroup_parent: Name,
     pub keepalive: Duration,
@@ -227,6 +248,12 @@ impl Config {
         let metrics = range("metrics_interval_secs", self.metrics_interval_secs, 1, 3600)?;
         let batch = range("metrics_batch", self.metrics_batch as u64, 1, 64)?;
         let grace = range("stop_grace_secs", self.stop_grace_secs, 0, 3600)?;
+        let drain = range(
+            "drain_batch_deadline_secs",
+            self.drain_batch_deadline_secs,
+            0,
+            86_400,
+        )?;
         let logs = range(
             "log_limit_bytes",
             self.log_limit_bytes as u64,
@@ -257,6 +284,8 @@ impl Config {
             metrics_interval: Duration::from_secs(metrics),
             metrics_batch: usize::try_from(batch).unwrap_or(1),
             stop_grace: Duration::from_secs(grace),
+            stop_policy: self.stop_policy,
+            drain_batch_deadline: Duration::from_secs(drain),
             log_limit_bytes: usize::try_from(logs).unwrap_or(64 * 1024),
             cgroup_parent,
             keepalive: Duration::from_secs(keepalive),

@@ -25,3 +25,9 @@ pub const MAX_SAMPLES: usize = 64;
 pub const MAX_REASON: usize = 1024;
 /// Runs kept and reported per task.
 pub const MAX_HISTORY: usize = 100;
+/// Desired count of one service (and bound of its auto scaling).
+pub const MAX_SERVICE_TASKS: u32 = 64;
+/// Longest family of a service: its tasks are named `{family}.{slot}` within [`MAX_NAME`].
+pub const MAX_SERVICE_FAMILY: usize = MAX_NAME - 4;
+/// Policies of each kind in one service's auto scaling.
+pub const MAX_SCALING_POLICIES: usize = 8;

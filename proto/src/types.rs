@@ -66,6 +66,129 @@ pub enum TaskExtension {
     /// Run to completion `completions` times, retrying failures; the restart policy does not
     /// apply.
     Batch(Batch),
+    /// Keep `desired_count` copies running, replaced when they die or turn unhealthy, rolled
+    /// to a new revision within bounds, scaled on the device; the restart policy does not
+    /// apply.
+    Service(Service),
+}
+
+/// ECS's service, on the device: how many copies of the task, how a new revision rolls out,
+/// how the count scales.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Copies to keep running (0..=[`MAX_SERVICE_TASKS`]); with auto scaling, the starting
+    /// count, kept within its min..max.
+    pub desired_count: u32,
+    /// ECS `minimumHealthyPercent` (0..=100): during a rollout, healthy tasks never fall below
+    /// this share of the desired count (rounded up).
+    pub min_healthy_percent: u32,
+    /// ECS `maximumPercent` (100..=200): during a rollout, tasks never exceed this share of
+    /// the desired count (rounded down).
+    pub max_percent: u32,
+    /// ECS `deploymentCircuitBreaker` (`enable` = Some): a rollout whose new tasks keep failing
+    /// is marked failed.
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// ECS `healthCheckGracePeriodSeconds`: failed health checks of a new task are ignored
+    /// this long.
+    pub health_grace_secs: u32,
+    /// On-device auto scaling of the desired count.
+    pub scaling: Option<AutoScaling>,
+}
+
+/// What a failed rollout does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CircuitBreaker {
+    /// Go back to the last revision that completed a rollout.
+    pub rollback: bool,
+}
+
+/// Auto scaling of a service's desired count within `min..=max`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoScaling {
+    pub min: u32,
+    pub max: u32,
+    pub target_tracking: Vec<TargetTracking>,
+    pub step: Vec<StepScaling>,
+    pub scheduled: Vec<ScheduledScaling>,
+}
+
+/// Which figure a scaling policy follows, averaged over the service's running tasks.
+/// Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScalingMetric {
+    /// CPU use in % of the task's `cpu` (of one CPU when unset), as ECS's
+    /// `ECSServiceAverageCPUUtilization`.
+    Cpu,
+    /// Memory in use in % of the task's memory limit (of the node's memory when unset), as
+    /// `ECSServiceAverageMemoryUtilization`.
+    Memory,
+}
+
+/// Keep the metric near `target_percent`: desired = ceil(running × value / target).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetTracking {
+    pub metric: ScalingMetric,
+    pub target_percent: u32,
+    /// After a scale-out, no further scale-out for this long.
+    pub scale_out_cooldown_secs: u32,
+    /// After any scaling, no scale-in for this long.
+    pub scale_in_cooldown_secs: u32,
+    pub disable_scale_in: bool,
+}
+
+/// Step scaling: while the metric is beyond `threshold_percent`, change the count by the
+/// step whose interval (relative to the threshold, as ECS's `MetricIntervalLowerBound` /
+/// `UpperBound`) holds the metric.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepScaling {
+    pub metric: ScalingMetric,
+    pub threshold_percent: u32,
+    /// True: acts when metric >= threshold; false: when metric <= threshold.
+    pub above: bool,
+    pub cooldown_secs: u32,
+    pub steps: Vec<StepAdjustment>,
+}
+
+/// One step: `lower <= metric - threshold < upper` (open ends when None) → `change` tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepAdjustment {
+    pub lower: Option<i32>,
+    pub upper: Option<i32>,
+    pub change: i32,
+}
+
+/// At each firing of `cron`, set the scaling bounds to `min..=max`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledScaling {
+    pub cron: String,
+    pub utc_offset_minutes: i16,
+    pub min: u32,
+    pub max: u32,
+}
+
+/// ECS's container `healthCheck`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub test: HealthTest,
+    /// Between checks (5..=300, ECS default 30).
+    pub interval_secs: u32,
+    /// A check running longer fails (2..=60, default 5).
+    pub timeout_secs: u32,
+    /// Failures in a row that make the container unhealthy (1..=10, default 3).
+    pub retries: u32,
+    /// Failures during this long after the start do not count (0..=300).
+    pub start_period_secs: u32,
+}
+
+/// What a health check runs. Appending variants only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthTest {
+    /// `["CMD", args...]`: run in the container; exit 0 = healthy.
+    Cmd(Vec<String>),
+    /// `["CMD-SHELL", "command"]`: `/bin/sh -c command` in the container.
+    Shell(String),
+    /// skiff's `["TCP", "port"]`: a TCP connection to the port in the task's network.
+    Tcp(u16),
 }
 
 /// A batch job: how many successful runs, how many retries, how long each run may take.
@@ -143,6 +266,10 @@ pub struct ContainerDefinition {
     pub working_directory: Option<String>,
     /// `user`, `uid`, `user:group` or `uid:gid`, overriding the image's.
     pub user: Option<String>,
+    /// ECS `healthCheck`.
+    pub health_check: Option<HealthCheck>,
+    /// ECS `stopTimeout`: SIGTERM → SIGKILL for this container (the agent's default if None).
+    pub stop_timeout_secs: Option<u32>,
 }
 
 /// `NAME=value` for a container.
@@ -187,6 +314,52 @@ pub struct Status {
     /// Wall-clock time of this report, ms since the Unix epoch.
     pub at_ms: u64,
     pub tasks: Vec<TaskStatus>,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// A service on the node, as ECS's `describe-services` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: Name,
+    pub desired_count: u32,
+    pub running_count: u32,
+    pub healthy_count: u32,
+    /// Newest (primary) first.
+    pub deployments: Vec<DeploymentStatus>,
+}
+
+/// One deployment (a revision being or having been rolled out) of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentStatus {
+    /// Increases per deployment of the service on this node.
+    pub id: u32,
+    pub revision: u32,
+    /// The deployment new tasks come from; the others are draining.
+    pub primary: bool,
+    pub rollout: RolloutState,
+    pub desired_count: u32,
+    pub pending_count: u32,
+    pub running_count: u32,
+    pub healthy_count: u32,
+    /// Tasks of this deployment that failed to start, exited or turned unhealthy.
+    pub failed_tasks: u32,
+}
+
+/// ECS's `rolloutState`. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutState {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// A container's or task's health (ECS `healthStatus`). Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    /// No health check, or none has decided yet.
+    Unknown,
+    Healthy,
+    Unhealthy,
 }
 
 /// Node state. Appending variants only.
@@ -194,6 +367,10 @@ pub struct Status {
 pub enum NodeState {
     Online,
     Offline,
+    /// Draining: starts nothing new, stops its service tasks, lets batch tasks finish.
+    Draining,
+    /// Drained: nothing runs; `Activate` makes it `Online` again.
+    Drained,
 }
 
 /// State of one task on a node.
@@ -207,6 +384,10 @@ pub struct TaskStatus {
     /// Exit of the essential container that ended the last run.
     pub last_exit: Option<ExitInfo>,
     pub containers: Vec<ContainerStatus>,
+    /// The service the task belongs to (its name is then `{service}.{slot}`).
+    pub service: Option<Name>,
+    /// Healthy when every essential container with a health check is healthy.
+    pub health: Health,
 }
 
 /// Task lifecycle. Appending variants only.
@@ -231,6 +412,7 @@ pub struct ContainerStatus {
     pub state: ContainerState,
     pub pid: Option<u32>,
     pub exit: Option<ExitInfo>,
+    pub health: Health,
 }
 
 /// Container lifecycle. Appending variants only.
@@ -343,6 +525,43 @@ pub enum EventBody {
     /// Durable state could not be written (disk full, read-only...): what runs is unchanged,
     /// but it would be lost at a restart until a later write succeeds.
     StateNotSaved { what: String, reason: String },
+    /// A container's health changed; `output`: the last check's (bounded) output.
+    HealthChanged {
+        task: Name,
+        container: Name,
+        health: Health,
+        output: String,
+    },
+    /// A service started rolling out a revision (also a rollback).
+    DeploymentStarted {
+        service: Name,
+        deployment: u32,
+        revision: u32,
+    },
+    /// Every task of the deployment is healthy and the older ones are gone.
+    DeploymentCompleted {
+        service: Name,
+        deployment: u32,
+        revision: u32,
+    },
+    /// The circuit breaker stopped a deployment; `rollback_to`: the revision restored.
+    DeploymentFailed {
+        service: Name,
+        deployment: u32,
+        revision: u32,
+        reason: String,
+        rollback_to: Option<u32>,
+    },
+    /// Auto scaling changed a service's desired count; `cause` names the policy and the
+    /// metric values that decided it.
+    ServiceScaled {
+        service: Name,
+        from: u32,
+        to: u32,
+        cause: String,
+    },
+    /// The node changed between online, draining and drained.
+    NodeStateChanged { state: NodeState },
 }
 
 /// Why a task stopped. Appending variants only.
@@ -360,6 +579,12 @@ pub enum StopReason {
     StartFailed,
     /// A batch run exceeded its timeout.
     TimedOut,
+    /// Its health check failed `retries` times in a row.
+    Unhealthy,
+    /// Its service scaled in or rolled to a new revision.
+    ServiceUpdated,
+    /// The node is draining.
+    Drained,
 }
 
 /// A batch of metric samples (topic `nodes/{node}/metrics`, QoS 1).
@@ -413,6 +638,10 @@ pub enum CommandBody {
     },
     /// A task's run history: the newest `limit` runs (at most `limits::MAX_HISTORY`).
     History { task: Name, limit: u32 },
+    /// Drain the node: start nothing new, stop service tasks, let batch tasks finish.
+    Drain,
+    /// Undo `Drain`.
+    Activate,
 }
 
 /// The answer to a [`Command`] (topic `nodes/{node}/reply`).
@@ -446,6 +675,10 @@ pub enum ReplyBody {
     /// Runs of a task, oldest first.
     History {
         runs: Vec<RunRecord>,
+    },
+    /// The node's state after a `Drain` or `Activate`.
+    NodeState {
+        state: NodeState,
     },
 }
 
@@ -585,6 +818,12 @@ impl TaskDefinition {
                     return Err(bound_err(at("memoryReservation"), "greater than memory"));
                 }
             }
+            if let Some(h) = &c.health_check {
+                h.validate(&at("healthCheck"))?;
+            }
+            if c.stop_timeout_secs.is_some_and(|s| s > 3600) {
+                return Err(bound_err(at("stopTimeout"), "at most 3600 seconds"));
+            }
         }
         if self.memory_mib.is_some_and(|m| m < 4) {
             return Err(bound_err("memory", "at least 4 MiB"));
@@ -593,8 +832,27 @@ impl TaskDefinition {
             return Err(bound_err("cpu", "must be greater than 0"));
         }
         check_len("extensions", self.extensions.len(), 8)?;
+        let kinds = |f: fn(&TaskExtension) -> bool| self.extensions.iter().filter(|e| f(e)).count();
+        let (schedules, batches, services) = (
+            kinds(|e| matches!(e, TaskExtension::Schedule(_))),
+            kinds(|e| matches!(e, TaskExtension::Batch(_))),
+            kinds(|e| matches!(e, TaskExtension::Service(_))),
+        );
+        if schedules > 1 || batches > 1 || services > 1 {
+            return Err(bound_err(
+                "extensions",
+                "each of schedule, batch, service at most once",
+            ));
+        }
+        if services == 1 && schedules + batches > 0 {
+            return Err(bound_err(
+                "service",
+                "a service runs all the time: it cannot also have a schedule or be a batch",
+            ));
+        }
         for e in &self.extensions {
             match e {
+                TaskExtension::Service(s) => s.validate(self.family.as_str().len())?,
                 TaskExtension::Batch(b) => {
                     if b.completions == 0 || b.completions > 10_000 {
                         return Err(bound_err("batch.completions", "must be 1..=10000"));
@@ -622,6 +880,176 @@ impl TaskDefinition {
                         }
                     }
                 },
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HealthCheck {
+    fn validate(&self, at: &str) -> Result<(), BoundError> {
+        let field = |f: &str| alloc::format!("{at}.{f}");
+        match &self.test {
+            HealthTest::Cmd(args) => {
+                if args.is_empty() {
+                    return Err(bound_err(field("command"), "CMD needs a command"));
+                }
+                check_len(&field("command"), args.len(), 64)?;
+                for a in args {
+                    check_str(&field("command"), a, MAX_STRING)?;
+                }
+            }
+            HealthTest::Shell(cmd) => {
+                if cmd.is_empty() {
+                    return Err(bound_err(field("command"), "CMD-SHELL needs a command"));
+                }
+                check_str(&field("command"), cmd, MAX_STRING)?;
+            }
+            HealthTest::Tcp(port) => {
+                if *port == 0 {
+                    return Err(bound_err(field("command"), "TCP port must be 1..=65535"));
+                }
+            }
+        }
+        let range = |f: &str, v: u32, lo: u32, hi: u32| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(bound_err(
+                    field(f),
+                    alloc::format!("{v} is outside {lo}..={hi}"),
+                ))
+            }
+        };
+        range("interval", self.interval_secs, 1, 300)?;
+        range("timeout", self.timeout_secs, 1, 60)?;
+        range("retries", self.retries, 1, 10)?;
+        range("startPeriod", self.start_period_secs, 0, 300)?;
+        if self.timeout_secs > self.interval_secs {
+            return Err(bound_err(field("timeout"), "longer than the interval"));
+        }
+        Ok(())
+    }
+}
+
+impl Service {
+    fn validate(&self, family_len: usize) -> Result<(), BoundError> {
+        if family_len > MAX_SERVICE_FAMILY {
+            return Err(bound_err(
+                "family",
+                alloc::format!(
+                    "a service's family is at most {MAX_SERVICE_FAMILY} characters (its tasks \
+                     are named family.N)"
+                ),
+            ));
+        }
+        if self.desired_count > MAX_SERVICE_TASKS {
+            return Err(bound_err(
+                "service.desiredCount",
+                alloc::format!("at most {MAX_SERVICE_TASKS}"),
+            ));
+        }
+        if self.min_healthy_percent > 100 {
+            return Err(bound_err(
+                "service.deploymentConfiguration.minimumHealthyPercent",
+                "must be 0..=100",
+            ));
+        }
+        if !(100..=200).contains(&self.max_percent) {
+            return Err(bound_err(
+                "service.deploymentConfiguration.maximumPercent",
+                "must be 100..=200",
+            ));
+        }
+        if self.max_percent <= self.min_healthy_percent {
+            return Err(bound_err(
+                "service.deploymentConfiguration",
+                "maximumPercent must be greater than minimumHealthyPercent, or a rollout can't \
+                 make progress",
+            ));
+        }
+        if self.health_grace_secs > 3600 {
+            return Err(bound_err(
+                "service.healthCheckGracePeriodSeconds",
+                "at most 3600",
+            ));
+        }
+        let Some(a) = &self.scaling else {
+            return Ok(());
+        };
+        let at = |f: &str| alloc::format!("service.autoScaling.{f}");
+        if a.min > a.max || a.max > MAX_SERVICE_TASKS {
+            return Err(bound_err(
+                at("maxCapacity"),
+                alloc::format!("need minCapacity <= maxCapacity <= {MAX_SERVICE_TASKS}"),
+            ));
+        }
+        check_len(
+            &at("targetTracking"),
+            a.target_tracking.len(),
+            MAX_SCALING_POLICIES,
+        )?;
+        check_len(&at("stepScaling"), a.step.len(), MAX_SCALING_POLICIES)?;
+        check_len(
+            &at("scheduledActions"),
+            a.scheduled.len(),
+            MAX_SCALING_POLICIES,
+        )?;
+        for t in &a.target_tracking {
+            if !(1..=100).contains(&t.target_percent) {
+                return Err(bound_err(
+                    at("targetTracking.targetValue"),
+                    "must be 1..=100",
+                ));
+            }
+            if t.scale_in_cooldown_secs > 86_400 || t.scale_out_cooldown_secs > 86_400 {
+                return Err(bound_err(at("targetTracking"), "cooldowns at most 86400 s"));
+            }
+        }
+        for s in &a.step {
+            if s.steps.is_empty() {
+                return Err(bound_err(
+                    at("stepScaling.stepAdjustments"),
+                    "at least one step",
+                ));
+            }
+            check_len(&at("stepScaling.stepAdjustments"), s.steps.len(), 16)?;
+            if s.threshold_percent > 1000 || s.cooldown_secs > 86_400 {
+                return Err(bound_err(
+                    at("stepScaling"),
+                    "threshold at most 1000 %, cooldown at most 86400 s",
+                ));
+            }
+            for st in &s.steps {
+                if let (Some(l), Some(u)) = (st.lower, st.upper) {
+                    if l >= u {
+                        return Err(bound_err(
+                            at("stepScaling.stepAdjustments"),
+                            "lower bound must be below the upper bound",
+                        ));
+                    }
+                }
+                if st.change.unsigned_abs() > MAX_SERVICE_TASKS {
+                    return Err(bound_err(
+                        at("stepScaling.stepAdjustments.scalingAdjustment"),
+                        alloc::format!("at most ±{MAX_SERVICE_TASKS}"),
+                    ));
+                }
+            }
+        }
+        for s in &a.scheduled {
+            check_str(&at("scheduledActions.schedule"), &s.cron, 128)?;
+            if s.utc_offset_minutes.unsigned_abs() > 14 * 60 {
+                return Err(bound_err(
+                    at("scheduledActions.timezone"),
+                    "offset beyond ±14:00",
+                ));
+            }
+            if s.min > s.max || s.max > MAX_SERVICE_TASKS {
+                return Err(bound_err(
+                    at("scheduledActions"),
+                    alloc::format!("need minCapacity <= maxCapacity <= {MAX_SERVICE_TASKS}"),
+                ));
             }
         }
         Ok(())

@@ -30,6 +30,8 @@ fn task() -> TaskDefinition {
             essential: true,
             working_directory: Some("/srv".into()),
             user: Some("1000:1000".into()),
+            health_check: None,
+            stop_timeout_secs: None,
         }],
         cpu: Some(512),
         memory_mib: Some(128),
@@ -54,6 +56,56 @@ fn exit() -> ExitInfo {
     }
 }
 
+/// A service with a health check, a rollout configuration and every kind of scaling policy.
+fn service() -> TaskDefinition {
+    let mut t = task();
+    t.family = n("api");
+    t.extensions = vec![TaskExtension::Service(Service {
+        desired_count: 3,
+        min_healthy_percent: 50,
+        max_percent: 200,
+        circuit_breaker: Some(CircuitBreaker { rollback: true }),
+        health_grace_secs: 10,
+        scaling: Some(AutoScaling {
+            min: 1,
+            max: 6,
+            target_tracking: vec![TargetTracking {
+                metric: ScalingMetric::Cpu,
+                target_percent: 60,
+                scale_out_cooldown_secs: 30,
+                scale_in_cooldown_secs: 120,
+                disable_scale_in: false,
+            }],
+            step: vec![StepScaling {
+                metric: ScalingMetric::Memory,
+                threshold_percent: 80,
+                above: true,
+                cooldown_secs: 60,
+                steps: vec![StepAdjustment {
+                    lower: Some(0),
+                    upper: None,
+                    change: 2,
+                }],
+            }],
+            scheduled: vec![ScheduledScaling {
+                cron: "0 8 * * 1-5".into(),
+                utc_offset_minutes: -300,
+                min: 2,
+                max: 6,
+            }],
+        }),
+    })];
+    t.containers[0].health_check = Some(HealthCheck {
+        test: HealthTest::Shell("wget -q -O- localhost:8080/health".into()),
+        interval_secs: 5,
+        timeout_secs: 2,
+        retries: 3,
+        start_period_secs: 10,
+    });
+    t.containers[0].stop_timeout_secs = Some(20);
+    t
+}
+
 /// One representative message per kind.
 fn samples() -> Vec<Message> {
     vec![
@@ -61,7 +113,7 @@ fn samples() -> Vec<Message> {
             version: 42,
             cluster: n("demo"),
             node: Some(n("pi-1")),
-            tasks: vec![task()],
+            tasks: vec![task(), service()],
             signature: Some(Signature {
                 key_id: n("fleet-1"),
                 bytes: vec![7; 64],
@@ -85,7 +137,40 @@ fn samples() -> Vec<Message> {
                     state: ContainerState::Running,
                     pid: Some(4242),
                     exit: None,
+                    health: Health::Healthy,
                 }],
+                service: Some(n("api")),
+                health: Health::Healthy,
+            }],
+            services: vec![ServiceStatus {
+                name: n("api"),
+                desired_count: 3,
+                running_count: 4,
+                healthy_count: 3,
+                deployments: vec![
+                    DeploymentStatus {
+                        id: 2,
+                        revision: 4,
+                        primary: true,
+                        rollout: RolloutState::InProgress,
+                        desired_count: 3,
+                        pending_count: 1,
+                        running_count: 1,
+                        healthy_count: 1,
+                        failed_tasks: 0,
+                    },
+                    DeploymentStatus {
+                        id: 1,
+                        revision: 3,
+                        primary: false,
+                        rollout: RolloutState::Completed,
+                        desired_count: 0,
+                        pending_count: 0,
+                        running_count: 3,
+                        healthy_count: 2,
+                        failed_tasks: 1,
+                    },
+                ],
             }],
         }),
         Message::Event(Event {

@@ -8,5 +8,6 @@
 mod harness;
 mod images;
 mod offline;
+mod services;
 mod ship;
 mod skeleton;

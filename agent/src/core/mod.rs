@@ -21,18 +21,24 @@
 //! receives a stale exit.
 
 pub mod cron;
+mod health;
+mod service;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_service;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use skiff_proto::codec::{decode_as, Kind, Message};
 use skiff_proto::{
-    Batch, ContainerState, ContainerStatus, DesiredState, EventBody, ExitInfo, MissedRunPolicy,
-    Name, NodeState, OverlapPolicy, RestartPolicy, Schedule, ScheduleSpec, Scope, Status,
-    StopReason, TaskDefinition, TaskExtension, TaskState, TaskStatus,
+    Batch, ContainerState, ContainerStatus, DesiredState, EventBody, ExitInfo, Health, HealthTest,
+    MissedRunPolicy, Name, NodeState, OverlapPolicy, RestartPolicy, Schedule, ScheduleSpec, Scope,
+    Status, StopReason, TaskDefinition, TaskExtension, TaskSample, TaskState, TaskStatus,
 };
+
+use service::{ServiceLink, ServiceRec};
 
 use serde::{Deserialize, Serialize};
 use skiff_proto::RunRecord;
@@ -125,6 +131,24 @@ pub enum Event {
     },
     /// The task's runtime state was removed.
     TaskRemoved { task: Name, error: Option<String> },
+    /// A health check asked for by [`Action::HealthCheck`] ended.
+    HealthResult {
+        task: Name,
+        container: Name,
+        ok: bool,
+        /// The check's output or why it failed (bounded by the shells).
+        output: String,
+    },
+    /// A metrics sample of the node's tasks (drives auto scaling).
+    Metrics {
+        tasks: Vec<TaskSample>,
+        mem_total_bytes: u64,
+    },
+    /// Drain the node (`skiff ctl drain`, or SIGTERM with the drain stop policy): batch tasks
+    /// may run `batch_deadline_ms` longer.
+    Drain { batch_deadline_ms: u64 },
+    /// Undo a drain.
+    Activate,
     /// The agent is shutting down: stop everything.
     Shutdown,
     /// Time passed (a deadline from [`Core::next_deadline`] may have expired).
@@ -155,6 +179,13 @@ pub enum Action {
     SaveFinished(Vec<FinishedTask>),
     /// Append a run to the task's durable history.
     RecordRun(RunRecord),
+    /// Run a container's health check (at most `timeout_ms`); report `HealthResult`.
+    HealthCheck {
+        task: Name,
+        container: Name,
+        test: HealthTest,
+        timeout_ms: u64,
+    },
 }
 
 /// Where a task is in its lifecycle.
@@ -186,6 +217,11 @@ struct ContainerRec {
     /// An exit that arrived before the start was confirmed (the exit notice and the start's
     /// reply travel different paths); replayed right after `ContainerStarted`.
     early_exit: Option<ExitInfo>,
+    /// SIGTERM → SIGKILL for this container (its `stopTimeout`, else the agent's grace).
+    stop_timeout_ms: u64,
+    /// While stopping: when this container gets SIGKILL; `None` once sent.
+    kill_at: Option<u64>,
+    health: health::HealthState,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +248,10 @@ struct TaskRec {
     /// Batch tasks: successful runs and failed runs so far.
     batch_done: u32,
     batch_failures: u32,
+    /// Service tasks: which service and deployment.
+    service: Option<ServiceLink>,
+    /// Stopped by a drain: started again on `Activate`.
+    drained: bool,
 }
 
 /// Where a scheduled task is in its schedule.
@@ -227,6 +267,15 @@ struct SchedState {
     fire_pending: bool,
 }
 
+/// A drain in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DrainState {
+    /// Batch tasks still running at this monotonic time are stopped (`None` once done).
+    batch_deadline: Option<u64>,
+    /// `NodeStateChanged(Drained)` was sent.
+    reported_drained: bool,
+}
+
 /// A firing later than this is "missed" (agent down, clock jumped) and follows the missed-run
 /// policy instead of running.
 pub const MISSED_AFTER_MS: u64 = 60_000;
@@ -236,14 +285,21 @@ pub const CRON_RECHECK_MS: u64 = 60_000;
 fn schedule_of(def: &TaskDefinition) -> Option<&Schedule> {
     def.extensions.iter().find_map(|e| match e {
         TaskExtension::Schedule(s) => Some(s),
-        TaskExtension::Batch(_) => None,
+        _ => None,
     })
 }
 
 fn batch_of(def: &TaskDefinition) -> Option<&Batch> {
     def.extensions.iter().find_map(|e| match e {
         TaskExtension::Batch(b) => Some(b),
-        TaskExtension::Schedule(_) => None,
+        _ => None,
+    })
+}
+
+fn service_of(def: &TaskDefinition) -> Option<&skiff_proto::Service> {
+    def.extensions.iter().find_map(|e| match e {
+        TaskExtension::Service(s) => Some(s),
+        _ => None,
     })
 }
 
@@ -281,7 +337,58 @@ impl TaskRec {
             sched,
             batch_done: 0,
             batch_failures: 0,
+            service: None,
+            drained: false,
         }
+    }
+
+    /// Running, and healthy by its health checks if it has any (what a rollout counts).
+    fn is_healthy(&self) -> bool {
+        self.phase == Phase::Running
+            && !self.start_pending
+            && self.health() != Health::Unhealthy
+            && {
+                let checked = self.checked_containers();
+                checked.clone().count() == 0
+                    || checked.clone().all(|c| c.health.status == Health::Healthy)
+            }
+    }
+
+    /// Essential containers with a health check.
+    fn checked_containers(&self) -> impl Iterator<Item = &ContainerRec> + Clone {
+        self.containers
+            .iter()
+            .filter(|c| c.essential && c.health.check.is_some())
+    }
+
+    /// ECS's task health: unhealthy if an essential container is, healthy when all essential
+    /// containers with checks are, unknown otherwise (or without checks).
+    fn health(&self) -> Health {
+        let mut checked = self.checked_containers().peekable();
+        if checked.peek().is_none() {
+            return Health::Unknown;
+        }
+        let mut all_healthy = true;
+        for c in checked {
+            match c.health.status {
+                Health::Unhealthy => return Health::Unhealthy,
+                Health::Healthy => {}
+                Health::Unknown => all_healthy = false,
+            }
+        }
+        if all_healthy {
+            Health::Healthy
+        } else {
+            Health::Unknown
+        }
+    }
+
+    /// Starting, running, or waiting to restart: it holds (or will hold) a place.
+    fn is_live(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Starting | Phase::Running | Phase::Backoff
+        )
     }
 }
 
@@ -311,6 +418,10 @@ pub struct Core {
     cluster_doc: Option<DesiredState>,
     node_doc: Option<DesiredState>,
     tasks: BTreeMap<Name, TaskRec>,
+    /// Services by name; their tasks are in `tasks` as `{service}.{slot}`.
+    services: BTreeMap<Name, ServiceRec>,
+    /// Draining (`Some`), with the deadline for batch tasks while one is pending.
+    drain: Option<DrainState>,
     shutting_down: bool,
     /// The shells pull images that are not in the store: only their references are checked.
     pull_missing: bool,
@@ -329,6 +440,8 @@ impl Core {
             cluster_doc: None,
             node_doc: None,
             tasks: BTreeMap::new(),
+            services: BTreeMap::new(),
+            drain: None,
             shutting_down: false,
             pull_missing: false,
             local: false,
@@ -441,7 +554,21 @@ impl Core {
                 }
             }
             Event::Tick => self.on_tick(now, &mut out),
+            Event::HealthResult {
+                task,
+                container,
+                ok,
+                output,
+            } => self.on_health_result(&task, &container, ok, output, now, &mut out),
+            Event::Metrics {
+                tasks,
+                mem_total_bytes,
+            } => self.on_metrics(&tasks, mem_total_bytes, now, &mut out),
+            Event::Drain { batch_deadline_ms } => self.on_drain(batch_deadline_ms, now, &mut out),
+            Event::Activate => self.on_activate(now, &mut out),
         }
+        self.drive_services(now, &mut out);
+        self.check_drained(&mut out);
         let finished = self.finished();
         if finished != finished_before {
             out.push(Action::SaveFinished(finished));
@@ -469,10 +596,18 @@ impl Core {
                 }
             }
         });
+        let health = self.tasks.values().filter_map(|t| t.next_health_check());
+        let scaling = self
+            .services
+            .values()
+            .filter_map(|s| s.next_deadline(now, wall));
         self.tasks
             .values()
             .filter_map(|t| t.deadline)
             .chain(sched)
+            .chain(health)
+            .chain(scaling)
+            .chain(self.drain.and_then(|d| d.batch_deadline))
             .min()
     }
 
@@ -497,10 +632,12 @@ impl Core {
     /// restarting, finished): what garbage collection must keep.
     pub fn images_in_use(&self) -> Vec<String> {
         let known = self.tasks.values().map(|t| &*t.def);
+        let deployments = self.services.values().flat_map(|s| s.defs());
         let mut images: Vec<String> = self
             .desired()
             .into_values()
             .chain(known)
+            .chain(deployments)
             .flat_map(|d| d.containers.iter().map(|c| c.image.clone()))
             .collect();
         images.sort();
@@ -531,7 +668,7 @@ impl Core {
     pub fn status(&self, now: Time) -> Status {
         Status {
             node: self.cfg.node.clone(),
-            state: NodeState::Online,
+            state: self.node_state(),
             agent_version: self.cfg.agent_version.clone(),
             cluster_version: self.cluster_doc.as_ref().map_or(0, |d| d.version),
             node_version: self.node_doc.as_ref().map_or(0, |d| d.version),
@@ -559,10 +696,27 @@ impl Core {
                             state: c.state,
                             pid: c.pid,
                             exit: c.exit,
+                            health: c.health.status,
                         })
                         .collect(),
+                    service: t.service.as_ref().map(|l| l.service.clone()),
+                    health: t.health(),
                 })
                 .collect(),
+            services: self
+                .services
+                .iter()
+                .map(|(name, s)| s.status(name, &self.tasks))
+                .collect(),
+        }
+    }
+
+    /// Online, or draining until nothing runs, then drained.
+    pub fn node_state(&self) -> NodeState {
+        match self.drain {
+            None => NodeState::Online,
+            Some(_) if self.active_tasks().is_empty() && self.is_idle() => NodeState::Drained,
+            Some(_) => NodeState::Draining,
         }
     }
 
@@ -571,6 +725,7 @@ impl Core {
         self.tasks
             .values()
             .filter(|t| matches!(t.phase, Phase::Stopped | Phase::Failed) && !t.start_pending)
+            .filter(|t| t.service.is_none() && !t.drained)
             .map(|t| FinishedTask {
                 def: (*t.def).clone(),
                 failed: t.phase == Phase::Failed,
@@ -753,6 +908,9 @@ impl Core {
                 }
             }
         }
+        if let Err(reason) = self.check_service_names(scope, &doc) {
+            return reject(out, scope, version, reason);
+        }
         out.push(Action::Event(EventBody::DesiredApplied {
             scope,
             version: doc.version,
@@ -782,12 +940,18 @@ impl Core {
     }
 
     fn reconcile(&mut self, now: Time, out: &mut Vec<Action>) {
-        let desired: BTreeMap<Name, Arc<TaskDefinition>> = self
+        let (services, desired): (BTreeMap<_, _>, BTreeMap<_, _>) = self
             .desired()
             .into_iter()
             .map(|(n, d)| (n, Arc::new(d.clone())))
+            .partition(|(_, d)| service_of(d).is_some());
+        self.reconcile_services(services, now, out);
+        let plain = self.tasks.iter().filter(|(_, t)| t.service.is_none());
+        let names: BTreeSet<Name> = plain
+            .map(|(n, _)| n)
+            .chain(desired.keys())
+            .cloned()
             .collect();
-        let names: BTreeSet<Name> = self.tasks.keys().chain(desired.keys()).cloned().collect();
         for name in names {
             let want = desired.get(&name);
             let Some(rec) = self.tasks.get_mut(&name) else {
@@ -916,6 +1080,13 @@ impl Core {
         };
         let idle =
             matches!(t.phase, Phase::Stopped | Phase::Failed | Phase::Backoff) && !t.start_pending;
+        if self.drain.is_some() {
+            out.push(Action::Event(EventBody::ScheduleSkipped {
+                task: name.clone(),
+                reason: "the node is draining".into(),
+            }));
+            return;
+        }
         if idle {
             t.restarts = t
                 .restarts
@@ -938,9 +1109,19 @@ impl Core {
 
     /// Issues `StartTask` for a known task.
     fn launch(&mut self, name: &Name, now: Time, out: &mut Vec<Action>) {
+        let grace = self.cfg.stop_grace_ms;
+        let draining = self.drain.is_some();
         let Some(t) = self.tasks.get_mut(name) else {
             return;
         };
+        if draining {
+            // A draining node starts nothing: the task waits for `Activate`.
+            t.phase = Phase::Stopped;
+            t.deadline = None;
+            t.drained = true;
+            return;
+        }
+        t.drained = false;
         t.phase = Phase::Starting;
         t.start_pending = true;
         t.stop_reason = None;
@@ -959,6 +1140,9 @@ impl Core {
                 pid: None,
                 exit: None,
                 early_exit: None,
+                stop_timeout_ms: c.stop_timeout_secs.map_or(grace, |s| u64::from(s) * 1000),
+                kill_at: None,
+                health: health::HealthState::new(c.health_check.clone()),
             })
             .collect();
         out.push(Action::Event(EventBody::TaskStarting {
@@ -974,7 +1158,6 @@ impl Core {
 
     /// Begins stopping a task for `reason` (idempotent).
     fn stop(&mut self, name: &Name, reason: StopReason, now: Time, out: &mut Vec<Action>) {
-        let grace = self.cfg.stop_grace_ms;
         let Some(t) = self.tasks.get_mut(name) else {
             return;
         };
@@ -982,7 +1165,11 @@ impl Core {
         if t.stop_reason.is_none()
             || matches!(
                 reason,
-                StopReason::Removed | StopReason::Replaced | StopReason::Shutdown
+                StopReason::Removed
+                    | StopReason::Replaced
+                    | StopReason::Shutdown
+                    | StopReason::ServiceUpdated
+                    | StopReason::Drained
             )
         {
             t.stop_reason = Some(reason);
@@ -990,7 +1177,10 @@ impl Core {
         match t.phase {
             Phase::Starting | Phase::Running => {
                 t.phase = Phase::Stopping { killed: false };
-                t.deadline = Some(now.mono_ms + grace);
+                for c in &mut t.containers {
+                    c.kill_at = Some(now.mono_ms + c.stop_timeout_ms);
+                }
+                t.deadline = t.next_kill();
                 t.signal_running(name, Signal::Term, out);
                 self.maybe_remove(name, out);
             }
@@ -1058,7 +1248,11 @@ impl Core {
         }
     }
 
-    fn on_task_started(&mut self, name: &Name, _now: Time, out: &mut Vec<Action>) {
+    fn on_task_started(&mut self, name: &Name, now: Time, out: &mut Vec<Action>) {
+        let grace = self
+            .tasks
+            .get(name)
+            .map_or(0, |t| health::service_grace_ms(t, self));
         let Some(t) = self.tasks.get_mut(name) else {
             return;
         };
@@ -1068,6 +1262,9 @@ impl Core {
         t.start_pending = false;
         if t.phase == Phase::Starting {
             t.phase = Phase::Running;
+            for c in &mut t.containers {
+                c.health.on_started(now.mono_ms, grace);
+            }
             out.push(Action::Event(EventBody::TaskRunning { task: name.clone() }));
         }
         self.maybe_remove(name, out);
@@ -1118,6 +1315,7 @@ impl Core {
         c.state = ContainerState::Exited;
         c.exit = Some(exit);
         c.pid = None;
+        c.health.stop();
         let essential = c.essential;
         out.push(Action::Event(EventBody::ContainerExited {
             task: name.clone(),
@@ -1174,10 +1372,19 @@ impl Core {
 
     /// A task is stopped and cleaned: forget it, replace it, restart it or leave it.
     fn finish(&mut self, name: &Name, now: Time, out: &mut Vec<Action>) {
+        if self.tasks.get(name).is_some_and(|t| t.service.is_some()) {
+            return self.finish_service_task(name, now, out);
+        }
         let want = self.desired().get(name).map(|d| (*d).clone());
         let Some(t) = self.tasks.get_mut(name) else {
             return;
         };
+        if t.stop_reason == Some(StopReason::Drained) && want.as_ref() == Some(&*t.def) {
+            // Stopped by a drain: started again on `Activate`.
+            t.phase = Phase::Stopped;
+            t.drained = true;
+            return;
+        }
         let Some(want) = want.filter(|_| !self.shutting_down) else {
             if !self.shutting_down {
                 self.tasks.remove(name);
@@ -1276,6 +1483,9 @@ impl Core {
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Action>) {
         self.on_schedules(now, out);
+        self.run_health_checks(now, out);
+        self.on_scaling_schedules(now, out);
+        self.on_drain_deadline(now, out);
         let due: Vec<Name> = self
             .tasks
             .iter()
@@ -1288,9 +1498,24 @@ impl Core {
             };
             match t.phase {
                 Phase::Stopping { killed: false } => {
-                    t.phase = Phase::Stopping { killed: true };
-                    t.deadline = Some(now.mono_ms + KILL_WAIT_MS);
-                    t.signal_running(&name, Signal::Kill, out);
+                    // SIGKILL each container whose stop timeout is over.
+                    for c in t.containers.iter_mut() {
+                        if c.kill_at.is_some_and(|k| k <= now.mono_ms) {
+                            c.kill_at = None;
+                            if c.state == ContainerState::Running {
+                                out.push(Action::Signal {
+                                    task: name.clone(),
+                                    container: c.name.clone(),
+                                    signal: Signal::Kill,
+                                });
+                            }
+                        }
+                    }
+                    t.deadline = t.next_kill();
+                    if t.deadline.is_none() {
+                        t.phase = Phase::Stopping { killed: true };
+                        t.deadline = Some(now.mono_ms + KILL_WAIT_MS);
+                    }
                 }
                 Phase::Stopping { killed: true } => {
                     // The exits never came (launcher lost): remove anyway, marking them unknown.

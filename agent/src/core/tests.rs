@@ -5,11 +5,11 @@ use super::*;
 use skiff_proto::codec::{encode, header_bytes};
 use skiff_proto::{ContainerDefinition, NetworkMode};
 
-fn n(s: &str) -> Name {
+pub(super) fn n(s: &str) -> Name {
     s.parse().expect("valid name")
 }
 
-fn at(ms: u64) -> Time {
+pub(super) fn at(ms: u64) -> Time {
     Time {
         wall_trusted: true,
         mono_ms: ms,
@@ -17,7 +17,7 @@ fn at(ms: u64) -> Time {
     }
 }
 
-fn container(name: &str, essential: bool) -> ContainerDefinition {
+pub(super) fn container(name: &str, essential: bool) -> ContainerDefinition {
     ContainerDefinition {
         name: n(name),
         image: "busybox".into(),
@@ -30,10 +30,12 @@ fn container(name: &str, essential: bool) -> ContainerDefinition {
         essential,
         working_directory: None,
         user: None,
+        health_check: None,
+        stop_timeout_secs: None,
     }
 }
 
-fn task(family: &str, policy: RestartPolicy) -> TaskDefinition {
+pub(super) fn task(family: &str, policy: RestartPolicy) -> TaskDefinition {
     TaskDefinition {
         family: n(family),
         revision: 1,
@@ -46,7 +48,7 @@ fn task(family: &str, policy: RestartPolicy) -> TaskDefinition {
     }
 }
 
-fn catalog() -> Catalog {
+pub(super) fn catalog() -> Catalog {
     [(
         "docker.io/library/busybox:latest".to_string(),
         "sha256:aa".to_string(),
@@ -54,7 +56,7 @@ fn catalog() -> Catalog {
     .into()
 }
 
-fn core() -> Core {
+pub(super) fn core() -> Core {
     Core::new(CoreConfig {
         node: n("pi-1"),
         cluster: n("demo"),
@@ -63,7 +65,7 @@ fn core() -> Core {
     })
 }
 
-fn doc(version: u64, tasks: Vec<TaskDefinition>) -> Vec<u8> {
+pub(super) fn doc(version: u64, tasks: Vec<TaskDefinition>) -> Vec<u8> {
     encode(&Message::DesiredState(DesiredState {
         version,
         cluster: n("demo"),
@@ -74,7 +76,12 @@ fn doc(version: u64, tasks: Vec<TaskDefinition>) -> Vec<u8> {
     .expect("encodes")
 }
 
-fn apply(c: &mut Core, version: u64, tasks: Vec<TaskDefinition>, now: Time) -> Vec<Action> {
+pub(super) fn apply(
+    c: &mut Core,
+    version: u64,
+    tasks: Vec<TaskDefinition>,
+    now: Time,
+) -> Vec<Action> {
     c.handle(
         Event::DesiredPayload {
             scope: Scope::Node,
@@ -85,7 +92,7 @@ fn apply(c: &mut Core, version: u64, tasks: Vec<TaskDefinition>, now: Time) -> V
     )
 }
 
-fn starts(actions: &[Action]) -> Vec<String> {
+pub(super) fn starts(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -95,7 +102,7 @@ fn starts(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
-fn signals(actions: &[Action]) -> Vec<(String, String, Signal)> {
+pub(super) fn signals(actions: &[Action]) -> Vec<(String, String, Signal)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -109,7 +116,7 @@ fn signals(actions: &[Action]) -> Vec<(String, String, Signal)> {
         .collect()
 }
 
-fn removes(actions: &[Action]) -> Vec<String> {
+pub(super) fn removes(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -119,7 +126,7 @@ fn removes(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
-fn events(actions: &[Action]) -> Vec<EventBody> {
+pub(super) fn events(actions: &[Action]) -> Vec<EventBody> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -129,14 +136,14 @@ fn events(actions: &[Action]) -> Vec<EventBody> {
         .collect()
 }
 
-fn rejection(actions: &[Action]) -> Option<String> {
+pub(super) fn rejection(actions: &[Action]) -> Option<String> {
     events(actions).into_iter().find_map(|e| match e {
         EventBody::DesiredRejected { reason, .. } => Some(reason),
         _ => None,
     })
 }
 
-fn last_status(actions: &[Action]) -> Option<Status> {
+pub(super) fn last_status(actions: &[Action]) -> Option<Status> {
     actions.iter().rev().find_map(|a| match a {
         Action::Status(s) => Some(s.clone()),
         _ => None,
@@ -144,7 +151,7 @@ fn last_status(actions: &[Action]) -> Option<Status> {
 }
 
 /// Plays the runtime: starts every container of the task.
-fn run(c: &mut Core, family: &str, now: Time) -> Vec<Action> {
+pub(super) fn run(c: &mut Core, family: &str, now: Time) -> Vec<Action> {
     let def = c.tasks.get(&n(family)).expect("task").def.clone();
     let mut out = Vec::new();
     for (i, ct) in def.containers.iter().enumerate() {
@@ -162,7 +169,13 @@ fn run(c: &mut Core, family: &str, now: Time) -> Vec<Action> {
     out
 }
 
-fn exit(c: &mut Core, family: &str, container: &str, code: i32, now: Time) -> Vec<Action> {
+pub(super) fn exit(
+    c: &mut Core,
+    family: &str,
+    container: &str,
+    code: i32,
+    now: Time,
+) -> Vec<Action> {
     let exit = ExitInfo {
         code,
         signal: None,
@@ -178,7 +191,7 @@ fn exit(c: &mut Core, family: &str, container: &str, code: i32, now: Time) -> Ve
     )
 }
 
-fn removed(c: &mut Core, family: &str, now: Time) -> Vec<Action> {
+pub(super) fn removed(c: &mut Core, family: &str, now: Time) -> Vec<Action> {
     c.handle(
         Event::TaskRemoved {
             task: n(family),

@@ -445,6 +445,8 @@ mod tests {
             essential: true,
             working_directory: None,
             user: None,
+            health_check: None,
+            stop_timeout_secs: None,
         }
     }
 

@@ -129,6 +129,8 @@ pub fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefin
             essential: true,
             working_directory: None,
             user: None,
+            health_check: None,
+            stop_timeout_secs: None,
         }],
         cpu: None,
         memory_mib: None,
