@@ -540,6 +540,9 @@ impl Output {
         for action in rest {
             match action {
                 Action::StartTask { def } => shells.start_task(def),
+                Action::StartContainer { task, container } => {
+                    shells.start_container(task, container)
+                }
                 Action::Signal {
                     task,
                     container,
@@ -817,26 +820,55 @@ impl Shells {
             .await
             .map_err(|e| e.to_string())?;
         let prefix = def.containers.len() > 1;
-        for c in &def.containers {
-            let fifo = self.open_stdio(&def.family, &c.name, prefix).await?;
+        // Containers with `dependsOn` wait for the core's `StartContainer`.
+        for c in def.containers.iter().filter(|c| c.depends_on.is_empty()) {
             let pid = self
-                .runtime
-                .start_container(&def.family, &c.name, &fifo)
-                .await
-                .map_err(|e| e.to_string());
-            match pid {
-                Ok(pid) => self.send(Event::ContainerStarted {
-                    task: def.family.clone(),
-                    container: c.name.clone(),
-                    pid,
-                }),
-                Err(e) => {
-                    self.drain_reader(&def.family, &c.name).await;
-                    return Err(format!("container {}: {e}", c.name));
-                }
-            }
+                .try_start_container(&def.family, &c.name, prefix)
+                .await?;
+            self.send(Event::ContainerStarted {
+                task: def.family.clone(),
+                container: c.name.clone(),
+                pid,
+            });
         }
         Ok(())
+    }
+
+    /// Starts one prepared container with its log reader.
+    async fn try_start_container(
+        &self,
+        task: &Name,
+        container: &Name,
+        prefix: bool,
+    ) -> Result<u32, String> {
+        let fifo = self.open_stdio(task, container, prefix).await?;
+        match self.runtime.start_container(task, container, &fifo).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                self.drain_reader(task, container).await;
+                Err(format!("container {container}: {e}"))
+            }
+        }
+    }
+
+    /// Starts a container whose dependencies are met (the task is prepared and running).
+    fn start_container(&self, task: Name, container: Name) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let ev = match me.try_start_container(&task, &container, true).await {
+                Ok(pid) => Event::ContainerStarted {
+                    task,
+                    container,
+                    pid,
+                },
+                Err(reason) => Event::ContainerStartFailed {
+                    task,
+                    container,
+                    reason,
+                },
+            };
+            me.send(ev);
+        });
     }
 
     /// Makes the container's stdio FIFO and starts the task that copies it into the log.

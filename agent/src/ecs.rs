@@ -31,10 +31,10 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use skiff_proto::limits::{MAX_CONTAINERS, MAX_SERVICE_TASKS};
 use skiff_proto::{
-    AutoScaling, Batch, BoundError, CircuitBreaker, ContainerDefinition, EnvVar, HealthCheck,
-    HealthTest, MissedRunPolicy, Name, NetworkMode, OverlapPolicy, RestartPolicy, ScalingMetric,
-    Schedule, ScheduleSpec, ScheduledScaling, Service, StepAdjustment, StepScaling, TargetTracking,
-    TaskDefinition, TaskExtension,
+    AutoScaling, Batch, BoundError, CircuitBreaker, ContainerDefinition, ContainerDependency,
+    DependencyCondition, EnvVar, HealthCheck, HealthTest, MissedRunPolicy, Name, NetworkMode,
+    OverlapPolicy, RestartPolicy, ScalingMetric, Schedule, ScheduleSpec, ScheduledScaling, Service,
+    StepAdjustment, StepScaling, TargetTracking, TaskDefinition, TaskExtension,
 };
 
 /// Largest task-definition JSON accepted. A whole desired-state document must fit in one
@@ -302,6 +302,22 @@ fn container_to_json(c: &ContainerDefinition) -> Value {
     if let Some(s) = c.stop_timeout_secs {
         o.insert("stopTimeout".into(), s.into());
     }
+    if !c.depends_on.is_empty() {
+        let deps = c
+            .depends_on
+            .iter()
+            .map(|d| {
+                let condition = match d.condition {
+                    DependencyCondition::Start => "START",
+                    DependencyCondition::Complete => "COMPLETE",
+                    DependencyCondition::Success => "SUCCESS",
+                    DependencyCondition::Healthy => "HEALTHY",
+                };
+                serde_json::json!({"containerName": d.container.as_str(), "condition": condition})
+            })
+            .collect();
+        o.insert("dependsOn".into(), Value::Array(deps));
+    }
     Value::Object(o)
 }
 
@@ -498,6 +514,7 @@ const CONTAINER_SUPPORTED: &[&str] = &[
     "user",
     "healthCheck",
     "stopTimeout",
+    "dependsOn",
 ];
 
 const NO_VOLUMES: Option<&str> = Some("volumes are not supported yet");
@@ -524,10 +541,6 @@ const CONTAINER_UNSUPPORTED: &[(&str, Option<&str>)] = &[
         Some("list the variables in \"environment\" instead"),
     ),
     ("repositoryCredentials", None),
-    (
-        "dependsOn",
-        Some("container start order is not supported yet"),
-    ),
     ("startTimeout", None),
     ("linuxParameters", None),
     ("privileged", None),
@@ -816,6 +829,7 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
     let mut user = None;
     let mut health_check = None;
     let mut stop_timeout_secs = None;
+    let mut depends_on = Vec::new();
     for (key, v) in obj {
         let path = join(base, key);
         let k = key.as_str();
@@ -843,6 +857,7 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
                 "stopTimeout" => {
                     stop_timeout_secs = Some(number_u32(v, &path, "a number of seconds")?)
                 }
+                "dependsOn" => depends_on = parse_depends_on(v, &path)?,
                 _ => user = optional_string(v, &path)?,
             }
         } else if let Some((_, why)) = CONTAINER_UNSUPPORTED.iter().find(|(n, _)| *n == k) {
@@ -875,7 +890,70 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
         user,
         health_check,
         stop_timeout_secs,
+        depends_on,
     })
+}
+
+/// ECS `dependsOn`: `[{"containerName": "db", "condition": "HEALTHY"}]`.
+fn parse_depends_on(v: &Value, path: &str) -> Result<Vec<ContainerDependency>, TaskDefError> {
+    let arr = v.as_array().ok_or_else(|| {
+        invalid(
+            path,
+            format!(
+                "expected an array of {{containerName, condition}}, got {}",
+                got(v)
+            ),
+        )
+    })?;
+    if arr.len() > MAX_CONTAINERS {
+        return Err(invalid(
+            path,
+            format!("{} entries, at most {MAX_CONTAINERS} allowed", arr.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, d) in arr.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let obj = d.as_object().ok_or_else(|| {
+            invalid(
+                &at,
+                format!("expected {{containerName, condition}}, got {}", got(d)),
+            )
+        })?;
+        let mut container = None;
+        let mut condition = None;
+        for (k, v) in obj {
+            let p = join(&at, k);
+            match k.as_str() {
+                "containerName" => container = Some(name(v, &p)?),
+                "condition" => {
+                    condition = Some(match string(v, &p)? {
+                        "START" => DependencyCondition::Start,
+                        "COMPLETE" => DependencyCondition::Complete,
+                        "SUCCESS" => DependencyCondition::Success,
+                        "HEALTHY" => DependencyCondition::Healthy,
+                        other => {
+                            return Err(invalid(
+                                &p,
+                                format!("{other:?}: expected START, COMPLETE, SUCCESS or HEALTHY"),
+                            ))
+                        }
+                    })
+                }
+                _ => {
+                    return Err(invalid(
+                        &p,
+                        "unknown key; a dependency has containerName and condition",
+                    ))
+                }
+            }
+        }
+        out.push(ContainerDependency {
+            container: container.ok_or_else(|| invalid(&join(&at, "containerName"), "missing"))?,
+            condition: condition.ok_or_else(|| invalid(&join(&at, "condition"), "missing"))?,
+        });
+    }
+    Ok(out)
 }
 
 fn environment(v: &Value, path: &str) -> Result<Vec<EnvVar>, TaskDefError> {
@@ -2167,6 +2245,34 @@ mod tests {
     }
 
     #[test]
+    fn depends_on_parses_checks_and_round_trips() {
+        let v = json!({"family": "stack", "containerDefinitions": [
+            {"name": "db", "image": "busybox", "essential": false,
+             "healthCheck": {"command": ["CMD-SHELL", "true"]}},
+            {"name": "app", "image": "busybox",
+             "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}]}]});
+        let d = ok(v);
+        assert_eq!(
+            d.containers[1].depends_on,
+            [ContainerDependency {
+                container: "db".parse().expect("name"),
+                condition: DependencyCondition::Healthy
+            }]
+        );
+        assert_eq!(ok(to_ecs_json(&d)), d);
+        assert_eq!(
+            err(container(json!({"dependsOn": [{"containerName": "main", "condition": "LATER"}]}))),
+            "containerDefinitions[0].dependsOn[0].condition: \"LATER\": expected START, COMPLETE, SUCCESS or HEALTHY"
+        );
+        assert_eq!(
+            err(container(
+                json!({"dependsOn": [{"containerName": "db", "condition": "START"}]})
+            )),
+            "containerDefinitions[0].dependsOn: no container named db in this task"
+        );
+    }
+
+    #[test]
     fn schedules_and_batches_parse_and_round_trip() {
         let d = ok(task(
             json!({"schedule": {"cron": "*/5 * * * *", "timezone": "+05:30",
@@ -2702,6 +2808,7 @@ mod tests {
                     user: None,
                     health_check: None,
                     stop_timeout_secs: None,
+                    depends_on: vec![],
                 }],
                 cpu: None,
                 memory_mib: None,
@@ -3001,6 +3108,7 @@ mod tests {
                 user: None,
                 health_check: None,
                 stop_timeout_secs: None,
+                depends_on: vec![],
             }],
             cpu: None,
             memory_mib: None,

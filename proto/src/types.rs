@@ -270,6 +270,28 @@ pub struct ContainerDefinition {
     pub health_check: Option<HealthCheck>,
     /// ECS `stopTimeout`: SIGTERM → SIGKILL for this container (the agent's default if None).
     pub stop_timeout_secs: Option<u32>,
+    /// ECS `dependsOn`: this container starts once each condition holds.
+    pub depends_on: Vec<ContainerDependency>,
+}
+
+/// ECS `dependsOn` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDependency {
+    pub container: Name,
+    pub condition: DependencyCondition,
+}
+
+/// ECS's dependency conditions. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DependencyCondition {
+    /// The other container has started.
+    Start,
+    /// The other container has exited (any code).
+    Complete,
+    /// The other container has exited with code 0.
+    Success,
+    /// The other container's health check passed.
+    Healthy,
 }
 
 /// `NAME=value` for a container.
@@ -823,6 +845,60 @@ impl TaskDefinition {
             }
             if c.stop_timeout_secs.is_some_and(|s| s > 3600) {
                 return Err(bound_err(at("stopTimeout"), "at most 3600 seconds"));
+            }
+            check_len(&at("dependsOn"), c.depends_on.len(), MAX_CONTAINERS)?;
+            for d in &c.depends_on {
+                let Some(target) = self.containers.iter().find(|o| o.name == d.container) else {
+                    return Err(bound_err(
+                        at("dependsOn"),
+                        alloc::format!("no container named {} in this task", d.container),
+                    ));
+                };
+                if target.name == c.name {
+                    return Err(bound_err(
+                        at("dependsOn"),
+                        "a container can't depend on itself",
+                    ));
+                }
+                match d.condition {
+                    DependencyCondition::Healthy if target.health_check.is_none() => {
+                        return Err(bound_err(
+                            at("dependsOn"),
+                            alloc::format!(
+                                "HEALTHY needs a healthCheck on container {}",
+                                d.container
+                            ),
+                        ))
+                    }
+                    DependencyCondition::Complete | DependencyCondition::Success
+                        if target.essential =>
+                    {
+                        return Err(bound_err(
+                            at("dependsOn"),
+                            alloc::format!(
+                                "container {} is essential: its exit stops the task, so nothing can wait for it to complete",
+                                d.container
+                            ),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Dependencies must not form a cycle: repeatedly take containers whose dependencies are
+        // all taken.
+        let mut taken: Vec<&Name> = Vec::new();
+        while taken.len() < self.containers.len() {
+            let before = taken.len();
+            for c in &self.containers {
+                if !taken.contains(&&c.name)
+                    && c.depends_on.iter().all(|d| taken.contains(&&d.container))
+                {
+                    taken.push(&c.name);
+                }
+            }
+            if taken.len() == before {
+                return Err(bound_err("containerDefinitions", "dependsOn forms a cycle"));
             }
         }
         if self.memory_mib.is_some_and(|m| m < 4) {

@@ -32,6 +32,7 @@ fn task() -> TaskDefinition {
             user: Some("1000:1000".into()),
             health_check: None,
             stop_timeout_secs: None,
+            depends_on: vec![],
         }],
         cpu: Some(512),
         memory_mib: Some(128),

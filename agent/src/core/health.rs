@@ -169,6 +169,8 @@ impl Core {
         }));
         if t.health() == Health::Unhealthy && t.service.is_some() {
             self.stop(task, StopReason::Unhealthy, now, out);
+        } else {
+            self.start_ready_containers(task, now, out);
         }
     }
 }

@@ -21,6 +21,7 @@
 //! receives a stale exit.
 
 pub mod cron;
+mod deps;
 mod health;
 mod service;
 #[cfg(test)]
@@ -119,8 +120,14 @@ pub enum Event {
         container: Name,
         pid: u32,
     },
-    /// Every container of the task was started.
+    /// Every container of the task without `dependsOn` was started.
     TaskStarted { task: Name },
+    /// A container asked for by `StartContainer` could not be started.
+    ContainerStartFailed {
+        task: Name,
+        container: Name,
+        reason: String,
+    },
     /// Starting the task failed (image, rootfs, runtime); containers started before are running.
     TaskStartFailed { task: Name, reason: String },
     /// A container's process exited.
@@ -158,9 +165,12 @@ pub enum Event {
 /// Something the shells must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Resolve images, prepare and start every container of the task; report
-    /// `ContainerStarted`s then `TaskStarted` or `TaskStartFailed`.
+    /// Resolve images, prepare every container of the task and start those without
+    /// `dependsOn`; report `ContainerStarted`s then `TaskStarted` or `TaskStartFailed`.
     StartTask { def: Arc<TaskDefinition> },
+    /// Start one prepared container whose dependencies are met; report `ContainerStarted` or
+    /// `ContainerStartFailed`.
+    StartContainer { task: Name, container: Name },
     /// Signal one container.
     Signal {
         task: Name,
@@ -222,6 +232,10 @@ struct ContainerRec {
     /// While stopping: when this container gets SIGKILL; `None` once sent.
     kill_at: Option<u64>,
     health: health::HealthState,
+    /// ECS `dependsOn`: started by `StartContainer` once these hold.
+    deps: Vec<skiff_proto::ContainerDependency>,
+    /// A start of this container is in flight.
+    starting: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -537,6 +551,11 @@ impl Core {
                 pid,
             } => self.on_started(&task, &container, pid, now, &mut out),
             Event::TaskStarted { task } => self.on_task_started(&task, now, &mut out),
+            Event::ContainerStartFailed {
+                task,
+                container,
+                reason,
+            } => self.on_container_start_failed(&task, &container, reason, now, &mut out),
             Event::TaskStartFailed { task, reason } => {
                 self.on_start_failed(&task, reason, now, &mut out)
             }
@@ -1143,6 +1162,8 @@ impl Core {
                 stop_timeout_ms: c.stop_timeout_secs.map_or(grace, |s| u64::from(s) * 1000),
                 kill_at: None,
                 health: health::HealthState::new(c.health_check.clone()),
+                deps: c.depends_on.clone(),
+                starting: c.depends_on.is_empty(),
             })
             .collect();
         out.push(Action::Event(EventBody::TaskStarting {
@@ -1200,7 +1221,7 @@ impl Core {
         let running = t
             .containers
             .iter()
-            .any(|c| c.state == ContainerState::Running);
+            .any(|c| c.state == ContainerState::Running || (c.starting && !t.start_pending));
         if matches!(t.phase, Phase::Stopping { .. }) && !running && !t.start_pending {
             t.phase = Phase::Removing;
             t.deadline = None;
@@ -1221,6 +1242,7 @@ impl Core {
         };
         let stopping = matches!(t.phase, Phase::Stopping { .. });
         let killed = matches!(t.phase, Phase::Stopping { killed: true });
+        let running_phase = t.phase == Phase::Running;
         let Some(c) = t.containers.iter_mut().find(|c| c.name == *container) else {
             return;
         };
@@ -1229,6 +1251,10 @@ impl Core {
         }
         c.state = ContainerState::Running;
         c.pid = Some(pid);
+        c.starting = false;
+        if running_phase {
+            c.health.on_started(now.mono_ms, 0);
+        }
         out.push(Action::Event(EventBody::ContainerStarted {
             task: name.clone(),
             container: container.clone(),
@@ -1236,6 +1262,10 @@ impl Core {
         }));
         if let Some(exit) = c.early_exit.take() {
             return self.on_exited(name, container, exit, now, out);
+        }
+        if !stopping {
+            self.start_ready_containers(name, now, out);
+            return;
         }
         if stopping {
             // Started after the task was told to stop: stop it too.
@@ -1260,6 +1290,7 @@ impl Core {
             return;
         }
         t.start_pending = false;
+        t.initial_starts_done();
         if t.phase == Phase::Starting {
             t.phase = Phase::Running;
             for c in &mut t.containers {
@@ -1268,6 +1299,7 @@ impl Core {
             out.push(Action::Event(EventBody::TaskRunning { task: name.clone() }));
         }
         self.maybe_remove(name, out);
+        self.start_ready_containers(name, now, out);
     }
 
     fn on_start_failed(&mut self, name: &Name, reason: String, now: Time, out: &mut Vec<Action>) {
@@ -1278,6 +1310,7 @@ impl Core {
             return;
         }
         t.start_pending = false;
+        t.initial_starts_done();
         t.failure = Some(reason.clone());
         out.push(Action::Event(EventBody::TaskFailed {
             task: name.clone(),
@@ -1305,7 +1338,7 @@ impl Core {
         let Some(c) = t.containers.iter_mut().find(|c| c.name == *container) else {
             return;
         };
-        if c.state == ContainerState::Pending && t.start_pending {
+        if c.state == ContainerState::Pending && c.starting {
             c.early_exit = Some(exit);
             return;
         }
@@ -1329,6 +1362,7 @@ impl Core {
             self.stop(name, StopReason::EssentialExited, now, out);
         } else {
             self.maybe_remove(name, out);
+            self.start_ready_containers(name, now, out);
         }
     }
 
@@ -1528,6 +1562,9 @@ impl Core {
                         c.pid = None;
                     }
                     t.start_pending = false;
+                    for c in t.containers.iter_mut() {
+                        c.starting = false;
+                    }
                     self.maybe_remove(&name, out);
                 }
                 Phase::Backoff => {

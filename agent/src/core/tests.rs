@@ -32,6 +32,7 @@ pub(super) fn container(name: &str, essential: bool) -> ContainerDefinition {
         user: None,
         health_check: None,
         stop_timeout_secs: None,
+        depends_on: vec![],
     }
 }
 

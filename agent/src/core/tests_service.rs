@@ -142,7 +142,7 @@ impl Sim {
                         )
                     } else {
                         let mut out = Vec::new();
-                        for ct in &def.containers {
+                        for ct in def.containers.iter().filter(|c| c.depends_on.is_empty()) {
                             out.extend(self.c.handle(
                                 Event::ContainerStarted {
                                     task: task.clone(),
@@ -178,6 +178,14 @@ impl Sim {
                 Action::RemoveTask { task } => {
                     self.c.handle(Event::TaskRemoved { task, error: None }, now)
                 }
+                Action::StartContainer { task, container } => self.c.handle(
+                    Event::ContainerStarted {
+                        task,
+                        container,
+                        pid: 2000,
+                    },
+                    now,
+                ),
                 Action::HealthCheck {
                     task, container, ..
                 } => {
@@ -918,4 +926,100 @@ fn a_rollback_keeps_the_tasks_of_the_revision_it_returns_to() {
     let svc = s.service();
     assert_eq!(svc.deployments.len(), 1);
     assert_eq!((svc.deployments[0].id, svc.deployments[0].revision), (1, 1));
+}
+
+/// db (health-checked) ← migrate (HEALTHY, runs once) ← app (SUCCESS), as ECS's dependsOn.
+fn staged(migrate_code: i32) -> (Sim, Vec<String>) {
+    let mut s = Sim::new();
+    let mut t = task("stack", RestartPolicy::Never);
+    let mut db = container("db", false);
+    db.health_check = web(1, service_spec(1, 0, 100)).containers[0]
+        .health_check
+        .clone();
+    let mut migrate = container("migrate", false);
+    migrate.depends_on = vec![skiff_proto::ContainerDependency {
+        container: n("db"),
+        condition: skiff_proto::DependencyCondition::Healthy,
+    }];
+    let mut app = container("app", true);
+    app.depends_on = vec![skiff_proto::ContainerDependency {
+        container: n("migrate"),
+        condition: skiff_proto::DependencyCondition::Success,
+    }];
+    t.containers = vec![db, migrate, app];
+    s.apply(1, vec![t]);
+    let started = |s: &Sim| -> Vec<String> {
+        s.events
+            .iter()
+            .filter_map(|e| match e {
+                EventBody::ContainerStarted { container, .. } => Some(container.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        started(&s),
+        ["db"],
+        "only the container without dependencies"
+    );
+    s.advance(1_000); // db healthy → migrate
+    assert_eq!(started(&s), ["db", "migrate"]);
+    let now = s.time();
+    let out = super::tests::exit(&mut s.c, "stack", "migrate", migrate_code, now);
+    s.feed(out);
+    let seen = started(&s);
+    (s, seen)
+}
+
+#[test]
+fn depends_on_starts_containers_in_order_of_their_conditions() {
+    let (s, started) = staged(0);
+    assert_eq!(started, ["db", "migrate", "app"]);
+    assert_eq!(s.c.phase(&n("stack")), Some(Phase::Running));
+}
+
+#[test]
+fn a_dependency_that_can_no_longer_hold_fails_the_task() {
+    let (s, started) = staged(3);
+    assert_eq!(started, ["db", "migrate"], "app never starts");
+    let reason = s.events.iter().find_map(|e| match e {
+        EventBody::TaskFailed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        reason.as_deref(),
+        Some("container app: dependency migrate exited with code 3 (SUCCESS required)")
+    );
+    assert_eq!(s.c.phase(&n("stack")), Some(Phase::Failed));
+}
+
+#[test]
+fn depends_on_cycles_and_impossible_conditions_are_rejected() {
+    let invalid = |t: &TaskDefinition| match t.validate() {
+        Err(e) => e.to_string(),
+        Ok(()) => panic!("accepted: {t:?}"),
+    };
+    let dep = |c: &str, cond| skiff_proto::ContainerDependency {
+        container: n(c),
+        condition: cond,
+    };
+    use skiff_proto::DependencyCondition::*;
+    let mut t = task("bad", RestartPolicy::Never);
+    let mut a = container("a", true);
+    let mut b = container("b", false);
+    a.depends_on = vec![dep("b", Start)];
+    b.depends_on = vec![dep("a", Start)];
+    t.containers = vec![a.clone(), b.clone()];
+    assert!(invalid(&t).contains("dependsOn forms a cycle"));
+    b.depends_on = vec![];
+    a.depends_on = vec![dep("b", Healthy)];
+    t.containers = vec![a.clone(), b.clone()];
+    assert!(invalid(&t).contains("HEALTHY needs a healthCheck on container b"));
+    b.essential = true;
+    a.depends_on = vec![dep("b", Complete)];
+    t.containers = vec![a.clone(), b.clone()];
+    assert!(invalid(&t).contains("container b is essential"));
+    a.depends_on = vec![dep("zz", Start)];
+    t.containers = vec![a, b];
+    assert!(invalid(&t).contains("no container named zz"));
 }

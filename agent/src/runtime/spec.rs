@@ -447,6 +447,7 @@ mod tests {
             user: None,
             health_check: None,
             stop_timeout_secs: None,
+            depends_on: vec![],
         }
     }
 

@@ -131,6 +131,7 @@ pub fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefin
             user: None,
             health_check: None,
             stop_timeout_secs: None,
+            depends_on: vec![],
         }],
         cpu: None,
         memory_mib: None,
