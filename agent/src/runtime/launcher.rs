@@ -12,6 +12,11 @@
 //! counter of the container's cgroup read before the exit is forwarded (the cgroup is removed
 //! later, with the task).
 //!
+//! Execs (`exec.rs`) are tenants of a running container, cloned the same way and also the
+//! launcher's children. Each has a pipe for its output and a deadline; the loop polls the pipes
+//! too, wakes up at the nearest deadline to SIGKILL an overdue exec, and answers the exec's
+//! request when its process is reaped, so a long exec never holds up other requests.
+//!
 //! When the agent's end of the socket closes, the launcher exits and leaves containers running.
 
 // The one unsafe call resets SIGPIPE in a container's init right before execve; see
@@ -27,6 +32,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -39,14 +45,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{dup2, setsid, Pid};
+use nix::unistd::{dup2, pipe2, setsid, Pid};
 use oci_spec::runtime::Spec;
 use skiff_proto::ExitInfo;
 
 use super::cgroup::read_oom_kills;
+use super::exec::{RunningExec, MAX_RUNNING_EXECS};
 use super::wire::{
-    read_frame_blocking, write_frame_blocking, Failure, FailureKind, FromLauncher, Reply, Request,
-    RequestBody, StartRequest,
+    read_frame_blocking, write_frame_blocking, ExecRequest, Failure, FailureKind, FromLauncher,
+    Reply, Request, RequestBody, StartRequest,
 };
 
 /// Entry point of `skiff __launcher STATE_DIR`. Must run before anything starts a thread.
@@ -119,25 +126,46 @@ fn run(state_dir: PathBuf) -> io::Result<()> {
         running: HashMap::new(),
         pids: HashMap::new(),
         reaped: HashSet::new(),
+        execs: HashMap::new(),
     };
     loop {
-        let (sock_ready, sig_ready) = {
-            let mut fds = [
+        let timeout = launcher.poll_timeout(Instant::now());
+        let (sock_ready, sig_ready, output_ready) = {
+            let mut fds = vec![
                 PollFd::new(launcher.sock.as_fd(), PollFlags::POLLIN),
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            let mut exec_pids = Vec::new();
+            for (&pid, exec) in &launcher.execs {
+                if let Some(pipe) = exec.pipe() {
+                    fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+                    exec_pids.push(pid);
+                }
+            }
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]))
+            let output_ready: Vec<i32> = exec_pids
+                .into_iter()
+                .zip(&fds[2..])
+                .filter(|(_, f)| ready(f))
+                .map(|(pid, _)| pid)
+                .collect();
+            (ready(&fds[0]), ready(&fds[1]), output_ready)
         };
+        for pid in output_ready {
+            if let Some(exec) = launcher.execs.get_mut(&pid) {
+                exec.read_available();
+            }
+        }
         if sig_ready {
             while sigfd.read_signal()?.is_some() {}
             launcher.reap()?;
         }
+        launcher.kill_overdue_execs(Instant::now());
         if sock_ready {
             match read_frame_blocking::<Request>(&mut &launcher.sock)? {
                 Some(req) => launcher.handle(req)?,
@@ -169,6 +197,8 @@ struct Launcher {
     pids: HashMap<String, Pid>,
     /// Containers this launcher started whose init it has reaped (its pid may be reused).
     reaped: HashSet<String>,
+    /// Unreaped exec processes by pid.
+    execs: HashMap<i32, RunningExec>,
 }
 
 impl Launcher {
@@ -184,6 +214,11 @@ impl Launcher {
             RequestBody::Start(start) => self.start(start),
             RequestBody::Kill { id, signal } => self.kill(&id, signal),
             RequestBody::Delete { id } => self.delete(&id),
+            RequestBody::Exec(exec) => match self.exec(req.seq, exec) {
+                // Answered when its process ends.
+                Ok(()) => return Ok(()),
+                Err(f) => Err(f),
+            },
         };
         self.send(&FromLauncher::Reply {
             seq: req.seq,
@@ -191,7 +226,7 @@ impl Launcher {
         })
     }
 
-    /// Reaps every exited child and reports the container inits among them.
+    /// Reaps every exited child and reports the container inits and execs among them.
     fn reap(&mut self) -> io::Result<()> {
         loop {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
@@ -209,6 +244,14 @@ impl Launcher {
             WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
             _ => return Ok(()),
         };
+        if let Some(exec) = self.execs.remove(&pid.as_raw()) {
+            let seq = exec.seq;
+            tracing::debug!(%pid, ?status, timed_out = exec.timed_out, "exec ended");
+            return self.send(&FromLauncher::Reply {
+                seq,
+                result: Ok(exec.finish(status)),
+            });
+        }
         let Some(child) = self.running.remove(&pid.as_raw()) else {
             return Ok(());
         };
@@ -231,11 +274,19 @@ impl Launcher {
     }
 
     /// Blocks until `pid` (already sent SIGKILL) is reaped, reporting its exit.
+    ///
+    /// Reaps (and reports) every other child that ends meanwhile: a dying pid-namespace init
+    /// waits until every process of its namespace is reaped, and the execs in it are this
+    /// launcher's children, so waiting for the init alone would never return.
     fn reap_one(&mut self, pid: Pid) -> io::Result<()> {
         loop {
-            match waitpid(pid, None) {
+            match waitpid(None::<Pid>, None) {
                 Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                    return self.on_wait_status(s)
+                    let done = s.pid() == Some(pid);
+                    self.on_wait_status(s)?;
+                    if done {
+                        return Ok(());
+                    }
                 }
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(Errno::ECHILD) => return Ok(()),
@@ -302,6 +353,111 @@ impl Launcher {
         let pid = u32::try_from(pid.as_raw())
             .map_err(|_| Failure::new(FailureKind::Failed, "negative pid"))?;
         Ok(Reply::Started { pid })
+    }
+
+    /// How long `poll` may sleep: until the nearest deadline of an exec not yet killed.
+    fn poll_timeout(&self, now: Instant) -> PollTimeout {
+        self.execs
+            .values()
+            .filter(|e| !e.timed_out)
+            .map(|e| e.deadline.saturating_duration_since(now))
+            .min()
+            .map_or(PollTimeout::NONE, |d| {
+                // Round up, so the loop never wakes just before a deadline and spins.
+                let ms = d.as_micros().div_ceil(1000);
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            })
+    }
+
+    /// SIGKILLs every exec past its deadline: its whole process group (the tenant calls
+    /// `setsid`, so that is the command and what it started), then the process itself. They
+    /// stay unreaped until the signalfd reports them, so neither id can have been reused.
+    fn kill_overdue_execs(&mut self, now: Instant) {
+        for (&pid, exec) in &mut self.execs {
+            if exec.timed_out || exec.deadline > now {
+                continue;
+            }
+            exec.timed_out = true;
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            tracing::debug!(pid, "exec timed out");
+        }
+    }
+
+    /// Starts `r.argv` as a tenant of the running container `r.id` with the user and working
+    /// directory of its spec (the env comes from the spec through libcontainer); stdout and
+    /// stderr go to a pipe this loop reads. Returns once the command was executed; the reply
+    /// follows when it ends.
+    fn exec(&mut self, seq: u64, r: ExecRequest) -> Result<(), Failure> {
+        if !self.pids.contains_key(&r.id) {
+            return Err(Failure::new(
+                FailureKind::NotFound,
+                format!("container {} is not running", r.id),
+            ));
+        }
+        if self.execs.len() >= MAX_RUNNING_EXECS {
+            return Err(Failure::new(
+                FailureKind::Invalid,
+                format!("{MAX_RUNNING_EXECS} execs are running already"),
+            ));
+        }
+        let failed = |what: &str, e: &dyn std::error::Error| {
+            Failure::new(FailureKind::Failed, format!("{what}: {}", chain(e)))
+        };
+        let config = r.bundle.join("config.json");
+        let spec = Spec::load(&config)
+            .map_err(|e| failed(&format!("cannot read {}", config.display()), &e))?;
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| Failure::new(FailureKind::Failed, "the spec has no process"))?;
+        let user = process.user();
+        // Only this loop reads the pipe, so its end must not block; the command's end stays
+        // an ordinary blocking pipe.
+        let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| failed("pipe", &e))?;
+        fcntl(rd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .map_err(|e| failed("pipe", &e))?;
+        let wr2 = wr.try_clone().map_err(|e| failed("pipe", &e))?;
+        let stdin = File::open("/dev/null").map_err(|e| failed("cannot open /dev/null", &e))?;
+        let built = ContainerBuilder::new(r.id.clone(), SyscallType::default())
+            .with_executor(SkiffExecutor)
+            .with_root_path(&self.state_dir)
+            .map_err(|e| failed("invalid state directory", &e))?
+            .with_stdin(stdin)
+            .with_stdout(wr)
+            .with_stderr(wr2)
+            .as_tenant()
+            .with_container_args(r.argv)
+            .with_user(Some(user.uid()))
+            .with_group(Some(user.gid()))
+            .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
+            .with_cwd(Some(process.cwd()))
+            .with_detach(true)
+            .build();
+        self.remove_tenant_sockets(&r.id);
+        let pid = built.map_err(|e| failed("exec", &e))?;
+        self.execs.insert(
+            pid.as_raw(),
+            RunningExec::new(seq, r.timeout_ms, File::from(rd)),
+        );
+        Ok(())
+    }
+
+    /// libcontainer leaves the notify socket of every exec in the container's state directory;
+    /// health checks would pile them up. They are used only while `build` runs.
+    fn remove_tenant_sockets(&self, id: &str) {
+        let dir = self.state_dir.join(id);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("tenant-notify-") {
+                if let Err(err) = fs::remove_file(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove");
+                }
+            }
+        }
     }
 
     fn kill(&mut self, id: &str, signal: i32) -> Result<Reply, Failure> {

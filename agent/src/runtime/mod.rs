@@ -3,9 +3,14 @@
 //! # Layout
 //! - this file: [`Runtime`], the handle the agent uses from any tokio task. Preparing and
 //!   removing tasks (cgroups, network namespace, rootfs, `config.json`) happens here, on
-//!   blocking threads; creating, signalling and deleting containers is sent to the launcher.
+//!   blocking threads; creating, signalling and deleting containers and running execs is sent
+//!   to the launcher.
 //! - `launcher`: the single-threaded `skiff __launcher` process that calls libcontainer (it
 //!   clones, which is only safe from a single-threaded process) and reports exits.
+//! - `exec`: health-check primitives: [`Runtime::exec`] runs a command inside a running
+//!   container (a libcontainer tenant the launcher clones, times out and reaps; its reply
+//!   comes when the command ends) and [`Runtime::tcp_check`] connects to a port inside a
+//!   task's network namespace (from a short-lived thread that `setns`es).
 //! - `wire`: the agent ↔ launcher frames.
 //! - `spec`: the OCI runtime spec of a container (Docker's rules for args, env, cwd, user).
 //! - `cgroup`: task cgroups on v1 and v2: limits, removal, stats, OOM counters.
@@ -20,6 +25,7 @@
 //! `/{cgroup_parent}/{task}/{container}` made by libcontainer.
 
 mod cgroup;
+mod exec;
 mod ids;
 mod launcher;
 mod netns;
@@ -35,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use skiff_proto::{ExitInfo, Name, NetworkMode, TaskDefinition};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,12 +51,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::images::ResolvedImage;
 
 pub use cgroup::CgroupError;
+pub use exec::{
+    ExecArgvError, ExecOutcome, EXEC_OUTPUT_LIMIT, MAX_EXEC_ARGS, MAX_EXEC_ARG_BYTES,
+    MAX_EXEC_TIMEOUT,
+};
 pub use ids::{container_id, parse_container_id};
 pub use launcher::launcher_main;
 pub use spec::{SpecError, UserError};
 
 use cgroup::{CgroupLayout, TaskLimits};
-use wire::{Failure, FailureKind, FromLauncher, Reply, Request, RequestBody, StartRequest};
+use wire::{
+    ExecRequest, Failure, FailureKind, FromLauncher, Reply, Request, RequestBody, StartRequest,
+};
 
 /// Where and how the runtime works. Plain data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +156,16 @@ pub enum RuntimeError {
     },
     #[error("no container {task}/{container}")]
     NotFound { task: String, container: String },
+    #[error("container {task}/{container} is not running")]
+    NotRunning { task: String, container: String },
+    #[error("task {task} is not prepared")]
+    TaskNotPrepared { task: String },
+    #[error("cannot exec in {task}/{container}: {source}")]
+    ExecArgv {
+        task: String,
+        container: String,
+        source: ExecArgvError,
+    },
     #[error("invalid signal {signal} for {task}/{container}")]
     InvalidSignal {
         task: String,
@@ -689,6 +712,106 @@ impl Runtime {
                 message: f.message,
             }),
         }
+    }
+
+    /// Runs `argv` inside the running container, like `docker exec` or an ECS health check's
+    /// `CMD`: in its namespaces and cgroup, with the env, user and working directory of its
+    /// spec, stdin `/dev/null`. Waits until the command ends; at `timeout` (at most
+    /// [`MAX_EXEC_TIMEOUT`]) the launcher SIGKILLs its process group and the outcome is
+    /// `timed_out` with no code. The outcome's `output` is the first [`EXEC_OUTPUT_LIMIT`]
+    /// bytes of its stdout and stderr. Other runtime requests proceed meanwhile.
+    ///
+    /// Errors: [`RuntimeError::ExecArgv`] for a command out of bounds (1 to [`MAX_EXEC_ARGS`]
+    /// arguments of at most [`MAX_EXEC_ARG_BYTES`] bytes, no NUL), [`RuntimeError::NotRunning`]
+    /// when the container is not running, [`RuntimeError::Launcher`] when the command could
+    /// not be started (e.g. no such executable: a health check counts that as a failure).
+    pub async fn exec(
+        &self,
+        task: &Name,
+        container: &Name,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        exec::check_argv(&argv).map_err(|source| RuntimeError::ExecArgv {
+            task: task.to_string(),
+            container: container.to_string(),
+            source,
+        })?;
+        let id = container_id(task, container);
+        let reply = self
+            .request(RequestBody::Exec(ExecRequest {
+                id: id.clone(),
+                bundle: self.task_dir(task.as_str()).join(container.as_str()),
+                argv,
+                timeout_ms: exec::timeout_ms(timeout),
+            }))
+            .await?;
+        match reply {
+            Ok(Reply::ExecEnded {
+                code,
+                timed_out,
+                output,
+            }) => Ok(ExecOutcome {
+                code,
+                timed_out,
+                output,
+            }),
+            Ok(other) => Err(RuntimeError::Launcher {
+                op: "exec",
+                id,
+                message: format!("unexpected reply {other:?}"),
+            }),
+            Err(Failure {
+                kind: FailureKind::NotFound,
+                ..
+            }) => Err(RuntimeError::NotRunning {
+                task: task.to_string(),
+                container: container.to_string(),
+            }),
+            Err(f) => Err(RuntimeError::Launcher {
+                op: "exec",
+                id,
+                message: f.message,
+            }),
+        }
+    }
+
+    /// Whether a TCP connection to `127.0.0.1:port` succeeds within `timeout` in the task's
+    /// network namespace: its named namespace (`NetworkMode::None`), else the host's
+    /// (`NetworkMode::Host`). The connection is closed at once. Errors only when the task is
+    /// not prepared or its namespace cannot be entered.
+    pub async fn tcp_check(
+        &self,
+        task: &Name,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<bool, RuntimeError> {
+        let netns = self.netns_path(task.as_str());
+        if !netns.exists() {
+            if !self.task_dir(task.as_str()).is_dir() {
+                return Err(RuntimeError::TaskNotPrepared {
+                    task: task.to_string(),
+                });
+            }
+            let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+            let connect = tokio::net::TcpStream::connect(addr);
+            return Ok(matches!(
+                tokio::time::timeout(timeout, connect).await,
+                Ok(Ok(_))
+            ));
+        }
+        let netns_err = |path: &Path| {
+            let path = path.to_path_buf();
+            let task = task.to_string();
+            move |source| RuntimeError::Netns { task, path, source }
+        };
+        // `setns` changes the calling thread for good: never on a tokio or pool thread.
+        let answer =
+            exec::spawn_netns_probe(netns.clone(), port, timeout).map_err(netns_err(&netns))?;
+        answer
+            .await
+            .map_err(|_| RuntimeError::Panicked { what: "tcp check" })?
+            .map_err(netns_err(&netns))
     }
 
     /// Force-deletes every container of the task (their exits are reported first), unmounts

@@ -3,6 +3,8 @@
 //! Frame: `u32` little-endian body length, then the postcard body. The agent sends
 //! [`Request`]s; the launcher answers each with a [`FromLauncher::Reply`] carrying the same
 //! `seq`, and sends [`FromLauncher::Exited`] on its own whenever a container's init exits.
+//! Replies need not come in request order: an [`RequestBody::Exec`] is answered when its
+//! process has ended, after replies to requests sent later.
 //! Both ends are the same binary, so the format only has to agree with itself.
 
 use std::io::{self, Read, Write};
@@ -31,6 +33,20 @@ pub(crate) enum RequestBody {
     Kill { id: String, signal: i32 },
     /// Force-delete a container (kill, reap, remove cgroup and state). Idempotent.
     Delete { id: String },
+    /// Run a command in a running container; answered with [`Reply::ExecEnded`] once the
+    /// process has ended (or was killed at its timeout).
+    Exec(ExecRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExecRequest {
+    pub id: String,
+    /// The container's bundle: its `config.json` gives the user and working directory.
+    pub bundle: PathBuf,
+    /// Checked by the agent (`exec::check_argv`).
+    pub argv: Vec<String>,
+    /// The launcher SIGKILLs the process when it runs longer.
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,9 +73,20 @@ pub(crate) enum FromLauncher {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    Pong { pid: u32 },
-    Started { pid: u32 },
+    Pong {
+        pid: u32,
+    },
+    Started {
+        pid: u32,
+    },
     Done,
+    /// An exec's process ended. `code` is `None` when it was killed at its timeout;
+    /// `output` is the start of its stdout and stderr (`exec::EXEC_OUTPUT_LIMIT` bytes at most).
+    ExecEnded {
+        code: Option<i32>,
+        timed_out: bool,
+        output: Vec<u8>,
+    },
 }
 
 /// Why the launcher could not do what was asked.
@@ -169,6 +196,15 @@ mod tests {
                     signal: 15,
                 },
             },
+            Request {
+                seq: 4,
+                body: RequestBody::Exec(ExecRequest {
+                    id: "t+c".into(),
+                    bundle: "/run/skiff/tasks/t/c".into(),
+                    argv: vec!["sh".into(), "-c".into(), "exit 3".into()],
+                    timeout_ms: 1500,
+                }),
+            },
         ];
         let mut stream = Vec::new();
         for m in &msgs {
@@ -196,6 +232,14 @@ mod tests {
                     signal: Some(9),
                     oom_killed: true,
                 },
+            },
+            FromLauncher::Reply {
+                seq: 8,
+                result: Ok(Reply::ExecEnded {
+                    code: None,
+                    timed_out: true,
+                    output: b"partial\n".to_vec(),
+                }),
             },
         ];
         for m in msgs {
