@@ -198,7 +198,8 @@ pub async fn run(
         agent_version: VERSION.into(),
         stop_grace_ms: u64::try_from(cfg.stop_grace.as_millis()).unwrap_or(u64::MAX),
     })
-    .pulling_missing_images(cfg.images.pull_policy != crate::images::PullPolicy::Never);
+    .pulling_missing_images(cfg.images.pull_policy != crate::images::PullPolicy::Never)
+    .with_zones(crate::zones::Zones::system());
     let mut sampler = Sampler::new();
     let mut batch: Vec<MetricsSample> = Vec::new();
     let mut metrics_tick = tokio::time::interval(cfg.metrics_interval);

@@ -215,11 +215,12 @@ pub fn to_ecs_json(def: &TaskDefinition) -> Value {
                     ScheduleSpec::Cron {
                         expr,
                         utc_offset_minutes,
+                        zone,
                     } => {
                         o.insert("cron".into(), expr.as_str().into());
                         o.insert(
                             "timezone".into(),
-                            utc_offset_str(*utc_offset_minutes).into(),
+                            timezone_str(*utc_offset_minutes, zone.as_deref()).into(),
                         );
                     }
                     ScheduleSpec::Rate { every_secs } => {
@@ -229,6 +230,7 @@ pub fn to_ecs_json(def: &TaskDefinition) -> Value {
                 let overlap = match sch.overlap {
                     OverlapPolicy::Forbid => "forbid",
                     OverlapPolicy::Replace => "replace",
+                    OverlapPolicy::Allow => "allow",
                 };
                 let missed = match sch.missed {
                     MissedRunPolicy::Skip => "skip",
@@ -409,7 +411,7 @@ fn service_to_json(s: &Service) -> Value {
             .map(|x| {
                 serde_json::json!({
                     "schedule": x.cron,
-                    "timezone": utc_offset_str(x.utc_offset_minutes),
+                    "timezone": timezone_str(x.utc_offset_minutes, x.zone.as_deref()),
                     "minCapacity": x.min,
                     "maxCapacity": x.max,
                 })
@@ -1038,6 +1040,7 @@ fn parse_schedule(v: &Value, path: &str) -> Result<Schedule, TaskDefError> {
     })?;
     let mut cron = None;
     let mut offset: i16 = 0;
+    let mut zone = None;
     let mut rate = None;
     let mut overlap = OverlapPolicy::Forbid;
     let mut missed = MissedRunPolicy::Skip;
@@ -1050,10 +1053,11 @@ fn parse_schedule(v: &Value, path: &str) -> Result<Schedule, TaskDefError> {
         match key.as_str() {
             "cron" => {
                 let expr = text()?;
-                expr.parse::<crate::core::cron::CronExpr>().map_err(|e| invalid(&p, format!("{}: {e}", quoted(expr))))?;
+                expr.parse::<crate::core::cron::CronExpr>()
+                    .map_err(|e| invalid(&p, format!("{}: {e}", quoted(expr))))?;
                 cron = Some(expr.to_string());
             }
-            "timezone" => offset = parse_utc_offset(text()?).map_err(|e| invalid(&p, e))?,
+            "timezone" => (offset, zone) = parse_timezone(text()?).map_err(|e| invalid(&p, e))?,
             "rate" => {
                 let secs = match val {
                     Value::Number(_) => number_u32(val, &p, "a number of seconds")?,
@@ -1068,15 +1072,25 @@ fn parse_schedule(v: &Value, path: &str) -> Result<Schedule, TaskDefError> {
                 overlap = match text()? {
                     "forbid" => OverlapPolicy::Forbid,
                     "replace" => OverlapPolicy::Replace,
-                    "allow" => return Err(invalid(&p, "\"allow\" (concurrent runs of one task) is not supported yet; use \"forbid\" or \"replace\"")),
-                    other => return Err(invalid(&p, format!("expected \"forbid\" or \"replace\", got {other:?}"))),
+                    "allow" => OverlapPolicy::Allow,
+                    other => {
+                        return Err(invalid(
+                            &p,
+                            format!("expected \"forbid\", \"replace\" or \"allow\", got {other:?}"),
+                        ))
+                    }
                 }
             }
             "missedRunPolicy" => {
                 missed = match text()? {
                     "skip" => MissedRunPolicy::Skip,
                     "run-once" => MissedRunPolicy::RunOnce,
-                    other => return Err(invalid(&p, format!("expected \"skip\" or \"run-once\", got {other:?}"))),
+                    other => {
+                        return Err(invalid(
+                            &p,
+                            format!("expected \"skip\" or \"run-once\", got {other:?}"),
+                        ))
+                    }
                 }
             }
             other => return Err(invalid(&p, format!("unknown schedule field {other:?}"))),
@@ -1086,9 +1100,10 @@ fn parse_schedule(v: &Value, path: &str) -> Result<Schedule, TaskDefError> {
         (Some(expr), None) => ScheduleSpec::Cron {
             expr,
             utc_offset_minutes: offset,
+            zone,
         },
         (None, Some(every_secs)) => {
-            if offset != 0 {
+            if offset != 0 || zone.is_some() {
                 return Err(invalid(
                     &join(path, "timezone"),
                     "only applies to a cron schedule",
@@ -1533,6 +1548,7 @@ fn parse_step(v: &Value, path: &str) -> Result<StepAdjustment, TaskDefError> {
 fn parse_scheduled_scaling(v: &Value, path: &str) -> Result<ScheduledScaling, TaskDefError> {
     let mut cron = None;
     let mut offset = 0;
+    let mut zone = None;
     let mut min = None;
     let mut max = None;
     let tasks = i64::from(MAX_SERVICE_TASKS);
@@ -1542,7 +1558,9 @@ fn parse_scheduled_scaling(v: &Value, path: &str) -> Result<ScheduledScaling, Ta
                 let text = string(x, &p)?;
                 cron = Some(scaling_cron(text).map_err(|e| invalid(&p, e))?);
             }
-            "timezone" => offset = parse_utc_offset(string(x, &p)?).map_err(|e| invalid(&p, e))?,
+            "timezone" => {
+                (offset, zone) = parse_timezone(string(x, &p)?).map_err(|e| invalid(&p, e))?
+            }
             "minCapacity" => min = Some(whole_in(x, &p, "a number of tasks", 0, tasks)?),
             _ => max = Some(whole_in(x, &p, "a number of tasks", 0, tasks)?),
         }
@@ -1559,6 +1577,7 @@ fn parse_scheduled_scaling(v: &Value, path: &str) -> Result<ScheduledScaling, Ta
     Ok(ScheduledScaling {
         cron,
         utc_offset_minutes: offset,
+        zone,
         min,
         max,
     })
@@ -1736,17 +1755,30 @@ fn whole_in<T: TryFrom<i64>>(
     }
 }
 
-/// `UTC`, `Z`, `+05:30`, `-08:00` → minutes east of UTC. Named zones (`Europe/Paris`) need a
-/// zone database the agent does not carry.
+/// `"UTC"`, a fixed offset (`"+05:30"`) or a named IANA zone (`"Europe/Berlin"`, checked
+/// against the node's zoneinfo when the agent applies it).
+fn parse_timezone(s: &str) -> Result<(i16, Option<String>), String> {
+    if s.starts_with(['+', '-']) || matches!(s, "UTC" | "Z" | "utc" | "Etc/UTC" | "GMT") {
+        return parse_utc_offset(s).map(|o| (o, None));
+    }
+    skiff_proto::check_zone_name("timezone", s).map_err(|_| {
+        format!(
+            "{s:?}: expected \"UTC\", an offset like \"+05:30\" or a zone like \"Europe/Berlin\""
+        )
+    })?;
+    Ok((0, Some(s.to_string())))
+}
+
+/// The `timezone` JSON value of an offset or zone.
+fn timezone_str(offset: i16, zone: Option<&str>) -> String {
+    zone.map_or_else(|| utc_offset_str(offset), str::to_string)
+}
+
 fn parse_utc_offset(s: &str) -> Result<i16, String> {
     if matches!(s, "UTC" | "Z" | "utc" | "Etc/UTC" | "GMT") {
         return Ok(0);
     }
-    let bad = || {
-        format!(
-            "{s:?}: expected \"UTC\" or an offset like \"+05:30\" (named zones are not supported)"
-        )
-    };
+    let bad = || format!("{s:?}: expected \"UTC\" or an offset like \"+05:30\"");
     let (sign, rest) = match s.as_bytes().first() {
         Some(b'+') => (1, &s[1..]),
         Some(b'-') => (-1, &s[1..]),
@@ -2283,7 +2315,8 @@ mod tests {
             [TaskExtension::Schedule(Schedule {
                 spec: ScheduleSpec::Cron {
                     expr: "*/5 * * * *".into(),
-                    utc_offset_minutes: 330
+                    utc_offset_minutes: 330,
+                    zone: None,
                 },
                 overlap: OverlapPolicy::Replace,
                 missed: MissedRunPolicy::RunOnce,
@@ -2313,18 +2346,31 @@ mod tests {
     fn bad_schedules_and_batches_are_named() {
         assert!(err(task(json!({"schedule": {"cron": "61 * * * *"}})))
             .starts_with("schedule.cron: \"61 * * * *\": minutes: 61 is outside 0-59"));
+        let zoned = ok(task(
+            json!({"schedule": {"cron": "0 8 * * *", "timezone": "Europe/Paris"}}),
+        ));
+        assert!(matches!(
+            &zoned.extensions[0],
+            TaskExtension::Schedule(Schedule { spec: ScheduleSpec::Cron { zone: Some(z), .. }, .. })
+                if z == "Europe/Paris"
+        ));
+        assert_eq!(ok(to_ecs_json(&zoned)), zoned);
         assert!(err(task(
-            json!({"schedule": {"cron": "* * * * *", "timezone": "Europe/Paris"}})
+            json!({"schedule": {"cron": "* * * * *", "timezone": "../etc/passwd"}})
         ))
-        .contains("named zones are not supported"));
+        .contains("a zone like \"Europe/Berlin\""));
         assert!(err(task(json!({"schedule": {"rate": 0}}))).contains("at least 1 second"));
         assert!(
             err(task(json!({"schedule": {"rate": 5, "cron": "* * * * *"}}))).contains("not both")
         );
         assert!(err(task(
-            json!({"schedule": {"cron": "* * * * *", "overlapPolicy": "allow"}})
+            json!({"schedule": {"cron": "* * * * *", "overlapPolicy": "sometimes"}})
         ))
-        .contains("not supported yet"));
+        .contains("expected \"forbid\", \"replace\" or \"allow\""));
+        let allow = ok(task(
+            json!({"schedule": {"cron": "* * * * *", "overlapPolicy": "allow"}}),
+        ));
+        assert_eq!(ok(to_ecs_json(&allow)), allow);
         assert!(err(task(json!({"schedule": {}}))).contains("needs \"cron\" or \"rate\""));
         assert!(err(task(json!({"batch": {"completions": 0}}))).contains("batch.completions"));
         assert!(err(task(json!({"batch": {"tries": 1}}))).contains("unknown batch field"));
@@ -2581,12 +2627,14 @@ mod tests {
                             // AWS's MON-FRI (2-6) as cron's 1-5.
                             cron: "0 8 * * 1-5".into(),
                             utc_offset_minutes: 60,
+                            zone: None,
                             min: 4,
                             max: 6,
                         },
                         ScheduledScaling {
                             cron: "0 20 * * *".into(),
                             utc_offset_minutes: 0,
+                            zone: None,
                             min: 1,
                             max: 2,
                         },
@@ -2741,7 +2789,7 @@ mod tests {
             (sched(json!({"schedule": "cron(0 8 ? * * 2030)"})), format!("{sa}.schedule: \"cron(0 8 ? * * 2030)\": a year other than * is not supported")),
             (sched(json!({"schedule": "0 25 * * *"})), format!("{sa}.schedule: \"0 25 * * *\": hours: 25 is outside 0-23")),
             (sched(json!({"schedule": null})), format!("{sa}.schedule: missing")),
-            (sched(json!({"timezone": "Europe/Paris"})), format!("{sa}.timezone: \"Europe/Paris\": expected \"UTC\" or an offset like \"+05:30\" (named zones are not supported)")),
+            (sched(json!({"timezone": "Europe/Paris/.."})), format!("{sa}.timezone: \"Europe/Paris/..\": expected \"UTC\", an offset like \"+05:30\" or a zone like \"Europe/Berlin\"")),
             (sched(json!({"minCapacity": 3})), format!("{sa}.maxCapacity: 2 is below minCapacity 3")),
             (sched(json!({"maxCapacity": 65})), format!("{sa}.maxCapacity: 65 is outside 0..=64")),
             (sched(json!({"maxCapacity": null})), format!("{sa}.maxCapacity: missing")),

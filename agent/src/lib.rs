@@ -21,6 +21,7 @@
 //! - [`notify`]: systemd notifications (`READY=1`, watchdog, `STOPPING=1`, status lines).
 //! - [`journal`]: log lines with syslog priorities for journald.
 //! - [`wire`]: wire messages as files (`skiff task encode` / `decode`).
+//! - [`zones`]: named time zones of cron schedules, from the node's zoneinfo.
 
 pub mod agent;
 pub mod clock;
@@ -41,3 +42,4 @@ pub mod outbox;
 pub mod runtime;
 pub mod store;
 pub mod wire;
+pub mod zones;

@@ -31,3 +31,5 @@ pub const MAX_SERVICE_TASKS: u32 = 64;
 pub const MAX_SERVICE_FAMILY: usize = MAX_NAME - 4;
 /// Policies of each kind in one service's auto scaling.
 pub const MAX_SCALING_POLICIES: usize = 8;
+/// Runs of one scheduled task at once with overlap policy `allow`.
+pub const MAX_CONCURRENT_RUNS: usize = 4;

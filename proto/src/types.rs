@@ -162,6 +162,8 @@ pub struct StepAdjustment {
 pub struct ScheduledScaling {
     pub cron: String,
     pub utc_offset_minutes: i16,
+    /// A named IANA time zone instead of the fixed offset (see [`ScheduleSpec::Cron`]).
+    pub zone: Option<String>,
     pub min: u32,
     pub max: u32,
 }
@@ -213,10 +215,13 @@ pub struct Schedule {
 /// Cron or fixed rate. Appending variants only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ScheduleSpec {
-    /// A cron expression (5 or 6 fields) in a zone `utc_offset_minutes` east of UTC.
+    /// A cron expression (5 or 6 fields) in a zone `utc_offset_minutes` east of UTC, or in
+    /// the named IANA time zone `zone` (`Europe/Berlin`, daylight saving time included) when
+    /// set, read from the node's zoneinfo.
     Cron {
         expr: String,
         utc_offset_minutes: i16,
+        zone: Option<String>,
     },
     /// Every `every_secs` seconds of monotonic time, first run one period after it is applied.
     Rate { every_secs: u32 },
@@ -229,6 +234,9 @@ pub enum OverlapPolicy {
     Forbid,
     /// Stop the running one, then start.
     Replace,
+    /// Start another run beside the running ones (at most
+    /// [`crate::limits::MAX_CONCURRENT_RUNS`] at once; a firing beyond is skipped).
+    Allow,
 }
 
 /// What happens to firings missed while the agent was down or the clock jumped. Appending
@@ -944,10 +952,14 @@ impl TaskDefinition {
                     ScheduleSpec::Cron {
                         expr,
                         utc_offset_minutes,
+                        zone,
                     } => {
                         check_str("schedule.cron", expr, 128)?;
                         if utc_offset_minutes.unsigned_abs() > 14 * 60 {
                             return Err(bound_err("schedule.timezone", "offset beyond ±14:00"));
+                        }
+                        if let Some(z) = zone {
+                            check_zone_name("schedule.timezone", z)?;
                         }
                     }
                     ScheduleSpec::Rate { every_secs } => {
@@ -959,6 +971,28 @@ impl TaskDefinition {
             }
         }
         Ok(())
+    }
+}
+
+/// An IANA zone name: `Area/Location` of `[A-Za-z0-9_+-]` parts, no `..`, at most 64 bytes.
+pub fn check_zone_name(field: &str, zone: &str) -> Result<(), BoundError> {
+    let ok = !zone.is_empty()
+        && zone.len() <= 64
+        && zone.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(bound_err(
+            field,
+            alloc::format!("{zone:?} is not a time zone name like \"Europe/Berlin\""),
+        ))
     }
 }
 
@@ -1120,6 +1154,9 @@ impl Service {
                     at("scheduledActions.timezone"),
                     "offset beyond ±14:00",
                 ));
+            }
+            if let Some(z) = &s.zone {
+                check_zone_name(&at("scheduledActions.timezone"), z)?;
             }
             if s.min > s.max || s.max > MAX_SERVICE_TASKS {
                 return Err(bound_err(

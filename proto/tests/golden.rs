@@ -42,6 +42,7 @@ fn task() -> TaskDefinition {
             spec: ScheduleSpec::Cron {
                 expr: "*/5 * * * *".into(),
                 utc_offset_minutes: 60,
+                zone: None,
             },
             overlap: OverlapPolicy::Forbid,
             missed: MissedRunPolicy::RunOnce,
@@ -90,7 +91,8 @@ fn service() -> TaskDefinition {
             }],
             scheduled: vec![ScheduledScaling {
                 cron: "0 8 * * 1-5".into(),
-                utc_offset_minutes: -300,
+                utc_offset_minutes: 0,
+                zone: Some("America/New_York".into()),
                 min: 2,
                 max: 6,
             }],

@@ -227,6 +227,62 @@ impl CronExpr {
     }
 }
 
+/// The first firing of `expr` strictly after `after_ms`, in the named `zone` when given (None
+/// if it is unknown here), else at the fixed offset.
+pub fn next_firing(
+    expr: &CronExpr,
+    after_ms: u64,
+    offset_min: i32,
+    zone: Option<&str>,
+    zones: &crate::zones::Zones,
+) -> Option<u64> {
+    match zone {
+        None => expr.next_after(after_ms, offset_min),
+        Some(z) if zones.exists(z) => {
+            expr.next_after_in(after_ms, &|ms| zones.offset_min(z, ms).unwrap_or(0))
+        }
+        Some(_) => None,
+    }
+}
+
+impl CronExpr {
+    /// The first firing strictly after `after_ms` in a zone whose offset changes (daylight
+    /// saving time), `offset_at(utc_ms)` minutes east of UTC. Local times are matched: a local
+    /// time skipped by a spring-forward transition does not fire, one repeated in autumn fires
+    /// once (at its first occurrence).
+    pub fn next_after_in(&self, after_ms: u64, offset_at: &dyn Fn(u64) -> i32) -> Option<u64> {
+        let shift = |utc: u64, off: i32| -> Option<u64> {
+            u64::try_from(i64::try_from(utc).ok()? + i64::from(off) * 60_000).ok()
+        };
+        let unshift = |local: u64, off: i32| -> Option<u64> {
+            u64::try_from(i64::try_from(local).ok()? - i64::from(off) * 60_000).ok()
+        };
+        // Local wall time of `after`, as if it were UTC.
+        let mut local_after = shift(after_ms, offset_at(after_ms))?;
+        for _ in 0..1000 {
+            let local_next = self.next_after(local_after, 0)?;
+            // The offsets that could apply around that local time; the earliest instant whose
+            // own offset maps to it is the firing.
+            let o1 = offset_at(unshift(local_next, offset_at(local_after))?);
+            let o2 = offset_at(unshift(local_next, o1)?);
+            let mut firing: Option<u64> = None;
+            for o in [o1, o2] {
+                let Some(utc) = unshift(local_next, o) else {
+                    continue;
+                };
+                if offset_at(utc) == o && utc > after_ms && firing.is_none_or(|f| utc < f) {
+                    firing = Some(utc);
+                }
+            }
+            if firing.is_some() {
+                return firing;
+            }
+            local_after = local_next; // skipped by a transition
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +357,44 @@ mod tests {
         assert_eq!(err("*/0 * * * *"), "minutes: step 0");
         assert_eq!(err("* * * FOO *"), "month: \"FOO\" is not a number");
         assert_eq!(err("0 0 31 2 *"), "never fires");
+    }
+
+    #[test]
+    fn named_zones_follow_daylight_saving_time() {
+        let zones =
+            crate::zones::Zones::from_rules(&[("Europe/Berlin", "CET-1CEST,M3.5.0,M10.5.0/3")]);
+        let off = |ms: u64| zones.offset_min("Europe/Berlin", ms).expect("zone");
+        let daily = |e: &str| e.parse::<CronExpr>().expect(e);
+        // 08:00 Berlin is 07:00 UTC in winter, 06:00 UTC in summer.
+        let jan = ms(2026, 1, 10, 0, 0, 0);
+        assert_eq!(
+            daily("0 8 * * *").next_after_in(jan, &off),
+            Some(ms(2026, 1, 10, 7, 0, 0))
+        );
+        let jul = ms(2026, 7, 10, 0, 0, 0);
+        assert_eq!(
+            daily("0 8 * * *").next_after_in(jul, &off),
+            Some(ms(2026, 7, 10, 6, 0, 0))
+        );
+        // 2026-03-29: 02:30 local does not exist (02:00 → 03:00): skipped to the next day.
+        let before = ms(2026, 3, 28, 12, 0, 0);
+        assert_eq!(
+            daily("30 2 * * *").next_after_in(before, &off),
+            Some(ms(2026, 3, 30, 0, 30, 0))
+        );
+        // 2026-10-25: 02:30 local happens twice (CEST then CET): it fires once, the first time.
+        let before = ms(2026, 10, 24, 12, 0, 0);
+        let first = daily("30 2 * * *")
+            .next_after_in(before, &off)
+            .expect("fires");
+        assert_eq!(first, ms(2026, 10, 25, 0, 30, 0));
+        let second = daily("30 2 * * *")
+            .next_after_in(first, &off)
+            .expect("fires");
+        assert_eq!(
+            second,
+            ms(2026, 10, 26, 1, 30, 0),
+            "not again an hour later"
+        );
     }
 }

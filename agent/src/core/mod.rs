@@ -266,6 +266,8 @@ struct TaskRec {
     service: Option<ServiceLink>,
     /// Stopped by a drain: started again on `Activate`.
     drained: bool,
+    /// An extra run of this scheduled task (overlap `allow`): forgotten when it ends.
+    run_of: Option<Name>,
 }
 
 /// Where a scheduled task is in its schedule.
@@ -353,6 +355,7 @@ impl TaskRec {
             batch_failures: 0,
             service: None,
             drained: false,
+            run_of: None,
         }
     }
 
@@ -445,6 +448,8 @@ pub struct Core {
     wall_anchor: Option<(u64, u64)>,
     /// The time of the event being handled (for deadlines computed between events).
     last_now: Time,
+    /// Named time zones of cron schedules.
+    zones: crate::zones::Zones,
 }
 
 impl Core {
@@ -465,7 +470,31 @@ impl Core {
                 wall_ms: 0,
                 wall_trusted: false,
             },
+            zones: crate::zones::Zones::none(),
         }
+    }
+
+    /// Where named time zones of cron schedules come from (none by default: a schedule naming
+    /// one is rejected).
+    pub fn with_zones(mut self, zones: crate::zones::Zones) -> Core {
+        self.zones = zones;
+        self
+    }
+
+    /// A named zone of a schedule or scheduled scaling action that is not known here.
+    fn unknown_zone(&self, def: &TaskDefinition) -> Option<String> {
+        let schedule = schedule_of(def).and_then(|s| match &s.spec {
+            ScheduleSpec::Cron { zone, .. } => zone.clone(),
+            ScheduleSpec::Rate { .. } => None,
+        });
+        let scaling = service_of(def)
+            .and_then(|s| s.scaling.as_ref())
+            .into_iter()
+            .flat_map(|a| a.scheduled.iter().filter_map(|x| x.zone.clone()));
+        schedule
+            .into_iter()
+            .chain(scaling)
+            .find(|z| !self.zones.exists(z))
     }
 
     /// Accept desired state naming images that are not in the store (the shells pull them
@@ -744,7 +773,7 @@ impl Core {
         self.tasks
             .values()
             .filter(|t| matches!(t.phase, Phase::Stopped | Phase::Failed) && !t.start_pending)
-            .filter(|t| t.service.is_none() && !t.drained)
+            .filter(|t| t.service.is_none() && t.run_of.is_none() && !t.drained)
             .map(|t| FinishedTask {
                 def: (*t.def).clone(),
                 failed: t.phase == Phase::Failed,
@@ -920,6 +949,13 @@ impl Core {
             }
         }
         for t in &doc.tasks {
+            if let Some(z) = self.unknown_zone(t) {
+                let reason = format!(
+                    "task {}: time zone {z:?} is not known on this node (no zoneinfo file for it; install tzdata)",
+                    t.family
+                );
+                return reject(out, scope, version, reason);
+            }
             for c in &t.containers {
                 if let Err(reason) = self.image_ok(&c.image, images) {
                     let reason = format!("task {} container {}: {reason}", t.family, c.name);
@@ -965,7 +1001,26 @@ impl Core {
             .map(|(n, d)| (n, Arc::new(d.clone())))
             .partition(|(_, d)| service_of(d).is_some());
         self.reconcile_services(services, now, out);
-        let plain = self.tasks.iter().filter(|(_, t)| t.service.is_none());
+        // Extra runs (overlap `allow`) end with their scheduled task's definition.
+        let orphans: Vec<Name> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.run_of.as_ref().is_some_and(|of| {
+                    desired
+                        .get(of)
+                        .is_none_or(|d| self.tasks.get(of).is_none_or(|p| p.def != *d))
+                })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in orphans {
+            self.stop(&name, StopReason::Removed, now, out);
+        }
+        let plain = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.service.is_none() && t.run_of.is_none());
         let names: BTreeSet<Name> = plain
             .map(|(n, _)| n)
             .chain(desired.keys())
@@ -1022,13 +1077,15 @@ impl Core {
             ScheduleSpec::Cron {
                 expr,
                 utc_offset_minutes,
+                zone,
             } => {
                 // After the last firing, so that firings missed while the agent was down are
                 // seen as missed, and a clock that went back never repeats one.
                 let base = st.last_fire_wall.or(wall);
+                let zones = &self.zones;
                 st.next_wall = base.and_then(|b| {
                     let e: cron::CronExpr = expr.parse().ok()?;
-                    e.next_after(b, i32::from(utc_offset_minutes))
+                    cron::next_firing(&e, b, i32::from(utc_offset_minutes), zone.as_deref(), zones)
                 });
             }
         }
@@ -1123,7 +1180,43 @@ impl Core {
                 }
                 self.stop(name, StopReason::Replaced, now, out);
             }
+            OverlapPolicy::Allow => self.fire_beside(name, now, out),
         }
+    }
+
+    /// Overlap `allow`: another run of a busy scheduled task, as a task `{family}.{n}` that is
+    /// forgotten once it ends (its run is recorded in the family's history).
+    fn fire_beside(&mut self, name: &Name, now: Time, out: &mut Vec<Action>) {
+        let Some(def) = self.tasks.get(name).map(|t| t.def.clone()) else {
+            return;
+        };
+        let running = self
+            .tasks
+            .values()
+            .filter(|t| t.run_of.as_ref() == Some(name))
+            .count()
+            + 1;
+        let free = (2..=skiff_proto::limits::MAX_CONCURRENT_RUNS)
+            .filter_map(|n| format!("{name}.{n}").parse::<Name>().ok())
+            .find(|n| !self.tasks.contains_key(n));
+        let Some(task) = free.filter(|_| running < skiff_proto::limits::MAX_CONCURRENT_RUNS) else {
+            out.push(Action::Event(EventBody::ScheduleSkipped {
+                task: name.clone(),
+                reason: format!(
+                    "{running} runs are still running, at most {} at once (overlapPolicy allow)",
+                    skiff_proto::limits::MAX_CONCURRENT_RUNS
+                ),
+            }));
+            return;
+        };
+        let mut d = (*def).clone();
+        d.family = task.clone();
+        d.extensions.clear();
+        d.restart_policy = RestartPolicy::Never;
+        let mut rec = TaskRec::new(Arc::new(d), now);
+        rec.run_of = Some(name.clone());
+        self.tasks.insert(task.clone(), rec);
+        self.launch(&task, now, out);
     }
 
     /// Issues `StartTask` for a known task.
@@ -1392,7 +1485,7 @@ impl Core {
             exit,
         }));
         out.push(Action::RecordRun(RunRecord {
-            task: name.clone(),
+            task: t.run_of.clone().unwrap_or_else(|| name.clone()),
             revision: t.def.revision,
             attempt: t.restarts + 1,
             started_at_ms: t.started_wall_ms,
@@ -1408,6 +1501,10 @@ impl Core {
     fn finish(&mut self, name: &Name, now: Time, out: &mut Vec<Action>) {
         if self.tasks.get(name).is_some_and(|t| t.service.is_some()) {
             return self.finish_service_task(name, now, out);
+        }
+        if self.tasks.get(name).is_some_and(|t| t.run_of.is_some()) {
+            self.tasks.remove(name);
+            return;
         }
         let want = self.desired().get(name).map(|d| (*d).clone());
         let Some(t) = self.tasks.get_mut(name) else {

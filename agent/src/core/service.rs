@@ -31,7 +31,7 @@ use skiff_proto::{
     StopReason, TaskDefinition, TaskExtension, TaskSample,
 };
 
-use super::cron::CronExpr;
+use super::cron::{next_firing, CronExpr};
 use super::{
     backoff_ms, service_of, Action, Core, DesiredState, DrainState, Phase, TaskRec, Time,
     CRON_RECHECK_MS, STABLE_MS,
@@ -315,7 +315,9 @@ impl Core {
             all.insert(t.family.clone(), t);
         }
         for (svc, def) in &all {
-            if service_of(def).is_none() {
+            let allows_overlap = super::schedule_of(def)
+                .is_some_and(|s| s.overlap == skiff_proto::OverlapPolicy::Allow);
+            if service_of(def).is_none() && !allows_overlap {
                 continue;
             }
             let prefix = format!("{svc}.");
@@ -325,8 +327,13 @@ impl Core {
                 })
             });
             if let Some(f) = clash {
+                let what = if allows_overlap {
+                    "the concurrent runs of scheduled task"
+                } else {
+                    "the tasks of service"
+                };
                 return Err(format!(
-                    "task family {f} collides with the tasks of service {svc} (named {svc}.N)"
+                    "task family {f} collides with {what} {svc} (named {svc}.N)"
                 ));
             }
         }
@@ -790,6 +797,7 @@ impl Core {
         let Some(wall) = self.effective_wall(now) else {
             return;
         };
+        let zones = self.zones.clone();
         for (name, svc) in self.services.iter_mut() {
             let Some(actions) = svc
                 .spec()
@@ -804,6 +812,8 @@ impl Core {
                     continue;
                 };
                 let offset = i32::from(a.utc_offset_minutes);
+                let zone = a.zone.as_deref();
+                let next_after = |t: u64| next_firing(&expr, t, offset, zone, &zones);
                 let (Some(next), Some(last)) = (
                     svc.scaling.sched_next.get_mut(i),
                     svc.scaling.sched_last.get_mut(i),
@@ -811,7 +821,7 @@ impl Core {
                     continue;
                 };
                 if next.is_none() {
-                    *next = expr.next_after(last.unwrap_or(wall), offset);
+                    *next = next_after(last.unwrap_or(wall));
                 }
                 let Some(first) = (*next).filter(|n| *n <= wall) else {
                     continue;
@@ -819,13 +829,13 @@ impl Core {
                 // The latest firing at or before now (bounded walk: a week of minutes).
                 let mut latest = first;
                 for _ in 0..10_080 {
-                    match expr.next_after(latest, offset) {
+                    match next_after(latest) {
                         Some(t) if t <= wall => latest = t,
                         _ => break,
                     }
                 }
                 *last = Some(latest);
-                *next = expr.next_after(wall.max(latest), offset);
+                *next = next_after(wall.max(latest));
                 due.push((latest, i));
             }
             due.sort();

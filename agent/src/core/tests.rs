@@ -900,6 +900,7 @@ fn every_minute(family: &str, overlap: OverlapPolicy, missed: MissedRunPolicy) -
         ScheduleSpec::Cron {
             expr: "* * * * *".into(),
             utc_offset_minutes: 0,
+            zone: None,
         },
         overlap,
         missed,
@@ -1270,4 +1271,85 @@ fn images_in_use_cover_desired_and_known_tasks() {
         c.images_in_use(),
         ["busybox", "registry.example:5000/app:1"]
     );
+}
+
+#[test]
+fn cron_in_a_named_zone_fires_at_local_time_and_unknown_zones_are_rejected() {
+    let zoned = |zone: &str| {
+        scheduled(
+            "backup",
+            ScheduleSpec::Cron {
+                expr: "0 8 * * *".into(),
+                utc_offset_minutes: 0,
+                zone: Some(zone.into()),
+            },
+            OverlapPolicy::Forbid,
+            MissedRunPolicy::Skip,
+        )
+    };
+    // Without the zone on the node: rejected, naming it.
+    let mut c = core();
+    let out = apply(&mut c, 1, vec![zoned("Europe/Berlin")], at(0));
+    let reason = rejection(&out).expect("rejected");
+    assert!(
+        reason.contains("time zone \"Europe/Berlin\" is not known"),
+        "{reason}"
+    );
+    // With it: 08:00 Berlin in summer is 06:00 UTC. W0 is 2025-11-24 16:00 UTC (winter: 07:00).
+    let mut c = core().with_zones(crate::zones::Zones::from_rules(&[(
+        "Europe/Berlin",
+        "CET-1CEST,M3.5.0,M10.5.0/3",
+    )]));
+    let out = c.handle(
+        Event::DesiredPayload {
+            scope: Scope::Node,
+            payload: doc(1, vec![zoned("Europe/Berlin")]),
+            images: catalog(),
+        },
+        tm(0, W0, true),
+    );
+    assert!(rejection(&out).is_none(), "{out:?}");
+    let next_day_0700 = W0 + 15 * 3_600_000;
+    let before = c.handle(Event::Tick, tm(1000, next_day_0700 - 1000, true));
+    assert!(starts(&before).is_empty());
+    let fire = c.handle(Event::Tick, tm(2000, next_day_0700, true));
+    assert_eq!(starts(&fire), ["backup"], "08:00 CET = 07:00 UTC");
+}
+
+#[test]
+fn overlap_allow_runs_beside_the_busy_one_up_to_the_limit() {
+    let mut c = core();
+    let t = every_minute("tick", OverlapPolicy::Allow, MissedRunPolicy::Skip);
+    apply(&mut c, 1, vec![t], tm(0, W0, true));
+    let mut started = Vec::new();
+    for minute in 1..=5u64 {
+        let now = tm(minute * 60_000, W0 + minute * 60_000, true);
+        let out = c.handle(Event::Tick, now);
+        for name in starts(&out) {
+            run(&mut c, &name, now);
+            started.push(name);
+        }
+        if minute == 5 {
+            assert_eq!(
+                skipped(&out),
+                ["4 runs are still running, at most 4 at once (overlapPolicy allow)"],
+                "a fifth concurrent run is skipped"
+            );
+        }
+    }
+    assert_eq!(started, ["tick", "tick.2", "tick.3", "tick.4"]);
+    // An extra run ends: recorded under the family, then forgotten.
+    let now = tm(330_000, W0 + 330_000, true);
+    exit(&mut c, "tick.3", "main", 0, now);
+    let out = removed(&mut c, "tick.3", now);
+    let (_, _, runs) = saves(&out);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].task.as_str(), "tick");
+    assert_eq!(c.phase(&n("tick.3")), None);
+    assert_eq!(c.phase(&n("tick")), Some(Phase::Running));
+    // Removing the schedule stops the extra runs too.
+    let out = apply(&mut c, 2, vec![], now);
+    let mut stopped: Vec<String> = signals(&out).into_iter().map(|(t, _, _)| t).collect();
+    stopped.sort();
+    assert_eq!(stopped, ["tick", "tick.2", "tick.4"]);
 }

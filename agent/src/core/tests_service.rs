@@ -734,12 +734,14 @@ fn scheduled_scaling_applies_the_latest_action_after_a_clock_jump() {
             ScheduledScaling {
                 cron: "0 8 * * *".into(),
                 utc_offset_minutes: 0,
+                zone: None,
                 min: 3,
                 max: 6,
             },
             ScheduledScaling {
                 cron: "0 20 * * *".into(),
                 utc_offset_minutes: 0,
+                zone: None,
                 min: 1,
                 max: 2,
             },
