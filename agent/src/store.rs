@@ -32,7 +32,7 @@ const MAX_RECORD: usize = 4096;
 /// History records kept on disk before the file is compacted to [`MAX_HISTORY`].
 const HISTORY_COMPACT_AT: usize = 2 * MAX_HISTORY;
 /// Format version of `finished.bin`.
-const FINISHED_VERSION: u8 = 2;
+const FINISHED_VERSION: u8 = 3;
 
 /// What a previous run of the agent left.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -73,6 +73,11 @@ pub struct FinishedTask {
     pub last_exit: Option<ExitInfo>,
     /// For a scheduled task: wall time of its last firing (to spot runs missed while down).
     pub last_fire_ms: Option<u64>,
+    /// For a batch job: successful and failed runs so far.
+    pub batch_progress: Option<(u32, u32)>,
+    /// The job was not done (a batch between runs, or stopped by the agent's shutdown): it
+    /// goes on after a restart from `batch_progress`, without repeating completed runs.
+    pub resume: bool,
 }
 
 /// Signals the core asks for.
@@ -769,17 +774,28 @@ impl Core {
     }
 
     /// Tasks that ran to their end and stay stopped (what must survive a restart).
+    /// Also batch jobs with progress (so completed runs are not repeated after a restart).
+    /// A task stopped by the agent's own shutdown did not finish: it runs again after a
+    /// restart (a scheduled one is kept for its last firing).
     fn finished(&self) -> Vec<FinishedTask> {
         self.tasks
             .values()
-            .filter(|t| matches!(t.phase, Phase::Stopped | Phase::Failed) && !t.start_pending)
             .filter(|t| t.service.is_none() && t.run_of.is_none() && !t.drained)
-            .map(|t| FinishedTask {
-                def: (*t.def).clone(),
-                failed: t.phase == Phase::Failed,
-                restarts: t.restarts,
-                last_exit: t.last_exit,
-                last_fire_ms: t.sched.as_ref().and_then(|s| s.last_fire_wall),
+            .filter_map(|t| {
+                let idle = matches!(t.phase, Phase::Stopped | Phase::Failed) && !t.start_pending;
+                let by_shutdown = t.stop_reason == Some(StopReason::Shutdown);
+                let done = idle && (!by_shutdown || t.sched.is_some());
+                let progress = batch_of(&t.def).map(|_| (t.batch_done, t.batch_failures));
+                let resume = !done && progress.is_some_and(|(d, f)| d + f > 0 || by_shutdown);
+                (done || resume).then(|| FinishedTask {
+                    def: (*t.def).clone(),
+                    failed: t.phase == Phase::Failed,
+                    restarts: t.restarts,
+                    last_exit: t.last_exit,
+                    last_fire_ms: t.sched.as_ref().and_then(|s| s.last_fire_wall),
+                    batch_progress: progress,
+                    resume,
+                })
             })
             .collect()
     }
@@ -837,11 +853,12 @@ impl Core {
             .into_iter()
             .map(|(n, d)| (n, d.clone()))
             .collect();
+        let mut resume = Vec::new();
         for f in finished {
             let name = f.def.family.clone();
             if desired.get(&name) == Some(&f.def) && !self.tasks.contains_key(&name) {
                 let mut rec = TaskRec::new(Arc::new(f.def), now);
-                rec.phase = if f.failed {
+                rec.phase = if f.failed && !f.resume {
                     Phase::Failed
                 } else {
                     Phase::Stopped
@@ -851,10 +868,20 @@ impl Core {
                 if let Some(st) = &mut rec.sched {
                     st.last_fire_wall = f.last_fire_ms;
                 }
+                if let Some((done, failures)) = f.batch_progress {
+                    rec.batch_done = done;
+                    rec.batch_failures = failures;
+                }
+                if f.resume {
+                    resume.push(name.clone());
+                }
                 self.tasks.insert(name, rec);
             }
         }
         self.reconcile(now, out);
+        for name in resume {
+            self.launch(&name, now, out);
+        }
     }
 
     /// The status report without its timestamp: what decides whether a new report is due.

@@ -1149,6 +1149,8 @@ fn runs_missed_while_the_agent_was_down_follow_the_policy() {
             restarts: 3,
             last_exit: None,
             last_fire_ms: Some(W0),
+            batch_progress: None,
+            resume: false,
         }];
         let mut c = core();
         // Down for ten minutes.
@@ -1352,4 +1354,98 @@ fn overlap_allow_runs_beside_the_busy_one_up_to_the_limit() {
     let mut stopped: Vec<String> = signals(&out).into_iter().map(|(t, _, _)| t).collect();
     stopped.sort();
     assert_eq!(stopped, ["tick", "tick.2", "tick.4"]);
+}
+
+/// What the core saved last (the finished set), after replaying `actions`.
+fn last_saved(actions: &[Action]) -> Option<Vec<FinishedTask>> {
+    actions.iter().rev().find_map(|a| match a {
+        Action::SaveFinished(f) => Some(f.clone()),
+        _ => None,
+    })
+}
+
+fn restore(saved: Vec<FinishedTask>, tasks: Vec<TaskDefinition>, now: Time) -> (Core, Vec<Action>) {
+    let doc = DesiredState {
+        version: 1,
+        cluster: n("demo"),
+        node: Some(n("pi-1")),
+        tasks,
+        signature: None,
+    };
+    let mut c = core();
+    let a = c.handle(
+        Event::Restored {
+            cluster: None,
+            node: Some(Box::new(doc)),
+            finished: saved,
+            last_wall_ms: None,
+            images: catalog(),
+        },
+        now,
+    );
+    (c, a)
+}
+
+#[test]
+fn tasks_stopped_by_the_agent_shutdown_run_again_after_a_restart() {
+    let mut c = core();
+    let tasks = vec![
+        task("web", RestartPolicy::Always),
+        task("once", RestartPolicy::Never),
+    ];
+    apply(&mut c, 1, tasks.clone(), at(0));
+    run(&mut c, "web", at(1));
+    run(&mut c, "once", at(1));
+    let mut all = c.handle(Event::Shutdown, at(2));
+    for t in ["web", "once"] {
+        all.extend(exit(&mut c, t, "main", 143, at(3)));
+        all.extend(removed(&mut c, t, at(4)));
+    }
+    let saved = last_saved(&all).unwrap_or_default();
+    assert!(saved.is_empty(), "nothing finished by itself: {saved:?}");
+    let (_, a) = restore(saved, tasks, at(10));
+    let mut started = starts(&a);
+    started.sort();
+    assert_eq!(started, ["once", "web"]);
+}
+
+#[test]
+fn batch_progress_survives_a_restart_without_repeating_completed_runs() {
+    let mut c = core();
+    let mut job = task("job", RestartPolicy::Never);
+    job.extensions = vec![TaskExtension::Batch(Batch {
+        completions: 5,
+        retries: 3,
+        timeout_secs: None,
+    })];
+    apply(&mut c, 1, vec![job.clone()], at(0));
+    let mut all = Vec::new();
+    // Two successful runs, one failed.
+    for (i, code) in [0, 0, 1].into_iter().enumerate() {
+        let t = 1000 * (i as u64 + 1);
+        run(&mut c, "job", at(t));
+        all.extend(exit(&mut c, "job", "main", code, at(t + 100)));
+        all.extend(removed(&mut c, "job", at(t + 200)));
+        all.extend(c.handle(Event::Tick, at(t + 900)));
+    }
+    // kill -9 during the fourth run: what was saved last is the progress.
+    let saved = last_saved(&all).expect("progress saved");
+    assert_eq!(saved.len(), 1);
+    assert_eq!(
+        (saved[0].batch_progress, saved[0].resume),
+        (Some((2, 1)), true)
+    );
+    let (mut c, a) = restore(saved, vec![job], at(10_000));
+    assert_eq!(starts(&a), ["job"], "the job goes on at once");
+    // Three more successes complete it (5 in all), not five.
+    let mut runs = 1;
+    for i in 0..3u64 {
+        let t = 11_000 + i * 1000;
+        run(&mut c, "job", at(t));
+        exit(&mut c, "job", "main", 0, at(t + 100));
+        let a = removed(&mut c, "job", at(t + 200));
+        runs += starts(&a).len();
+    }
+    assert_eq!(runs, 3);
+    assert_eq!(c.phase(&n("job")), Some(Phase::Stopped));
 }
