@@ -221,6 +221,7 @@ pub async fn run(
         cluster: saved.cluster.map(Box::new),
         node: saved.node.map(Box::new),
         finished: saved.finished,
+        services: saved.services,
         last_wall_ms: saved.last_wall_ms,
         images: shells.catalog().await,
     };
@@ -513,7 +514,10 @@ impl Output {
         let (saves, rest): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| {
             matches!(
                 a,
-                Action::SaveDesired { .. } | Action::SaveFinished(_) | Action::RecordRun(_)
+                Action::SaveDesired { .. }
+                    | Action::SaveFinished(_)
+                    | Action::RecordRun(_)
+                    | Action::SaveServices(_)
             )
         });
         for save in saves {
@@ -521,6 +525,7 @@ impl Output {
                 Action::SaveDesired { scope, doc } => shells.state.save_desired(*scope, doc),
                 Action::SaveFinished(f) => shells.state.save_finished(f),
                 Action::RecordRun(r) => shells.state.append_run(r),
+                Action::SaveServices(s) => shells.state.save_services(s),
                 _ => Ok(()),
             };
             if let Err(e) = result {
@@ -530,6 +535,7 @@ impl Output {
                     }
                     Action::SaveFinished(_) => "finished tasks".into(),
                     Action::RecordRun(r) => format!("run history of {}", r.task),
+                    Action::SaveServices(_) => "services (scaled counts, rollbacks)".into(),
                     _ => String::new(),
                 };
                 self.event(EventBody::StateNotSaved {
@@ -564,7 +570,10 @@ impl Output {
                     };
                     self.publish(topic, &Message::Status(status), true);
                 }
-                Action::SaveDesired { .. } | Action::SaveFinished(_) | Action::RecordRun(_) => {}
+                Action::SaveDesired { .. }
+                | Action::SaveFinished(_)
+                | Action::RecordRun(_)
+                | Action::SaveServices(_) => {}
             }
         }
     }

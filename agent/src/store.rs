@@ -33,6 +33,8 @@ const MAX_RECORD: usize = 4096;
 const HISTORY_COMPACT_AT: usize = 2 * MAX_HISTORY;
 /// Format version of `finished.bin`.
 const FINISHED_VERSION: u8 = 3;
+/// Format version of `services.bin`.
+const SERVICES_VERSION: u8 = 1;
 
 /// What a previous run of the agent left.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,6 +42,8 @@ pub struct Saved {
     pub cluster: Option<DesiredState>,
     pub node: Option<DesiredState>,
     pub finished: Vec<FinishedTask>,
+    /// Services' scaled counts and rollbacks.
+    pub services: Vec<crate::core::ServiceMemo>,
     /// The last wall time known to be good.
     pub last_wall_ms: Option<u64>,
 }
@@ -119,6 +123,16 @@ impl StateStore {
                 _ => self.set_aside(&path, "unknown format version"),
             }
         }
+        let path = self.dir.join("services.bin");
+        if let Some(bytes) = self.read_whole(&path) {
+            match bytes.split_first() {
+                Some((&SERVICES_VERSION, body)) => match postcard::from_bytes(body) {
+                    Ok(s) => saved.services = s,
+                    Err(e) => self.set_aside(&path, &e.to_string()),
+                },
+                _ => self.set_aside(&path, "unknown format version"),
+            }
+        }
         if let Some(bytes) = self.read_whole(&self.dir.join("wall")) {
             saved.last_wall_ms = bytes.as_slice().try_into().ok().map(u64::from_le_bytes);
         }
@@ -177,6 +191,18 @@ impl StateStore {
             })?,
         );
         write_atomic(&self.dir.join("finished.bin"), &bytes)
+    }
+
+    /// Saves the services' scaled counts and rollbacks.
+    pub fn save_services(&self, services: &[crate::core::ServiceMemo]) -> Result<(), StateError> {
+        let mut bytes = vec![SERVICES_VERSION];
+        bytes.extend(
+            postcard::to_allocvec(services).map_err(|e| StateError::Encode {
+                what: "services",
+                reason: e.to_string(),
+            })?,
+        );
+        write_atomic(&self.dir.join("services.bin"), &bytes)
     }
 
     /// Appends a run to its task's history (compacting the file when it grew long).

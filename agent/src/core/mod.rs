@@ -39,6 +39,7 @@ use skiff_proto::{
     Status, StopReason, TaskDefinition, TaskExtension, TaskSample, TaskState, TaskStatus,
 };
 
+pub use service::ServiceMemo;
 use service::{ServiceLink, ServiceRec};
 
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,8 @@ pub enum Event {
         cluster: Option<Box<DesiredState>>,
         node: Option<Box<DesiredState>>,
         finished: Vec<FinishedTask>,
+        /// Services' scaled counts and rollbacks.
+        services: Vec<ServiceMemo>,
         /// The last wall time the previous run knew to be good.
         last_wall_ms: Option<u64>,
         images: Catalog,
@@ -194,6 +197,8 @@ pub enum Action {
     SaveFinished(Vec<FinishedTask>),
     /// Append a run to the task's durable history.
     RecordRun(RunRecord),
+    /// Durably save the services' scaled counts and rollbacks (replaces the previous set).
+    SaveServices(Vec<ServiceMemo>),
     /// Run a container's health check (at most `timeout_ms`); report `HealthResult`.
     HealthCheck {
         task: Name,
@@ -442,6 +447,8 @@ pub struct Core {
     tasks: BTreeMap<Name, TaskRec>,
     /// Services by name; their tasks are in `tasks` as `{service}.{slot}`.
     services: BTreeMap<Name, ServiceRec>,
+    /// What the previous run of the agent saved about services, used as they are created.
+    restored_services: BTreeMap<Name, ServiceMemo>,
     /// Draining (`Some`), with the deadline for batch tasks while one is pending.
     drain: Option<DrainState>,
     shutting_down: bool,
@@ -465,6 +472,7 @@ impl Core {
             node_doc: None,
             tasks: BTreeMap::new(),
             services: BTreeMap::new(),
+            restored_services: BTreeMap::new(),
             drain: None,
             shutting_down: false,
             pull_missing: false,
@@ -529,6 +537,7 @@ impl Core {
         self.last_now = now;
         let before = self.status_key();
         let finished_before = self.finished();
+        let memos_before = self.service_memos();
         match event {
             Event::Started => {
                 out.push(Action::Event(EventBody::AgentStarted {
@@ -540,9 +549,12 @@ impl Core {
                 cluster,
                 node,
                 finished,
+                services,
                 last_wall_ms,
                 images,
             } => {
+                self.restored_services =
+                    services.into_iter().map(|m| (m.name.clone(), m)).collect();
                 if let (Some(w), None) = (last_wall_ms, self.wall_anchor) {
                     self.wall_anchor = Some((w, now.mono_ms));
                 }
@@ -625,6 +637,10 @@ impl Core {
         let finished = self.finished();
         if finished != finished_before {
             out.push(Action::SaveFinished(finished));
+        }
+        let memos = self.service_memos();
+        if memos != memos_before {
+            out.push(Action::SaveServices(memos));
         }
         if self.status_key() != before && !matches!(out.last(), Some(Action::Status(_))) {
             out.push(Action::Status(self.status(now)));

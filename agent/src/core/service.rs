@@ -37,6 +37,20 @@ use super::{
     CRON_RECHECK_MS, STABLE_MS,
 };
 
+/// What survives an agent restart of a service: its scaled count and bounds, and a rollback
+/// (so a restarted agent does not roll the failed revision out again).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceMemo {
+    pub name: Name,
+    pub desired: u32,
+    pub min: u32,
+    pub max: u32,
+    /// The requested definition whose rollout failed and was rolled back.
+    pub failed: Option<TaskDefinition>,
+    /// The definition of the last completed deployment.
+    pub last_completed: Option<TaskDefinition>,
+}
+
 /// Which service and deployment a task belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ServiceLink {
@@ -68,6 +82,9 @@ pub struct ServiceRec {
     last_completed: Option<Arc<TaskDefinition>>,
     /// No longer in desired state: its tasks are stopped, then it is forgotten.
     removing: bool,
+    /// The requested definition whose rollout failed and was rolled back (until desired state
+    /// names another one).
+    failed: Option<Arc<TaskDefinition>>,
     scaling: ScalingState,
 }
 
@@ -125,6 +142,7 @@ impl ServiceRec {
             max: skiff_proto::limits::MAX_SERVICE_TASKS,
             last_completed: None,
             removing: false,
+            failed: None,
             scaling: ScalingState::default(),
         };
         s.apply_spec(None, now);
@@ -164,6 +182,38 @@ impl ServiceRec {
 
     fn primary(&self) -> Option<&Deployment> {
         self.deployments.last()
+    }
+
+    fn memo(&self, name: &Name) -> ServiceMemo {
+        ServiceMemo {
+            name: name.clone(),
+            desired: self.desired,
+            min: self.min,
+            max: self.max,
+            failed: self.failed.as_deref().cloned(),
+            last_completed: self.last_completed.as_deref().cloned(),
+        }
+    }
+
+    /// Takes back what the previous run saved: the scaled count within the bounds, and a
+    /// rollback when desired state still names the revision that failed.
+    fn take_memo(&mut self, memo: ServiceMemo) {
+        if self.spec().is_some_and(|s| s.scaling.is_some()) {
+            self.min = memo.min;
+            self.max = memo.max;
+            self.desired = memo.desired.clamp(memo.min, memo.max);
+        }
+        self.last_completed = memo.last_completed.map(Arc::new);
+        let failed_again = memo
+            .failed
+            .as_ref()
+            .is_some_and(|f| task_part(f) == task_part(&self.requested));
+        if let (true, Some(prev)) = (failed_again, self.last_completed.clone()) {
+            self.failed = Some(self.requested.clone());
+            if let Some(d) = self.deployments.first_mut() {
+                d.def = prev;
+            }
+        }
     }
 
     /// Every definition the service may still run (images to keep).
@@ -247,6 +297,15 @@ struct Member {
 }
 
 impl Core {
+    /// What must survive a restart of every service.
+    pub(super) fn service_memos(&self) -> Vec<ServiceMemo> {
+        self.services
+            .iter()
+            .filter(|(_, s)| !s.removing)
+            .map(|(n, s)| s.memo(n))
+            .collect()
+    }
+
     /// Creates, updates and retires services from the desired service definitions.
     pub(super) fn reconcile_services(
         &mut self,
@@ -256,11 +315,15 @@ impl Core {
     ) {
         for (name, def) in &desired {
             let Some(svc) = self.services.get_mut(name) else {
-                let svc = ServiceRec::new(def.clone(), now);
+                let mut svc = ServiceRec::new(def.clone(), now);
+                if let Some(memo) = self.restored_services.remove(name) {
+                    svc.take_memo(memo);
+                }
+                let first = &svc.deployments[0];
                 out.push(Action::Event(EventBody::DeploymentStarted {
                     service: name.clone(),
-                    deployment: 1,
-                    revision: def.revision,
+                    deployment: first.id,
+                    revision: first.def.revision,
                 }));
                 self.services.insert(name.clone(), svc);
                 continue;
@@ -274,6 +337,7 @@ impl Core {
             svc.requested = def.clone();
             svc.apply_spec(old_spec.as_ref(), now);
             if new_rollout {
+                svc.failed = None;
                 let id = svc.next_id;
                 svc.next_id += 1;
                 svc.deployments.push(Deployment {
@@ -603,6 +667,7 @@ impl Core {
             rollback_to: rollback.as_ref().map(|p| p.revision),
         }));
         if let Some(prev) = rollback {
+            svc.failed = Some(svc.requested.clone());
             // The deployment that still runs that definition becomes the primary again (its
             // tasks stay); otherwise a new one starts.
             let same = svc

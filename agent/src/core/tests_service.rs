@@ -53,6 +53,8 @@ struct Sim {
     bounds: Option<(u32, u32)>,
     /// Most tasks seen holding a place at once.
     max_seen: u32,
+    /// The services' state last asked to be saved.
+    saved: Option<Vec<ServiceMemo>>,
 }
 
 impl Sim {
@@ -67,6 +69,7 @@ impl Sim {
             statuses: Vec::new(),
             bounds: None,
             max_seen: 0,
+            saved: None,
         }
     }
 
@@ -93,6 +96,7 @@ impl Sim {
                     self.check_bounds(s);
                     self.statuses.push(s.clone());
                 }
+                Action::SaveServices(m) => self.saved = Some(m.clone()),
                 _ => {}
             }
             self.queue.push_back(a);
@@ -210,6 +214,7 @@ impl Sim {
                         self.check_bounds(s);
                         self.statuses.push(s.clone());
                     }
+                    Action::SaveServices(m) => self.saved = Some(m.clone()),
                     _ => {}
                 }
                 self.queue.push_back(a);
@@ -1024,4 +1029,93 @@ fn depends_on_cycles_and_impossible_conditions_are_rejected() {
     a.depends_on = vec![dep("zz", Start)];
     t.containers = vec![a, b];
     assert!(invalid(&t).contains("no container named zz"));
+}
+
+/// A new agent run with what the previous one saved: desired state naming `tasks`.
+fn restarted(tasks: Vec<TaskDefinition>, services: Vec<ServiceMemo>) -> Sim {
+    let mut s = Sim::new();
+    s.now = 100_000;
+    let doc = DesiredState {
+        version: 9,
+        cluster: n("demo"),
+        node: Some(n("pi-1")),
+        tasks,
+        signature: None,
+    };
+    let out = s.c.handle(
+        Event::Restored {
+            cluster: None,
+            node: Some(Box::new(doc)),
+            finished: vec![],
+            services,
+            last_wall_ms: None,
+            images: super::tests::catalog(),
+        },
+        s.time(),
+    );
+    s.feed(out);
+    s
+}
+
+#[test]
+fn a_rollback_survives_an_agent_restart() {
+    let mut s = Sim::new();
+    s.healthy = |rev| rev != 2;
+    s.apply(1, vec![web(1, service_spec(3, 100, 200))]);
+    s.advance(1_000);
+    s.apply(2, vec![web(2, service_spec(3, 100, 200))]);
+    for _ in 0..30 {
+        s.advance(1_000);
+    }
+    let saved = s.saved.clone().expect("saved");
+    assert_eq!(saved[0].failed.as_ref().map(|d| d.revision), Some(2));
+    // Restart: desired state still names revision 2; the node goes on with revision 1.
+    let mut r = restarted(vec![web(2, service_spec(3, 100, 200))], saved);
+    r.healthy = |rev| rev != 2;
+    r.advance(2_000);
+    assert!(
+        r.revisions().iter().all(|(_, rev, _)| *rev == 1),
+        "{:?}",
+        r.revisions()
+    );
+    assert_eq!(r.service().healthy_count, 3);
+    assert_eq!(
+        r.count(|e| matches!(e, EventBody::DeploymentFailed { .. })),
+        0
+    );
+    // A new revision rolls out normally.
+    r.apply(10, vec![web(3, service_spec(3, 100, 200))]);
+    r.advance(5_000);
+    assert!(
+        r.revisions().iter().all(|(_, rev, _)| *rev == 3),
+        "{:?}",
+        r.revisions()
+    );
+}
+
+#[test]
+fn a_scaled_count_survives_an_agent_restart() {
+    let mut s = Sim::new();
+    let mut spec = service_spec(2, 100, 200);
+    spec.scaling = Some(AutoScaling {
+        min: 1,
+        max: 5,
+        target_tracking: vec![TargetTracking {
+            metric: ScalingMetric::Cpu,
+            target_percent: 50,
+            scale_out_cooldown_secs: 0,
+            scale_in_cooldown_secs: 600,
+            disable_scale_in: false,
+        }],
+        step: vec![],
+        scheduled: vec![],
+    });
+    s.apply(1, vec![web(1, spec.clone())]);
+    s.advance(1_000);
+    load(&mut s, 100.0);
+    let saved = s.saved.clone().expect("saved");
+    assert_eq!((saved[0].desired, saved[0].min, saved[0].max), (4, 1, 5));
+    let mut r = restarted(vec![web(1, spec)], saved);
+    r.advance(1_000);
+    assert_eq!(r.service().running_count, 4);
 }
