@@ -91,6 +91,9 @@ pub async fn run(
         launcher_exe: PathBuf::from("/proc/self/exe"),
     })
     .await?;
+    if let Err(e) = runtime.enable_bridge(cfg.network.clone()).await {
+        tracing::error!("{e}");
+    }
     let stale = runtime.cleanup_stale().await?;
     if !stale.is_empty() {
         tracing::warn!(containers = ?stale, "removed containers left by a previous run");
@@ -825,10 +828,15 @@ impl Shells {
                 report,
             });
         }
-        self.runtime
+        let endpoints = self
+            .runtime
             .prepare_task(def, &images)
             .await
             .map_err(|e| e.to_string())?;
+        self.send(Event::TaskNetwork {
+            task: def.family.clone(),
+            endpoints,
+        });
         let prefix = def.containers.len() > 1;
         // Containers with `dependsOn` wait for the core's `StartContainer`.
         for c in def.containers.iter().filter(|c| c.depends_on.is_empty()) {

@@ -59,6 +59,8 @@ pub struct Config {
     pub images: crate::images::ImagesConfig,
     /// Registry credentials and plain-HTTP registries (`[[registries]]`).
     pub registries: Vec<crate::images::RegistryConfig>,
+    /// Bridge networking (`[network]`: bridge, subnet, ephemeral_ports, dns).
+    pub network: crate::runtime::NetworkConfig,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             outbox_max_bytes: 4 << 20,
             images: crate::images::ImagesConfig::default(),
             registries: Vec::new(),
+            network: crate::runtime::NetworkConfig::default(),
         }
     }
 }
@@ -185,6 +188,8 @@ pub struct Validated {
     pub outbox_max_bytes: usize,
     pub images: crate::images::ImagesSettings,
     pub registries: crate::images::Registries,
+    /// Bridge networking settings.
+    pub network: crate::runtime::BridgeConfig,
 }
 
 impl Config {
@@ -273,6 +278,10 @@ impl Config {
             .map_err(|e| invalid("images", e.to_string()))?;
         let registries = crate::images::Registries::validate(&self.registries)
             .map_err(|e| invalid("registries", e.to_string()))?;
+        let network = self
+            .network
+            .validate()
+            .map_err(|(field, problem)| invalid(field, problem))?;
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| invalid("log", format!("{:?}: {e}", self.log)))?;
         Ok(Validated {
@@ -293,6 +302,7 @@ impl Config {
             outbox_max_bytes: usize::try_from(outbox).unwrap_or(4 << 20),
             images,
             registries,
+            network,
         })
     }
 }
@@ -345,6 +355,11 @@ mod tests {
         );
         assert!(err("data_dir = 'rel'").contains("not an absolute path"));
         assert!(err("metrics_interval_secs = 'x'").contains("invalid type"));
+        assert_eq!(
+            err("[network]\nsubnet = '10.88.0.5/24'"),
+            "config field network.subnet: \"10.88.0.5/24\" is not a network address: use 10.88.0.0/24"
+        );
+        assert!(err("[network]\nbrige = 'x'").contains("unknown field `brige`"));
     }
 
     #[test]

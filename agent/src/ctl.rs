@@ -23,6 +23,9 @@ use crate::config::BrokerUrl;
 use crate::display;
 use crate::mqtt::{self, Inbound};
 
+mod endpoints;
+pub use endpoints::endpoints;
+
 /// Why a console command failed; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -951,6 +954,7 @@ mod tests {
                     containers: vec![],
                     service: None,
                     health: Health::Unknown,
+                    endpoints: vec![],
                 })
                 .collect(),
             services: vec![],

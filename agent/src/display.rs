@@ -176,7 +176,26 @@ pub fn event_body(b: &EventBody) -> String {
             cause,
         } => format!("service {service}: scaled {from} → {to} tasks: {cause}"),
         EventBody::NodeStateChanged { state } => format!("node {}", node_state(*state)),
+        EventBody::EndpointsChanged { task, endpoints } if endpoints.is_empty() => {
+            format!("{task}: no endpoints")
+        }
+        EventBody::EndpointsChanged { task, endpoints } => {
+            let list: Vec<String> = endpoints.iter().map(endpoint).collect();
+            format!("{task}: endpoints {}", list.join(", "))
+        }
     }
+}
+
+/// `main 8080/tcp → host port 49153 (10.88.0.2)`.
+pub fn endpoint(e: &skiff_proto::Endpoint) -> String {
+    format!(
+        "{} {}/{} → host port {} ({})",
+        e.container,
+        e.container_port,
+        crate::ecs::protocol_str(e.protocol),
+        e.host_port,
+        e.address
+    )
 }
 
 /// `healthy`, `unhealthy`, `unknown`.
@@ -441,6 +460,7 @@ mod tests {
             containers: vec![],
             service: None,
             health,
+            endpoints: vec![],
         }
     }
 

@@ -33,8 +33,9 @@ use skiff_proto::limits::{MAX_CONTAINERS, MAX_SERVICE_TASKS};
 use skiff_proto::{
     AutoScaling, Batch, BoundError, CircuitBreaker, ContainerDefinition, ContainerDependency,
     DependencyCondition, EnvVar, HealthCheck, HealthTest, MissedRunPolicy, Name, NetworkMode,
-    OverlapPolicy, RestartPolicy, ScalingMetric, Schedule, ScheduleSpec, ScheduledScaling, Service,
-    StepAdjustment, StepScaling, TargetTracking, TaskDefinition, TaskExtension,
+    OverlapPolicy, PortMapping, Protocol, RestartPolicy, ScalingMetric, Schedule, ScheduleSpec,
+    ScheduledScaling, Service, StepAdjustment, StepScaling, TargetTracking, TaskDefinition,
+    TaskExtension,
 };
 
 /// Largest task-definition JSON accepted. A whole desired-state document must fit in one
@@ -320,7 +321,29 @@ fn container_to_json(c: &ContainerDefinition) -> Value {
             .collect();
         o.insert("dependsOn".into(), Value::Array(deps));
     }
+    if !c.port_mappings.is_empty() {
+        let maps = c
+            .port_mappings
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "containerPort": m.container_port,
+                    "hostPort": m.host_port.unwrap_or(0),
+                    "protocol": protocol_str(m.protocol),
+                })
+            })
+            .collect();
+        o.insert("portMappings".into(), Value::Array(maps));
+    }
     Value::Object(o)
+}
+
+/// ECS spelling of a port mapping's protocol.
+pub fn protocol_str(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
 }
 
 /// `+05:30`, `-08:00`, `+00:00`.
@@ -436,6 +459,7 @@ pub fn network_mode_str(mode: NetworkMode) -> &'static str {
     match mode {
         NetworkMode::None => "none",
         NetworkMode::Host => "host",
+        NetworkMode::Bridge => "bridge",
     }
 }
 
@@ -517,6 +541,7 @@ const CONTAINER_SUPPORTED: &[&str] = &[
     "healthCheck",
     "stopTimeout",
     "dependsOn",
+    "portMappings",
 ];
 
 const NO_VOLUMES: Option<&str> = Some("volumes are not supported yet");
@@ -525,15 +550,8 @@ const OWN_LOG: Option<&str> = Some("skiff keeps container output in its own boun
 /// Container-level ECS keys skiff does not implement, accepted only when empty.
 const CONTAINER_UNSUPPORTED: &[(&str, Option<&str>)] = &[
     (
-        "portMappings",
-        Some(
-            "port mappings come with bridge networking in a later release; \
-             with networkMode \"host\" a container listens on the node's ports directly",
-        ),
-    ),
-    (
         "links",
-        Some("links come with bridge networking in a later release"),
+        Some("the containers of a task share one network namespace: they reach each other on localhost"),
     ),
     ("mountPoints", NO_VOLUMES),
     ("volumesFrom", NO_VOLUMES),
@@ -832,6 +850,7 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
     let mut health_check = None;
     let mut stop_timeout_secs = None;
     let mut depends_on = Vec::new();
+    let mut port_mappings = Vec::new();
     for (key, v) in obj {
         let path = join(base, key);
         let k = key.as_str();
@@ -860,6 +879,7 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
                     stop_timeout_secs = Some(number_u32(v, &path, "a number of seconds")?)
                 }
                 "dependsOn" => depends_on = parse_depends_on(v, &path)?,
+                "portMappings" => port_mappings = parse_port_mappings(v, &path)?,
                 _ => user = optional_string(v, &path)?,
             }
         } else if let Some((_, why)) = CONTAINER_UNSUPPORTED.iter().find(|(n, _)| *n == k) {
@@ -893,7 +913,100 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
         health_check,
         stop_timeout_secs,
         depends_on,
+        port_mappings,
     })
+}
+
+/// ECS `portMappings` entry keys skiff does not implement, accepted only when empty.
+const PORT_MAPPING_UNSUPPORTED: &[&str] = &["name", "appProtocol", "containerPortRange"];
+
+/// ECS `portMappings`: `[{"containerPort": 80, "hostPort": 0, "protocol": "tcp"}]`; `hostPort`
+/// 0 or absent is a dynamic port from the agent's ephemeral range, as ECS does in bridge mode.
+fn parse_port_mappings(v: &Value, path: &str) -> Result<Vec<PortMapping>, TaskDefError> {
+    let arr = v.as_array().ok_or_else(|| {
+        invalid(
+            path,
+            format!(
+                "expected an array of {{containerPort, hostPort, protocol}}, got {}",
+                got(v)
+            ),
+        )
+    })?;
+    let max = skiff_proto::limits::MAX_PORT_MAPPINGS;
+    if arr.len() > max {
+        return Err(invalid(
+            path,
+            format!("{} entries, at most {max} allowed", arr.len()),
+        ));
+    }
+    let port = |v: &Value, p: &str, zero_ok: bool| -> Result<u16, TaskDefError> {
+        let n = number_u32(v, p, "a port number")?;
+        match u16::try_from(n) {
+            Ok(0) if !zero_ok => Err(invalid(p, "0 is not a port: use 1..=65535")),
+            Ok(port) => Ok(port),
+            Err(_) => Err(invalid(p, format!("{n} is not a port: use 1..=65535"))),
+        }
+    };
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, m) in arr.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let obj = m.as_object().ok_or_else(|| {
+            invalid(
+                &at,
+                format!(
+                    "expected {{containerPort, hostPort, protocol}}, got {}",
+                    got(m)
+                ),
+            )
+        })?;
+        let mut container_port = None;
+        let mut host_port = None;
+        let mut protocol = Protocol::Tcp;
+        for (k, x) in obj {
+            let p = join(&at, k);
+            match k.as_str() {
+                _ if x.is_null() => {}
+                "containerPort" => container_port = Some(port(x, &p, false)?),
+                "hostPort" => host_port = Some(port(x, &p, true)?).filter(|&hp| hp != 0),
+                "protocol" => {
+                    protocol = match string(x, &p)? {
+                        "tcp" => Protocol::Tcp,
+                        "udp" => Protocol::Udp,
+                        other => {
+                            return Err(invalid(
+                                &p,
+                                format!("expected \"tcp\" or \"udp\", got {}", quoted(other)),
+                            ))
+                        }
+                    }
+                }
+                k if PORT_MAPPING_UNSUPPORTED.contains(&k) => {
+                    if !is_empty(x) {
+                        return Err(TaskDefError::Unsupported {
+                            path: shown_path(&p),
+                            why: Some("a Service Connect setting; skiff maps ports only"),
+                        });
+                    }
+                }
+                _ => {
+                    return Err(unknown(
+                        &p,
+                        k,
+                        &["containerPort", "hostPort", "protocol"],
+                        &[],
+                        "",
+                    ))
+                }
+            }
+        }
+        out.push(PortMapping {
+            container_port: container_port
+                .ok_or_else(|| invalid(&join(&at, "containerPort"), "missing"))?,
+            host_port,
+            protocol,
+        });
+    }
+    Ok(out)
 }
 
 /// ECS `dependsOn`: `[{"containerName": "db", "condition": "HEALTHY"}]`.
@@ -1014,13 +1127,17 @@ fn parse_network_mode(v: &Value, path: &str) -> Result<NetworkMode, TaskDefError
     match string(v, path)? {
         "none" | "" => Ok(NetworkMode::None),
         "host" => Ok(NetworkMode::Host),
-        m @ ("bridge" | "awsvpc") => Err(invalid(
+        "bridge" => Ok(NetworkMode::Bridge),
+        m @ "awsvpc" => Err(invalid(
             path,
-            format!("{m:?} is not supported by skiff yet; use \"none\" or \"host\""),
+            format!("{m:?} is not supported by skiff yet; use \"none\", \"host\" or \"bridge\""),
         )),
         other => Err(invalid(
             path,
-            format!("expected \"none\" or \"host\", got {}", quoted(other)),
+            format!(
+                "expected \"none\", \"host\" or \"bridge\", got {}",
+                quoted(other)
+            ),
         )),
     }
 }
@@ -2857,6 +2974,7 @@ mod tests {
                     health_check: None,
                     stop_timeout_secs: None,
                     depends_on: vec![],
+                    port_mappings: vec![],
                 }],
                 cpu: None,
                 memory_mib: None,
@@ -3157,6 +3275,7 @@ mod tests {
                 health_check: None,
                 stop_timeout_secs: None,
                 depends_on: vec![],
+                port_mappings: vec![],
             }],
             cpu: None,
             memory_mib: None,
@@ -3237,16 +3356,93 @@ mod tests {
         ok(container(json!({"privileged": null})));
     }
 
+    fn bridge(c: serde_json::Value) -> serde_json::Value {
+        let mut t = container(c);
+        t["networkMode"] = json!("bridge");
+        t
+    }
+
     #[test]
-    fn port_mappings_are_refused_until_bridge_networking() {
-        let e = err(container(
-            json!({"portMappings": [{"containerPort": 80, "hostPort": 80}]}),
-        ));
-        assert!(
-            e.starts_with("containerDefinitions[0].portMappings: not supported by skiff (port mappings come with bridge networking"),
-            "{e}"
+    fn port_mappings_in_bridge_mode() {
+        let d = ok(bridge(json!({"portMappings": [
+            {"containerPort": 80, "hostPort": 0, "protocol": "tcp"},
+            {"containerPort": 53, "hostPort": 5353, "protocol": "udp"},
+            {"containerPort": 8080},
+            {"containerPort": 9090, "hostPort": null, "protocol": null, "name": "", "appProtocol": null}
+        ]})));
+        assert_eq!(d.network_mode, NetworkMode::Bridge);
+        let pm = |container_port, host_port, protocol| PortMapping {
+            container_port,
+            host_port,
+            protocol,
+        };
+        assert_eq!(
+            d.containers[0].port_mappings,
+            vec![
+                pm(80, None, Protocol::Tcp),
+                pm(53, Some(5353), Protocol::Udp),
+                pm(8080, None, Protocol::Tcp),
+                pm(9090, None, Protocol::Tcp),
+            ]
         );
         ok(container(json!({"portMappings": []})));
+        ok(bridge(
+            json!({"portMappings": [{"containerPort": 53, "protocol": "udp"},
+            {"containerPort": 53, "protocol": "tcp"}]}),
+        ));
+    }
+
+    #[test]
+    fn port_mapping_errors_name_their_json_path() {
+        for (c, want) in [
+            (
+                container(json!({"portMappings": [{"containerPort": 80}]})),
+                "containerDefinitions[0].portMappings: port mappings need networkMode \"bridge\" (with \"host\" a container listens on the node's ports directly)",
+            ),
+            (
+                bridge(json!({"portMappings": {"containerPort": 80}})),
+                "containerDefinitions[0].portMappings: expected an array of {containerPort, hostPort, protocol}, got an object",
+            ),
+            (
+                bridge(json!({"portMappings": [{"hostPort": 80}]})),
+                "containerDefinitions[0].portMappings[0].containerPort: missing",
+            ),
+            (
+                bridge(json!({"portMappings": [{"containerPort": 0}]})),
+                "containerDefinitions[0].portMappings[0].containerPort: 0 is not a port: use 1..=65535",
+            ),
+            (
+                bridge(json!({"portMappings": [{"containerPort": 80, "hostPort": 70000}]})),
+                "containerDefinitions[0].portMappings[0].hostPort: 70000 is not a port: use 1..=65535",
+            ),
+            (
+                bridge(json!({"portMappings": [{"containerPort": 80, "protocol": "sctp"}]})),
+                "containerDefinitions[0].portMappings[0].protocol: expected \"tcp\" or \"udp\", got \"sctp\"",
+            ),
+            (
+                bridge(json!({"portMappings": [{"containerPort": 80, "hostport": 80}]})),
+                "containerDefinitions[0].portMappings[0].hostport: unknown field (did you mean \"hostPort\"?)",
+            ),
+            (
+                bridge(json!({"portMappings": [{"containerPort": 80, "appProtocol": "http"}]})),
+                "containerDefinitions[0].portMappings[0].appProtocol: not supported by skiff (a Service Connect setting; skiff maps ports only)",
+            ),
+            (
+                bridge(json!({"portMappings": [{"containerPort": 80}, {"containerPort": 80, "hostPort": 8080}]})),
+                "containerDefinitions[0].portMappings[1].containerPort: container port 80 is mapped twice in this task",
+            ),
+            (
+                bridge(json!({"portMappings": [{"containerPort": 80, "hostPort": 8080}, {"containerPort": 81, "hostPort": 8080}]})),
+                "containerDefinitions[0].portMappings[1].hostPort: host port 8080 is mapped twice in this task",
+            ),
+        ] {
+            assert_eq!(err(c), want);
+        }
+        let many: Vec<_> = (1..=33).map(|p| json!({"containerPort": p})).collect();
+        assert_eq!(
+            err(bridge(json!({ "portMappings": many }))),
+            "containerDefinitions[0].portMappings: 33 entries, at most 32 allowed"
+        );
     }
 
     #[test]
@@ -3448,16 +3644,16 @@ mod tests {
             NetworkMode::Host
         );
         assert_eq!(
-            err(task(json!({"networkMode": "bridge"}))),
-            "networkMode: \"bridge\" is not supported by skiff yet; use \"none\" or \"host\""
+            ok(task(json!({"networkMode": "bridge"}))).network_mode,
+            NetworkMode::Bridge
         );
         assert_eq!(
             err(task(json!({"networkMode": "awsvpc"}))),
-            "networkMode: \"awsvpc\" is not supported by skiff yet; use \"none\" or \"host\""
+            "networkMode: \"awsvpc\" is not supported by skiff yet; use \"none\", \"host\" or \"bridge\""
         );
         assert_eq!(
             err(task(json!({"networkMode": "Host"}))),
-            "networkMode: expected \"none\" or \"host\", got \"Host\""
+            "networkMode: expected \"none\", \"host\" or \"bridge\", got \"Host\""
         );
     }
 
@@ -3695,6 +3891,8 @@ mod tests {
             ok(container(
                 json!({"healthCheck": {"command": ["TCP", "80"]}}),
             )),
+            ok(bridge(json!({"portMappings": [{"containerPort": 80},
+                {"containerPort": 53, "hostPort": 5353, "protocol": "udp"}]}))),
         ];
         for d in defs {
             let v = to_ecs_json(&d);

@@ -173,6 +173,20 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Where a service's (or a task's) running copies are reached.
+    ///
+    /// From the nodes' retained status: per task its port mappings with the host port each got
+    /// and the task's address on the node's bridge (networkMode "bridge").
+    Endpoints {
+        /// A service (its tasks on every node) or a task.
+        name: String,
+        /// One node; without it, every node that reported.
+        #[arg(long)]
+        node: Option<String>,
+        /// One JSON object per endpoint: {"node", "task", "service", "endpoint"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drain a node: nothing new starts, its service tasks stop.
     ///
     /// The node starts nothing new, stops its service and long-running tasks and lets batch
@@ -525,6 +539,11 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
             CtlCmd::Desired { node: n } => ctl::show_desired(&target, node(n)?).await,
             CtlCmd::Nodes { json } => ctl::nodes(&target, json).await,
             CtlCmd::Services { node: n, json } => ctl::services(&target, node(n)?, json).await,
+            CtlCmd::Endpoints {
+                name: svc,
+                node: n,
+                json,
+            } => ctl::endpoints(&target, name("service or task", &svc)?, node(n)?, json).await,
             CtlCmd::Drain {
                 node: n,
                 wait,

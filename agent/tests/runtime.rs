@@ -16,6 +16,10 @@ use tokio::sync::mpsc::Receiver;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Bridge networking with real links and nftables (`bridge` in the test names).
+#[path = "runtime/bridge.rs"]
+mod bridge;
+
 fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         true
@@ -144,7 +148,8 @@ fn busybox_rootfs(root: &Path) {
     std::fs::create_dir_all(root.join("etc")).expect("mkdir");
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy /bin/busybox");
     for applet in [
-        "sh", "echo", "sleep", "cat", "dd", "head", "readlink", "true", "id", "pwd", "ls",
+        "sh", "echo", "sleep", "cat", "dd", "head", "readlink", "true", "id", "pwd", "ls", "ip",
+        "ping", "httpd", "nc", "mkdir",
     ] {
         symlink("busybox", root.join("bin").join(applet)).expect("symlink");
     }
@@ -172,6 +177,7 @@ fn container(n: &str, command: &[&str]) -> ContainerDefinition {
         health_check: None,
         stop_timeout_secs: None,
         depends_on: vec![],
+        port_mappings: vec![],
     }
 }
 

@@ -33,3 +33,5 @@ pub const MAX_SERVICE_FAMILY: usize = MAX_NAME - 4;
 pub const MAX_SCALING_POLICIES: usize = 8;
 /// Runs of one scheduled task at once with overlap policy `allow`.
 pub const MAX_CONCURRENT_RUNS: usize = 4;
+/// Port mappings of one task (all its containers).
+pub const MAX_PORT_MAPPINGS: usize = 32;

@@ -280,6 +280,38 @@ pub struct ContainerDefinition {
     pub stop_timeout_secs: Option<u32>,
     /// ECS `dependsOn`: this container starts once each condition holds.
     pub depends_on: Vec<ContainerDependency>,
+    /// ECS `portMappings` (bridge networking): host ports forwarded to the task's ports.
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// ECS `portMappings` entry: traffic to `host_port` on the node's addresses goes to
+/// `container_port` in the task's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub container_port: u16,
+    /// `None`: a dynamic port from the agent's ephemeral range (ECS's `hostPort` 0 or absent).
+    pub host_port: Option<u16>,
+    pub protocol: Protocol,
+}
+
+/// Transport protocol of a port mapping. Appending variants only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// Where a running task can be reached: one port mapping with the host port it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The container whose definition holds the mapping.
+    pub container: Name,
+    pub container_port: u16,
+    /// The port on the node's addresses (allocated when the mapping is dynamic).
+    pub host_port: u16,
+    pub protocol: Protocol,
+    /// The task's own address (on the node's bridge).
+    pub address: String,
 }
 
 /// ECS `dependsOn` entry.
@@ -316,6 +348,9 @@ pub enum NetworkMode {
     None,
     /// The node's network namespace.
     Host,
+    /// Own network namespace on the node's bridge: an address from the bridge's subnet,
+    /// outbound traffic masqueraded, `portMappings` forwarded from the node's ports.
+    Bridge,
 }
 
 /// skiff's `restartPolicy` for a task. Appending variants only.
@@ -418,6 +453,8 @@ pub struct TaskStatus {
     pub service: Option<Name>,
     /// Healthy when every essential container with a health check is healthy.
     pub health: Health,
+    /// Where the running task is reached (its port mappings); empty when it is not running.
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// Task lifecycle. Appending variants only.
@@ -592,6 +629,11 @@ pub enum EventBody {
     },
     /// The node changed between online, draining and drained.
     NodeStateChanged { state: NodeState },
+    /// The task's endpoints changed: reachable once it runs, empty once it stops.
+    EndpointsChanged {
+        task: Name,
+        endpoints: Vec<Endpoint>,
+    },
 }
 
 /// Why a task stopped. Appending variants only.
@@ -909,6 +951,7 @@ impl TaskDefinition {
                 return Err(bound_err("containerDefinitions", "dependsOn forms a cycle"));
             }
         }
+        self.validate_ports()?;
         if self.memory_mib.is_some_and(|m| m < 4) {
             return Err(bound_err("memory", "at least 4 MiB"));
         }
@@ -968,6 +1011,76 @@ impl TaskDefinition {
                         }
                     }
                 },
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TaskDefinition {
+    /// Port mappings: bridge networking only, at most [`MAX_PORT_MAPPINGS`] in the task, ports
+    /// 1..=65535, no container port or static host port twice for one protocol (the
+    /// containers share one network namespace).
+    fn validate_ports(&self) -> Result<(), BoundError> {
+        let mut seen: Vec<(Protocol, u16, Option<u16>)> = Vec::new();
+        for (i, c) in self.containers.iter().enumerate() {
+            let at = alloc::format!("containerDefinitions[{i}].portMappings");
+            if c.port_mappings.is_empty() {
+                continue;
+            }
+            if self.network_mode != NetworkMode::Bridge {
+                return Err(bound_err(
+                    at,
+                    "port mappings need networkMode \"bridge\" (with \"host\" a container \
+                     listens on the node's ports directly)",
+                ));
+            }
+            if seen.len() + c.port_mappings.len() > MAX_PORT_MAPPINGS {
+                return Err(bound_err(
+                    at,
+                    alloc::format!("at most {MAX_PORT_MAPPINGS} port mappings in a task"),
+                ));
+            }
+            for (j, m) in c.port_mappings.iter().enumerate() {
+                let at = alloc::format!("{at}[{j}]");
+                if m.container_port == 0 {
+                    return Err(bound_err(
+                        alloc::format!("{at}.containerPort"),
+                        "must be 1..=65535",
+                    ));
+                }
+                if m.host_port == Some(0) {
+                    return Err(bound_err(
+                        alloc::format!("{at}.hostPort"),
+                        "must be 1..=65535 (none for a dynamic port)",
+                    ));
+                }
+                if seen
+                    .iter()
+                    .any(|(p, cp, _)| *p == m.protocol && *cp == m.container_port)
+                {
+                    return Err(bound_err(
+                        alloc::format!("{at}.containerPort"),
+                        alloc::format!(
+                            "container port {} is mapped twice in this task",
+                            m.container_port
+                        ),
+                    ));
+                }
+                if m.host_port.is_some()
+                    && seen
+                        .iter()
+                        .any(|(p, _, hp)| *p == m.protocol && *hp == m.host_port)
+                {
+                    return Err(bound_err(
+                        alloc::format!("{at}.hostPort"),
+                        alloc::format!(
+                            "host port {} is mapped twice in this task",
+                            m.host_port.unwrap_or(0)
+                        ),
+                    ));
+                }
+                seen.push((m.protocol, m.container_port, m.host_port));
             }
         }
         Ok(())

@@ -33,6 +33,7 @@ fn task() -> TaskDefinition {
             health_check: None,
             stop_timeout_secs: None,
             depends_on: vec![],
+            port_mappings: vec![],
         }],
         cpu: Some(512),
         memory_mib: Some(128),
@@ -106,6 +107,19 @@ fn service() -> TaskDefinition {
         start_period_secs: 10,
     });
     t.containers[0].stop_timeout_secs = Some(20);
+    t.network_mode = NetworkMode::Bridge;
+    t.containers[0].port_mappings = vec![
+        PortMapping {
+            container_port: 8080,
+            host_port: None,
+            protocol: Protocol::Tcp,
+        },
+        PortMapping {
+            container_port: 53,
+            host_port: Some(5353),
+            protocol: Protocol::Udp,
+        },
+    ];
     t
 }
 
@@ -144,6 +158,13 @@ fn samples() -> Vec<Message> {
                 }],
                 service: Some(n("api")),
                 health: Health::Healthy,
+                endpoints: vec![Endpoint {
+                    container: n("app"),
+                    container_port: 8080,
+                    host_port: 49153,
+                    protocol: Protocol::Tcp,
+                    address: "10.88.0.2".into(),
+                }],
             }],
             services: vec![ServiceStatus {
                 name: n("api"),

@@ -7,6 +7,7 @@
 
 mod harness;
 mod images;
+mod networking;
 mod offline;
 mod services;
 mod ship;

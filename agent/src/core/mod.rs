@@ -22,6 +22,7 @@
 
 pub mod cron;
 mod deps;
+mod endpoints;
 mod health;
 mod service;
 #[cfg(test)]
@@ -130,6 +131,12 @@ pub enum Event {
     },
     /// Every container of the task without `dependsOn` was started.
     TaskStarted { task: Name },
+    /// The task was prepared with these endpoints (its port mappings with the host ports and
+    /// address it got): sent before `TaskStarted`, shown while the task runs.
+    TaskNetwork {
+        task: Name,
+        endpoints: Vec<skiff_proto::Endpoint>,
+    },
     /// A container asked for by `StartContainer` could not be started.
     ContainerStartFailed {
         task: Name,
@@ -278,6 +285,8 @@ struct TaskRec {
     drained: bool,
     /// An extra run of this scheduled task (overlap `allow`): forgotten when it ends.
     run_of: Option<Name>,
+    /// Where the current run is reached (reported by the shells after preparing it).
+    endpoints: Vec<skiff_proto::Endpoint>,
 }
 
 /// Where a scheduled task is in its schedule.
@@ -366,6 +375,7 @@ impl TaskRec {
             service: None,
             drained: false,
             run_of: None,
+            endpoints: Vec::new(),
         }
     }
 
@@ -597,6 +607,7 @@ impl Core {
                 pid,
             } => self.on_started(&task, &container, pid, now, &mut out),
             Event::TaskStarted { task } => self.on_task_started(&task, now, &mut out),
+            Event::TaskNetwork { task, endpoints } => self.on_task_network(&task, endpoints),
             Event::ContainerStartFailed {
                 task,
                 container,
@@ -645,6 +656,7 @@ impl Core {
         if self.status_key() != before && !matches!(out.last(), Some(Action::Status(_))) {
             out.push(Action::Status(self.status(now)));
         }
+        out.extend(endpoints::changes(self, &before));
         out
     }
 
@@ -770,6 +782,7 @@ impl Core {
                         .collect(),
                     service: t.service.as_ref().map(|l| l.service.clone()),
                     health: t.health(),
+                    endpoints: endpoints::shown(t.phase == Phase::Running, &t.endpoints),
                 })
                 .collect(),
             services: self

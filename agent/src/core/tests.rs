@@ -33,6 +33,7 @@ pub(super) fn container(name: &str, essential: bool) -> ContainerDefinition {
         health_check: None,
         stop_timeout_secs: None,
         depends_on: vec![],
+        port_mappings: vec![],
     }
 }
 

@@ -16,19 +16,25 @@
 //! - `cgroup`: task cgroups on v1 and v2: limits, removal, stats, OOM counters.
 //! - `rootfs`: overlayfs (or copied) root filesystems, mount bookkeeping.
 //! - `netns`: named network namespaces shared by a task's containers.
+//! - `bridge`: bridge networking (the bridge, per task a veth pair, an address and port
+//!   mappings), with `netlink` (links, addresses, routes) and `nft` (NAT in the table
+//!   `ip skiff`).
 //! - `ids`: container ids `{task}+{container}`.
 //!
 //! # Files
 //! Everything lives under `run_dir` (volatile, e.g. on tmpfs):
 //! `state/` (libcontainer's root), `tasks/{task}/{container}/{rootfs,upper,work,config.json}`,
-//! `netns/{task}`. Cgroups: `/{cgroup_parent}/{task}` with the task's limits, and
+//! `netns/{task}`, `net/{task}` (a bridge task's address and host ports). Cgroups: `/{cgroup_parent}/{task}` with the task's limits, and
 //! `/{cgroup_parent}/{task}/{container}` made by libcontainer.
 
+mod bridge;
 mod cgroup;
 mod exec;
 mod ids;
 mod launcher;
+mod netlink;
 mod netns;
+mod nft;
 mod rootfs;
 mod spec;
 mod wire;
@@ -43,13 +49,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use skiff_proto::{ExitInfo, Name, NetworkMode, TaskDefinition};
+use skiff_proto::{Endpoint, ExitInfo, Name, NetworkMode, TaskDefinition};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::images::ResolvedImage;
 
+pub use bridge::{host_dns, BridgeConfig, NetworkConfig, NetworkConfigError};
 pub use cgroup::CgroupError;
 pub use exec::{
     ExecArgvError, ExecOutcome, EXEC_OUTPUT_LIMIT, MAX_EXEC_ARGS, MAX_EXEC_ARG_BYTES,
@@ -180,6 +187,24 @@ pub enum RuntimeError {
     },
     #[error("{what} panicked")]
     Panicked { what: &'static str },
+    #[error("bridge network of task {task}: {reason}")]
+    Bridge { task: String, reason: String },
+    #[error(
+        "bridge networking is unavailable: {reason}; tasks with networkMode \"bridge\" can't \
+         start (\"none\" and \"host\" tasks are not affected)"
+    )]
+    BridgeUnavailable { reason: String },
+}
+
+/// Bridge networking of this runtime.
+#[derive(Debug, Clone, Default)]
+enum NetState {
+    /// [`Runtime::enable_bridge`] was not called.
+    #[default]
+    Off,
+    /// The kernel or host lacks something (why).
+    Unavailable(String),
+    On(Arc<bridge::Network>),
 }
 
 /// How long a freshly started launcher may take to answer its first request.
@@ -207,6 +232,7 @@ struct Inner {
     /// races with a task being created below it.
     tree: Mutex<()>,
     launcher_pid: u32,
+    net: Mutex<NetState>,
 }
 
 /// Handle to the container runtime; cheap to clone, usable from many tokio tasks at once.
@@ -330,6 +356,7 @@ impl Runtime {
                 seq: AtomicU64::new(1),
                 tree: Mutex::new(()),
                 launcher_pid,
+                net: Mutex::new(NetState::Off),
             }),
         };
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, rt.request(RequestBody::Ping));
@@ -384,6 +411,53 @@ impl Runtime {
 
     fn netns_path(&self, task: &str) -> PathBuf {
         self.inner.run_dir.join("netns").join(task)
+    }
+
+    fn net_state(&self) -> NetState {
+        self.inner.net.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// Turns bridge networking on with `cfg`, after checking (in a throwaway network
+    /// namespace, and with `nft -c`) that the kernel and host have what it needs. Nothing is
+    /// made on the host until the first bridge task. On error bridge tasks fail to start with
+    /// the reason, and everything else works: the agent warns and goes on.
+    pub async fn enable_bridge(&self, cfg: BridgeConfig) -> Result<(), RuntimeError> {
+        let check = cfg.clone();
+        let probe = blocking("bridge probe", move || bridge::probe(&check)).await?;
+        let run_dir = self.inner.run_dir.clone();
+        let state = match probe {
+            Ok(()) => {
+                let net =
+                    blocking("bridge setup", move || bridge::Network::new(cfg, &run_dir)).await?;
+                NetState::On(Arc::new(net))
+            }
+            Err(reason) => NetState::Unavailable(reason),
+        };
+        let result = match &state {
+            NetState::Unavailable(reason) => Err(RuntimeError::BridgeUnavailable {
+                reason: reason.clone(),
+            }),
+            _ => Ok(()),
+        };
+        if let Ok(mut n) = self.inner.net.lock() {
+            *n = state;
+        }
+        result
+    }
+
+    /// The bridge network, for a bridge task (an error naming why there is none).
+    fn bridge_for(&self, task: &str) -> Result<Arc<bridge::Network>, RuntimeError> {
+        match self.net_state() {
+            NetState::On(net) => Ok(net),
+            NetState::Unavailable(reason) => Err(RuntimeError::Bridge {
+                task: task.to_owned(),
+                reason: format!("bridge networking is unavailable on this node: {reason}"),
+            }),
+            NetState::Off => Err(RuntimeError::Bridge {
+                task: task.to_owned(),
+                reason: "bridge networking is not enabled in this runtime".into(),
+            }),
+        }
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -445,6 +519,14 @@ impl Runtime {
                 removed.push(t);
             }
         }
+        if let NetState::On(net) = self.net_state() {
+            let swept = blocking("bridge sweep", move || net.sweep()).await?;
+            let swept = swept.map_err(|reason| RuntimeError::Bridge {
+                task: "(leftovers)".into(),
+                reason,
+            })?;
+            removed.extend(swept);
+        }
         Ok(removed)
     }
 
@@ -461,6 +543,9 @@ impl Runtime {
             }
         }
         tasks.extend(self.inner.layout.children(&self.inner.parent));
+        if let NetState::On(net) = self.net_state() {
+            tasks.extend(net.allocated_tasks());
+        }
         tasks.sort();
         tasks.dedup();
         for t in &tasks {
@@ -470,14 +555,17 @@ impl Runtime {
     }
 
     /// Creates the task cgroup with the task-level limits, the task's network namespace
-    /// (`NetworkMode::None`: loopback only; `Host`: none), and for each container an overlay
-    /// rootfs over its image (a copy if overlayfs fails) and its OCI `config.json`.
-    /// `images[i]` belongs to `task.containers[i]`. On error nothing is left behind.
+    /// (`NetworkMode::None`: loopback only; `Bridge`: also `eth0` on the bridge with an address
+    /// and the port mappings; `Host`: none), and for each container an overlay rootfs over its
+    /// image (a copy if overlayfs fails) and its OCI `config.json` (with the task's
+    /// `/etc/hosts` and `/etc/resolv.conf` for `None` and `Bridge`). `images[i]` belongs to
+    /// `task.containers[i]`. Returns the task's endpoints (its port mappings with the host
+    /// ports they got). On error nothing is left behind.
     pub async fn prepare_task(
         &self,
         task: &TaskDefinition,
         images: &[ResolvedImage],
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Vec<Endpoint>, RuntimeError> {
         if images.len() != task.containers.len() {
             return Err(RuntimeError::ImageCount {
                 task: task.family.to_string(),
@@ -498,7 +586,7 @@ impl Runtime {
         &self,
         task: &TaskDefinition,
         images: &[ResolvedImage],
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Vec<Endpoint>, RuntimeError> {
         let name = task.family.as_str();
         let task_dir = self.task_dir(name);
         match fs::create_dir(&task_dir) {
@@ -523,7 +611,7 @@ impl Runtime {
         &self,
         task: &TaskDefinition,
         images: &[ResolvedImage],
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Vec<Endpoint>, RuntimeError> {
         let name = task.family.as_str();
         let rel = self.inner.parent.join(name);
         let limits = TaskLimits::from_task(task.cpu, task.memory_mib);
@@ -537,8 +625,12 @@ impl Runtime {
             task: name.to_owned(),
             source,
         })?;
+        let bridge = match task.network_mode {
+            NetworkMode::Bridge => Some(self.bridge_for(name)?),
+            _ => None,
+        };
         let netns = match task.network_mode {
-            NetworkMode::None => {
+            NetworkMode::None | NetworkMode::Bridge => {
                 let path = self.netns_path(name);
                 netns::create(&path).map_err(|source| RuntimeError::Netns {
                     task: name.to_owned(),
@@ -549,10 +641,37 @@ impl Runtime {
             }
             NetworkMode::Host => None,
         };
-        for (c, image) in task.containers.iter().zip(images) {
-            self.prepare_container(task, c, image, netns.clone(), swap_limit)?;
+        let mut endpoints = Vec::new();
+        let mut etc_files = Vec::new();
+        if let Some(ns) = &netns {
+            let mut address = None;
+            let mut resolv = bridge::resolv_conf(&[], &[]);
+            if let Some(net) = &bridge {
+                let tn = net
+                    .attach(task, ns)
+                    .map_err(|reason| RuntimeError::Bridge {
+                        task: name.to_owned(),
+                        reason,
+                    })?;
+                tracing::debug!(task = name, address = %tn.address, bridge = net.config().bridge, "task on the bridge");
+                address = Some(tn.address);
+                endpoints = tn.endpoints;
+                resolv = net.resolv_conf();
+            }
+            let dir = self.task_dir(name);
+            for (file, text) in [
+                ("hosts", bridge::hosts(name, address)),
+                ("resolv.conf", resolv),
+            ] {
+                let path = dir.join(file);
+                fs::write(&path, text).map_err(io_err("write", &path))?;
+                etc_files.push((path, format!("/etc/{file}")));
+            }
         }
-        Ok(())
+        for (c, image) in task.containers.iter().zip(images) {
+            self.prepare_container(task, c, image, netns.clone(), &etc_files, swap_limit)?;
+        }
+        Ok(endpoints)
     }
 
     fn prepare_container(
@@ -561,6 +680,7 @@ impl Runtime {
         c: &skiff_proto::ContainerDefinition,
         image: &ResolvedImage,
         netns: Option<PathBuf>,
+        etc_files: &[(PathBuf, String)],
         swap_limit: bool,
     ) -> Result<(), RuntimeError> {
         let spec_err = |source| RuntimeError::Spec {
@@ -613,6 +733,7 @@ impl Runtime {
             netns,
             cgroups_path,
             swap_limit,
+            etc_files: etc_files.to_vec(),
         })
         .map_err(spec_err)?;
         let config = bundle.join("config.json");
@@ -833,6 +954,12 @@ impl Runtime {
             path: dir.clone(),
             source,
         })?;
+        if let NetState::On(net) = self.net_state() {
+            net.detach(task).map_err(|reason| RuntimeError::Bridge {
+                task: task.to_owned(),
+                reason,
+            })?;
+        }
         let ns = self.netns_path(task);
         netns::remove(&ns).map_err(|source| RuntimeError::Netns {
             task: task.to_owned(),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use oci_spec::OciSpecError;
 use skiff_proto::{ContainerDefinition, TaskDefinition};
@@ -75,6 +75,9 @@ pub(crate) struct SpecParams<'a> {
     pub cgroups_path: PathBuf,
     /// Whether the host accounts swap, so the memory limit can include swap.
     pub swap_limit: bool,
+    /// Files bind-mounted over the image's (`/etc/hosts`, `/etc/resolv.conf`): host path,
+    /// container path.
+    pub etc_files: Vec<(PathBuf, String)>,
 }
 
 /// Process arguments, Docker's way: the definition's entry point (else the image's), then the
@@ -353,6 +356,20 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
             .build()?,
     ));
     spec.set_hostname(Some(p.task.family.as_str().to_owned()));
+    if !p.etc_files.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for (source, destination) in &p.etc_files {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(destination)
+                    .typ("bind")
+                    .source(source)
+                    .options(vec!["rbind".to_owned(), "rprivate".to_owned()])
+                    .build()?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+    }
 
     let mut namespaces = Vec::with_capacity(5);
     for typ in [
@@ -448,6 +465,7 @@ mod tests {
             health_check: None,
             stop_timeout_secs: None,
             depends_on: vec![],
+            port_mappings: vec![],
         }
     }
 
@@ -669,6 +687,7 @@ nogroup:x:65534:
             netns: Some("/run/skiff/netns/web".into()),
             cgroups_path: "/skiff/web/app".into(),
             swap_limit: true,
+            etc_files: vec![("/run/skiff/tasks/web/hosts".into(), "/etc/hosts".into())],
         }
     }
 
@@ -697,6 +716,19 @@ nogroup:x:65534:
             .expect("env")
             .contains(&"HOSTNAME=web".to_owned()));
         assert_eq!(spec.hostname().as_deref(), Some("web"));
+        let hosts = spec
+            .mounts()
+            .as_ref()
+            .and_then(|m| {
+                m.iter()
+                    .find(|m| m.destination() == Path::new("/etc/hosts"))
+            })
+            .expect("/etc/hosts is bind-mounted");
+        assert_eq!(
+            hosts.source().as_deref(),
+            Some(Path::new("/run/skiff/tasks/web/hosts"))
+        );
+        assert_eq!(hosts.typ().as_deref(), Some("bind"));
         let root = spec.root().as_ref().expect("root");
         assert_eq!(root.readonly(), Some(false));
         assert_eq!(root.path(), Path::new("/run/skiff/tasks/web/app/rootfs"));

@@ -132,6 +132,7 @@ pub fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefin
             health_check: None,
             stop_timeout_secs: None,
             depends_on: vec![],
+            port_mappings: vec![],
         }],
         cpu: None,
         memory_mib: None,
