@@ -202,7 +202,19 @@ pub async fn run(
         stop_grace_ms: u64::try_from(cfg.stop_grace.as_millis()).unwrap_or(u64::MAX),
     })
     .pulling_missing_images(cfg.images.pull_policy != crate::images::PullPolicy::Never)
+    .trusting(crate::trust::Trust::new(
+        cfg.trust_keys.clone(),
+        shells.state.load_trust(),
+    ))
     .with_zones(crate::zones::Zones::system());
+    match core.trusted_keys() {
+        keys if keys.is_empty() && !local => tracing::warn!(
+            "no trusted fleet keys ([trust] keys): desired state is NOT verified; whoever can \
+             publish to this node's topics can run containers on it"
+        ),
+        keys if keys.is_empty() => {}
+        keys => tracing::info!(keys = ?keys, "desired state must be signed by a trusted fleet key"),
+    }
     let mut sampler = Sampler::new();
     let mut batch: Vec<MetricsSample> = Vec::new();
     let mut metrics_tick = tokio::time::interval(cfg.metrics_interval);
@@ -432,6 +444,10 @@ async fn handle_inbound(
                     id,
                     body: CommandBody::Activate,
                 })) => Some((Event::Activate, Some(id))),
+                Ok(Message::Command(Command {
+                    body: CommandBody::TrustUpdate(update),
+                    ..
+                })) => ev(Event::TrustUpdate(update)),
                 _ => {
                     out.reply(answer(&payload, &shells.logs, &shells.state));
                     None
@@ -489,9 +505,11 @@ fn answer(payload: &[u8], logs: &Logs, state: &StateStore) -> Reply {
             runs: state.history(&task, usize::try_from(limit).unwrap_or(usize::MAX)),
         },
         // Routed to the core before `answer` is reached.
-        CommandBody::Drain | CommandBody::Activate => ReplyBody::Error {
-            reason: "drain and activate are handled by the core".into(),
-        },
+        CommandBody::Drain | CommandBody::Activate | CommandBody::TrustUpdate(_) => {
+            ReplyBody::Error {
+                reason: "drain, activate and trust updates are handled by the core".into(),
+            }
+        }
     };
     Reply { id, body }
 }
@@ -521,6 +539,7 @@ impl Output {
                     | Action::SaveFinished(_)
                     | Action::RecordRun(_)
                     | Action::SaveServices(_)
+                    | Action::SaveTrust(_)
             )
         });
         for save in saves {
@@ -528,6 +547,7 @@ impl Output {
                 Action::SaveDesired { scope, doc } => shells.state.save_desired(*scope, doc),
                 Action::SaveFinished(f) => shells.state.save_finished(f),
                 Action::RecordRun(r) => shells.state.append_run(r),
+                Action::SaveTrust(t) => shells.state.save_trust(t),
                 Action::SaveServices(s) => shells.state.save_services(s),
                 _ => Ok(()),
             };
@@ -538,6 +558,7 @@ impl Output {
                     }
                     Action::SaveFinished(_) => "finished tasks".into(),
                     Action::RecordRun(r) => format!("run history of {}", r.task),
+                    Action::SaveTrust(t) => format!("trusted keys version {}", t.version),
                     Action::SaveServices(_) => "services (scaled counts, rollbacks)".into(),
                     _ => String::new(),
                 };
@@ -576,7 +597,8 @@ impl Output {
                 Action::SaveDesired { .. }
                 | Action::SaveFinished(_)
                 | Action::RecordRun(_)
-                | Action::SaveServices(_) => {}
+                | Action::SaveServices(_)
+                | Action::SaveTrust(_) => {}
             }
         }
     }
@@ -586,6 +608,7 @@ impl Output {
         let problem = matches!(
             body,
             EventBody::DesiredRejected { .. }
+                | EventBody::TrustRejected { .. }
                 | EventBody::TaskFailed { .. }
                 | EventBody::StateNotSaved { .. }
         );

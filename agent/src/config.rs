@@ -59,6 +59,8 @@ pub struct Config {
     pub images: crate::images::ImagesConfig,
     /// Registry credentials and plain-HTTP registries (`[[registries]]`).
     pub registries: Vec<crate::images::RegistryConfig>,
+    /// Fleet keys desired state must be signed by (`[trust] keys`); none: not verified.
+    pub trust: crate::trust::TrustConfig,
     /// Bridge networking (`[network]`: bridge, subnet, ephemeral_ports, dns).
     pub network: crate::runtime::NetworkConfig,
 }
@@ -83,6 +85,7 @@ impl Default for Config {
             outbox_max_bytes: 4 << 20,
             images: crate::images::ImagesConfig::default(),
             registries: Vec::new(),
+            trust: crate::trust::TrustConfig::default(),
             network: crate::runtime::NetworkConfig::default(),
         }
     }
@@ -188,6 +191,8 @@ pub struct Validated {
     pub outbox_max_bytes: usize,
     pub images: crate::images::ImagesSettings,
     pub registries: crate::images::Registries,
+    /// Trusted fleet keys from `[trust] keys` (read and checked).
+    pub trust_keys: Vec<skiff_proto::FleetKey>,
     /// Bridge networking settings.
     pub network: crate::runtime::BridgeConfig,
 }
@@ -278,6 +283,7 @@ impl Config {
             .map_err(|e| invalid("images", e.to_string()))?;
         let registries = crate::images::Registries::validate(&self.registries)
             .map_err(|e| invalid("registries", e.to_string()))?;
+        let trust_keys = self.trust.load().map_err(|e| invalid("trust.keys", e))?;
         let network = self
             .network
             .validate()
@@ -302,6 +308,7 @@ impl Config {
             outbox_max_bytes: usize::try_from(outbox).unwrap_or(4 << 20),
             images,
             registries,
+            trust_keys,
             network,
         })
     }

@@ -3,8 +3,10 @@
 //! Desired state is a retained document per cluster and per node. `apply` and `stop` read the
 //! current document, change it, publish it with a newer version and wait for the target node(s)
 //! to say `applied` or `rejected`. A rejected document is replaced at once by the previous
-//! content (with a newer version), so the broker never keeps a document the node refuses: after
-//! a reboot the node still finds the state it was running.
+//! document as it was, so the broker never keeps a document the node refuses: after a reboot the
+//! node still finds the state it was running. With `--sign-key` the document is signed, and the
+//! document it builds on must verify first (a forged one would otherwise be signed into
+//! validity).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
@@ -25,6 +27,9 @@ use crate::mqtt::{self, Inbound};
 
 mod endpoints;
 pub use endpoints::endpoints;
+
+mod keys;
+pub use keys::{keygen, trust_update, TrustChange};
 
 /// Why a console command failed; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +66,21 @@ pub struct Target {
     pub cluster: Name,
     /// How long to wait for the broker and for answers.
     pub timeout: Duration,
+    /// The fleet key that signs desired state and trust updates (`--sign-key`).
+    pub signer: Option<std::sync::Arc<crate::trust::SigningKey>>,
+    /// Besides the signer's own, keys a signed edit accepts on the document it builds on
+    /// (`--trusted-key`).
+    pub base_keys: Vec<skiff_proto::FleetKey>,
+}
+
+impl Target {
+    /// Signs the document when a signing key was given.
+    fn sign(&self, doc: &mut DesiredState) -> Result<(), CtlError> {
+        match &self.signer {
+            Some(k) => k.sign_desired(doc).map_err(CtlError::Failed),
+            None => Ok(()),
+        }
+    }
 }
 
 /// An open console connection.
@@ -287,11 +307,15 @@ async fn edit(
     let mut s = Session::open(target, vec![topic.clone(), events, statuses]).await?;
     let retained = s.retained(Duration::from_millis(300), target.timeout).await;
     let mut previous: Option<DesiredState> = None;
+    let mut previous_bytes: Option<Vec<u8>> = None;
     let mut online: BTreeSet<Name> = BTreeSet::new();
     for (t, payload) in &retained {
         if *t == topic {
             match decode_as(Kind::DesiredState, payload) {
-                Ok(Message::DesiredState(d)) => previous = Some(d),
+                Ok(Message::DesiredState(d)) => {
+                    previous = Some(d);
+                    previous_bytes = Some(payload.clone());
+                }
                 Ok(_) => {}
                 Err(e) => eprintln!("skiff ctl: ignoring the unreadable document on {topic}: {e}"),
             }
@@ -301,6 +325,7 @@ async fn edit(
             }
         }
     }
+    target.check_base(&topic, previous.as_ref())?;
     let old_tasks = previous
         .as_ref()
         .map(|d| d.tasks.clone())
@@ -312,13 +337,14 @@ async fn edit(
         .map_or(0, |d| d.version)
         .saturating_add(1)
         .max(crate::clock::wall_ms() / 1000);
-    let doc = DesiredState {
+    let mut doc = DesiredState {
         version,
         cluster: target.cluster.clone(),
         node: node.clone(),
         tasks,
         signature: None,
     };
+    target.sign(&mut doc)?;
     let bytes =
         encode(&Message::DesiredState(doc)).map_err(|e| CtlError::BadInput(e.to_string()))?;
     s.publish(&topic, bytes, true, target.timeout).await?;
@@ -352,19 +378,33 @@ async fn edit(
     if !rejected.is_empty() {
         if node.is_some() {
             // Put back what the node runs, so the broker never retains a refused document.
-            let restore = DesiredState {
+            let mut restore = DesiredState {
                 version: version + 1,
                 cluster: target.cluster.clone(),
                 node,
                 tasks: old_tasks,
                 signature: None,
             };
-            if let Ok(bytes) = encode(&Message::DesiredState(restore)) {
-                s.publish(&topic, bytes, true, target.timeout).await?;
-                eprintln!(
-                    "restored the previous desired state as version {}",
-                    version + 1
-                );
+            target.sign(&mut restore)?;
+            match previous_bytes {
+                // The previous document as it was, signature and all: the node ignores a
+                // document it runs already, and a signature the node refused is not reused.
+                Some(bytes) => {
+                    s.publish(&topic, bytes, true, target.timeout).await?;
+                    eprintln!(
+                        "restored the previous desired state document (version {})",
+                        previous.as_ref().map_or(0, |d| d.version)
+                    );
+                }
+                None => {
+                    if let Ok(bytes) = encode(&Message::DesiredState(restore)) {
+                        s.publish(&topic, bytes, true, target.timeout).await?;
+                        eprintln!(
+                            "restored the previous desired state as version {}",
+                            version + 1
+                        );
+                    }
+                }
             }
         }
         return Err(CtlError::Rejected(format!(

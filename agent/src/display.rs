@@ -176,6 +176,13 @@ pub fn event_body(b: &EventBody) -> String {
             cause,
         } => format!("service {service}: scaled {from} → {to} tasks: {cause}"),
         EventBody::NodeStateChanged { state } => format!("node {}", node_state(*state)),
+        EventBody::TrustUpdated { version, keys } => {
+            let keys: Vec<&str> = keys.iter().map(skiff_proto::Name::as_str).collect();
+            format!("trust version {version}: trusted keys {}", keys.join(", "))
+        }
+        EventBody::TrustRejected { version, reason } => {
+            format!("trust update version {version} REJECTED: {reason}")
+        }
         EventBody::EndpointsChanged { task, endpoints } if endpoints.is_empty() => {
             format!("{task}: no endpoints")
         }

@@ -20,6 +20,8 @@
 //! - [`identity`]: the node's X25519 key pair, made once on first boot (`skiff node init`).
 //! - [`notify`]: systemd notifications (`READY=1`, watchdog, `STOPPING=1`, status lines).
 //! - [`journal`]: log lines with syslog priorities for journald.
+//! - [`trust`]: signed desired state: fleet keys (ed25519), what is signed, verification and
+//!   key rotation (pure; the core holds the trusted set).
 //! - [`wire`]: wire messages as files (`skiff task encode` / `decode`).
 //! - [`zones`]: named time zones of cron schedules, from the node's zoneinfo.
 
@@ -41,5 +43,6 @@ pub mod notify;
 pub mod outbox;
 pub mod runtime;
 pub mod store;
+pub mod trust;
 pub mod wire;
 pub mod zones;

@@ -116,12 +116,60 @@ struct CtlArgs {
     /// Seconds to wait for the broker and for nodes to answer.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Fleet private key (`skiff ctl keygen`) that signs desired state (`apply`, `stop`) and
+    /// trust updates; nodes with `[trust] keys` accept only signed documents.
+    #[arg(long, global = true, env = "SKIFF_SIGN_KEY", value_name = "FILE")]
+    sign_key: Option<PathBuf>,
+    /// With --sign-key: another fleet public key whose signature is accepted on the document a
+    /// change builds on (e.g. a colleague's key during a rotation). Repeatable.
+    #[arg(long, global = true, value_name = "FILE")]
+    trusted_key: Vec<PathBuf>,
     #[command(subcommand)]
     cmd: CtlCmd,
 }
 
 #[derive(Debug, Subcommand)]
+enum TrustCmd {
+    /// Make nodes trust more fleet keys (signed with --sign-key, a key they trust now).
+    Add {
+        /// Public key files (`.pub` from `skiff ctl keygen`).
+        #[arg(required = true)]
+        keys: Vec<PathBuf>,
+        /// The nodes to update (repeat for several).
+        #[arg(long, required = true)]
+        node: Vec<String>,
+    },
+    /// Make nodes stop trusting fleet keys (signed with --sign-key, which must stay trusted).
+    ///
+    /// Desired-state documents signed by a retired key are re-signed with --sign-key first. A
+    /// node refuses to retire its last key.
+    Retire {
+        /// Key ids, or public key files.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// The nodes to update (repeat for several).
+        #[arg(long, required = true)]
+        node: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CtlCmd {
+    /// Make a fleet signing key pair: DIR/NAME.key (private, 0600) and DIR/NAME.pub.
+    ///
+    /// The public key line is `skiff-ed25519 <key id> <base64>`; list the file (or the line)
+    /// in each agent's `[trust] keys`. Existing files are never overwritten.
+    Keygen {
+        /// Directory to write the two files in.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// File name stem.
+        #[arg(long, default_value = "fleet")]
+        name: String,
+    },
+    /// Rotate the fleet keys nodes trust (signed key updates).
+    #[command(subcommand)]
+    Trust(TrustCmd),
     /// Add or replace tasks in the desired state of a node (or of the whole cluster).
     Apply {
         /// Task-definition files (ECS JSON).
@@ -507,6 +555,22 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
                 .map_err(|e: String| CtlError::BadInput(format!("--broker {e}")))?,
             cluster: name("--cluster", &c.cluster)?,
             timeout: Duration::from_secs(c.timeout.max(1)),
+            signer: c
+                .sign_key
+                .as_deref()
+                .map(skiff_agent::trust::SigningKey::load)
+                .transpose()
+                .map_err(|e| CtlError::BadInput(format!("--sign-key {e}")))?
+                .map(std::sync::Arc::new),
+            base_keys: c
+                .trusted_key
+                .iter()
+                .map(|p| skiff_agent::trust::read_public_keys(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CtlError::BadInput(format!("--trusted-key {e}")))?
+                .into_iter()
+                .flatten()
+                .collect(),
         })
     })();
     let target = match target {
@@ -537,6 +601,11 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
                 no_wait,
             } => ctl::stop(&target, name("task", &task)?, node(n)?, !no_wait).await,
             CtlCmd::Desired { node: n } => ctl::show_desired(&target, node(n)?).await,
+            CtlCmd::Keygen { out, name: stem } => ctl::keygen(&out, &name("--name", &stem)?),
+            CtlCmd::Trust(cmd) => {
+                let (nodes, change) = trust_change(cmd)?;
+                ctl::trust_update(&target, nodes, change).await
+            }
             CtlCmd::Nodes { json } => ctl::nodes(&target, json).await,
             CtlCmd::Services { node: n, json } => ctl::services(&target, node(n)?, json).await,
             CtlCmd::Endpoints {
@@ -608,6 +677,43 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_code(), e),
+    }
+}
+
+/// The nodes and the change of `skiff ctl trust add | retire`.
+fn trust_change(cmd: TrustCmd) -> Result<(Vec<Name>, ctl::TrustChange), CtlError> {
+    let nodes = |ns: Vec<String>| -> Result<Vec<Name>, CtlError> {
+        ns.iter().map(|n| name("--node", n)).collect()
+    };
+    let read = |p: &std::path::Path| {
+        skiff_agent::trust::read_public_keys(p).map_err(|e| CtlError::BadInput(e.to_string()))
+    };
+    match cmd {
+        TrustCmd::Add { keys, node } => {
+            let mut add = Vec::new();
+            for k in &keys {
+                add.extend(read(k)?);
+            }
+            let change = ctl::TrustChange {
+                add,
+                ..Default::default()
+            };
+            Ok((nodes(node)?, change))
+        }
+        TrustCmd::Retire { keys, node } => {
+            let mut change = ctl::TrustChange::default();
+            for k in &keys {
+                let path = std::path::Path::new(k);
+                if path.exists() {
+                    let found = read(path)?;
+                    change.retire.extend(found.iter().map(|k| k.key_id.clone()));
+                    change.retire_keys.extend(found);
+                } else {
+                    change.retire.push(name("key id", k)?);
+                }
+            }
+            Ok((nodes(node)?, change))
+        }
     }
 }
 

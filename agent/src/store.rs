@@ -6,6 +6,7 @@
 //! {data_dir}/state/desired-node.bin      last applied node document
 //! {data_dir}/state/finished.bin          tasks that ran to their end and must not run again
 //! {data_dir}/state/history/{task}.log    run history: length-prefixed records, append-only
+//! {data_dir}/state/trust.bin             keys added / retired by trust updates (`trust.rs`)
 //! ```
 //!
 //! Whole files are replaced atomically (temp file, fsync, rename, fsync of the directory), so a
@@ -33,6 +34,8 @@ const MAX_RECORD: usize = 4096;
 const HISTORY_COMPACT_AT: usize = 2 * MAX_HISTORY;
 /// Format version of `finished.bin`.
 const FINISHED_VERSION: u8 = 3;
+/// Format version of `trust.bin`.
+const TRUST_VERSION: u8 = 1;
 /// Format version of `services.bin`.
 const SERVICES_VERSION: u8 = 1;
 
@@ -205,6 +208,40 @@ impl StateStore {
         write_atomic(&self.dir.join("services.bin"), &bytes)
     }
 
+    /// Saves the changes applied trust updates made to the configured keys.
+    pub fn save_trust(&self, state: &crate::trust::TrustState) -> Result<(), StateError> {
+        let mut bytes = vec![TRUST_VERSION];
+        bytes.extend(
+            postcard::to_allocvec(state).map_err(|e| StateError::Encode {
+                what: "trusted keys",
+                reason: e.to_string(),
+            })?,
+        );
+        write_atomic(&self.dir.join("trust.bin"), &bytes)
+    }
+
+    /// What trust updates changed (default: nothing yet). A file that does not decode is set
+    /// aside: the configured keys apply alone, and an error says so.
+    pub fn load_trust(&self) -> crate::trust::TrustState {
+        let path = self.dir.join("trust.bin");
+        let Some(bytes) = self.read_whole(&path) else {
+            return Default::default();
+        };
+        match bytes.split_first() {
+            Some((&TRUST_VERSION, body)) => match postcard::from_bytes(body) {
+                Ok(state) => state,
+                Err(e) => {
+                    self.set_aside(&path, &e.to_string());
+                    Default::default()
+                }
+            },
+            _ => {
+                self.set_aside(&path, "unknown format version");
+                Default::default()
+            }
+        }
+    }
+
     /// Appends a run to its task's history (compacting the file when it grew long).
     pub fn append_run(&self, run: &RunRecord) -> Result<(), StateError> {
         let path = self.history_path(&run.task);
@@ -313,6 +350,26 @@ mod tests {
 
     fn n(s: &str) -> Name {
         s.parse().expect("name")
+    }
+
+    #[test]
+    fn trust_state_round_trips_and_a_corrupt_file_is_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path().join("state")).expect("open");
+        assert_eq!(store.load_trust(), crate::trust::TrustState::default());
+        let state = crate::trust::TrustState {
+            version: 7,
+            added: vec![skiff_proto::FleetKey {
+                key_id: n("0123456789abcdef"),
+                bytes: vec![1; 32],
+            }],
+            retired: vec![n("fedcba9876543210")],
+        };
+        store.save_trust(&state).expect("save");
+        assert_eq!(store.load_trust(), state);
+        std::fs::write(dir.path().join("state/trust.bin"), b"\x01\xff").expect("corrupt");
+        assert_eq!(store.load_trust(), crate::trust::TrustState::default());
+        assert!(dir.path().join("state/trust.corrupt").exists());
     }
 
     fn run(task: &str, attempt: u32) -> RunRecord {

@@ -36,6 +36,28 @@ pub struct Signature {
     pub bytes: Vec<u8>,
 }
 
+/// A fleet public key (ed25519) that a node trusts to sign desired state and trust updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetKey {
+    /// The key's id: the first 8 bytes of the SHA-256 of `bytes`, as 16 hex digits.
+    pub key_id: Name,
+    /// The ed25519 public key (32 bytes).
+    pub bytes: Vec<u8>,
+}
+
+/// Key rotation (`CommandBody::TrustUpdate`): keys a node trusts from now on, and keys it stops
+/// trusting, signed by a key it trusts now. `version` orders the updates of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustUpdate {
+    pub version: u64,
+    pub cluster: Name,
+    pub node: Name,
+    pub add: Vec<FleetKey>,
+    /// Key ids.
+    pub retire: Vec<Name>,
+    pub signature: Option<Signature>,
+}
+
 /// A task definition: ECS's model, the fields skiff supports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskDefinition {
@@ -629,6 +651,10 @@ pub enum EventBody {
     },
     /// The node changed between online, draining and drained.
     NodeStateChanged { state: NodeState },
+    /// A trust update was applied: `keys` are the key ids the node trusts now.
+    TrustUpdated { version: u64, keys: Vec<Name> },
+    /// A trust update was rejected; nothing changed.
+    TrustRejected { version: u64, reason: String },
     /// The task's endpoints changed: reachable once it runs, empty once it stops.
     EndpointsChanged {
         task: Name,
@@ -714,6 +740,9 @@ pub enum CommandBody {
     Drain,
     /// Undo `Drain`.
     Activate,
+    /// Add or retire trusted fleet keys (answered by a `TrustUpdated` or `TrustRejected`
+    /// event, not a reply).
+    TrustUpdate(alloc::boxed::Box<TrustUpdate>),
 }
 
 /// The answer to a [`Command`] (topic `nodes/{node}/reply`).

@@ -12,3 +12,4 @@ mod offline;
 mod services;
 mod ship;
 mod skeleton;
+mod trust;

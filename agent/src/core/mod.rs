@@ -25,10 +25,13 @@ mod deps;
 mod endpoints;
 mod health;
 mod service;
+mod signed;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_service;
+#[cfg(test)]
+mod tests_trust;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -171,6 +174,9 @@ pub enum Event {
     Drain { batch_deadline_ms: u64 },
     /// Undo a drain.
     Activate,
+    /// A key rotation arrived on the command topic (answered by a `TrustUpdated` or
+    /// `TrustRejected` event).
+    TrustUpdate(Box<skiff_proto::TrustUpdate>),
     /// The agent is shutting down: stop everything.
     Shutdown,
     /// Time passed (a deadline from [`Core::next_deadline`] may have expired).
@@ -213,6 +219,8 @@ pub enum Action {
         test: HealthTest,
         timeout_ms: u64,
     },
+    /// Durably save the trusted-key changes (replaces the previous state).
+    SaveTrust(crate::trust::TrustState),
 }
 
 /// Where a task is in its lifecycle.
@@ -470,6 +478,8 @@ pub struct Core {
     wall_anchor: Option<(u64, u64)>,
     /// The time of the event being handled (for deadlines computed between events).
     last_now: Time,
+    /// The fleet keys desired state must be signed by (none: not verified).
+    trust: crate::trust::Trust,
     /// Named time zones of cron schedules.
     zones: crate::zones::Zones,
 }
@@ -493,6 +503,7 @@ impl Core {
                 wall_ms: 0,
                 wall_trusted: false,
             },
+            trust: crate::trust::Trust::default(),
             zones: crate::zones::Zones::none(),
         }
     }
@@ -518,6 +529,12 @@ impl Core {
             .into_iter()
             .chain(scaling)
             .find(|z| !self.zones.exists(z))
+    }
+
+    /// Verify desired state and trust updates with these keys (see [`crate::trust`]).
+    pub fn trusting(mut self, trust: crate::trust::Trust) -> Core {
+        self.trust = trust;
+        self
     }
 
     /// Accept desired state naming images that are not in the store (the shells pull them
@@ -642,6 +659,7 @@ impl Core {
             } => self.on_metrics(&tasks, mem_total_bytes, now, &mut out),
             Event::Drain { batch_deadline_ms } => self.on_drain(batch_deadline_ms, now, &mut out),
             Event::Activate => self.on_activate(now, &mut out),
+            Event::TrustUpdate(update) => self.on_trust_update(&update, &mut out),
         }
         self.drive_services(now, &mut out);
         self.check_drained(&mut out);
@@ -842,6 +860,12 @@ impl Core {
     ) {
         for (scope, doc) in [(Scope::Cluster, cluster), (Scope::Node, node)] {
             let Some(doc) = doc.map(|d| *d) else { continue };
+            // Saved documents are checked again: keys may have changed, the file may be forged.
+            if let Err(reason) = self.trust.verify_desired(&doc) {
+                let reason = format!("saved document: {reason}; ignored");
+                reject(out, scope, Some(doc.version), reason);
+                continue;
+            }
             let right_place = doc.cluster == self.cfg.cluster
                 && match scope {
                     Scope::Cluster => doc.node.is_none(),
@@ -931,7 +955,13 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         match decode_as(Kind::DesiredState, payload) {
-            Ok(Message::DesiredState(doc)) => self.on_doc(scope, doc, images, now, out),
+            Ok(Message::DesiredState(doc)) => {
+                // Before anything else: an unsigned or forged document is not looked at further.
+                if let Err(reason) = self.trust.verify_desired(&doc) {
+                    return reject(out, scope, Some(doc.version), reason);
+                }
+                self.on_doc(scope, doc, images, now, out)
+            }
             Ok(other) => reject(
                 out,
                 scope,
@@ -998,7 +1028,7 @@ impl Core {
             }
             if doc.version <= cur.version {
                 let reason = format!(
-                    "version {} is not newer than the applied version {}",
+                    "replayed: version {} is not newer than the applied version {}",
                     doc.version, cur.version
                 );
                 return reject(out, scope, version, reason);

@@ -532,7 +532,7 @@ fn bad_payloads_are_rejected_by_name_and_change_nothing() {
         ),
         (
             doc(4, vec![]),
-            "version 4 is not newer than the applied version 5",
+            "replayed: version 4 is not newer than the applied version 5",
         ),
     ];
     for (payload, want) in cases {
