@@ -13,10 +13,11 @@ if [ "${SKIFF_SKIP_INSTALL:-0}" != 1 ]; then
     # mosquitto: the broker the tests start on free loopback ports; mosquitto-clients: the
     # independent observer; busybox-static: the test image. Device builds (cross/): file,
     # qemu-user-static (runs the aarch64 build), gcc-aarch64-linux-gnu (C in crates such as ring).
+    # openssl: the CA and certificates of the mutual-TLS tests.
     # docker-registry + skopeo: the registry the pull tests start and the tool that pushes to it.
     # nftables + iproute2: bridge networking (NAT and port mappings through nft; the tests make
     # their client namespaces with ip).
-    apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients busybox-static \
+    apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients busybox-static openssl \
         file qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross systemd \
         docker-registry skopeo nftables iproute2 >/dev/null
     rustup target add aarch64-unknown-linux-musl >/dev/null

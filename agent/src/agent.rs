@@ -111,35 +111,38 @@ pub async fn run(
 
     let local = matches!(mode, Mode::Local(_));
     let conn = match &mode {
-        Mode::Broker => Some(mqtt::connect(mqtt::ConnectOptions {
-            client_id: cfg.node.to_string(),
-            broker: cfg.broker.clone(),
-            keepalive: cfg.keepalive,
-            last_will: Some((
-                Topic::Status {
-                    cluster: cfg.cluster.clone(),
-                    node: cfg.node.clone(),
-                }
-                .to_topic(),
-                offline_status(&cfg.node, crate::clock::wall_ms()),
-            )),
-            subscriptions: vec![
-                Topic::ClusterDesired {
-                    cluster: cfg.cluster.clone(),
-                }
-                .to_topic(),
-                Topic::NodeDesired {
-                    cluster: cfg.cluster.clone(),
-                    node: cfg.node.clone(),
-                }
-                .to_topic(),
-                Topic::Cmd {
-                    cluster: cfg.cluster.clone(),
-                    node: cfg.node.clone(),
-                }
-                .to_topic(),
-            ],
-        })),
+        Mode::Broker => Some(mqtt::connect_tls(
+            mqtt::ConnectOptions {
+                client_id: cfg.node.to_string(),
+                broker: cfg.broker.clone(),
+                keepalive: cfg.keepalive,
+                last_will: Some((
+                    Topic::Status {
+                        cluster: cfg.cluster.clone(),
+                        node: cfg.node.clone(),
+                    }
+                    .to_topic(),
+                    offline_status(&cfg.node, crate::clock::wall_ms()),
+                )),
+                subscriptions: vec![
+                    Topic::ClusterDesired {
+                        cluster: cfg.cluster.clone(),
+                    }
+                    .to_topic(),
+                    Topic::NodeDesired {
+                        cluster: cfg.cluster.clone(),
+                        node: cfg.node.clone(),
+                    }
+                    .to_topic(),
+                    Topic::Cmd {
+                        cluster: cfg.cluster.clone(),
+                        node: cfg.node.clone(),
+                    }
+                    .to_topic(),
+                ],
+            },
+            cfg.broker_tls.as_ref().map(|t| t.client.clone()),
+        )),
         Mode::Local(_) => None,
     };
     let (client, mut inbound) = match conn {

@@ -20,8 +20,11 @@ pub struct Config {
     pub node_id: Option<String>,
     /// Cluster (topic prefix `skiff/v1/{cluster}/`). Default `default`.
     pub cluster: String,
-    /// Broker URL, `mqtt://host[:port]` (port 1883 by default).
+    /// Broker URL, `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]` (TLS,
+    /// port 8883 by default, with `[broker_tls]`).
     pub broker: String,
+    /// TLS to the broker (`[broker_tls]`: ca_file, cert_file, key_file); needs `mqtts://`.
+    pub broker_tls: crate::tls::BrokerTlsConfig,
     /// Durable state: the image store. Default `/var/lib/skiff`.
     pub data_dir: PathBuf,
     /// Volatile state: container bundles, rootfs mounts, logs, libcontainer state.
@@ -71,6 +74,7 @@ impl Default for Config {
             node_id: None,
             cluster: "default".into(),
             broker: "mqtt://127.0.0.1:1883".into(),
+            broker_tls: crate::tls::BrokerTlsConfig::default(),
             data_dir: PathBuf::from("/var/lib/skiff"),
             run_dir: PathBuf::from("/run/skiff"),
             metrics_interval_secs: 10,
@@ -137,38 +141,72 @@ pub struct BrokerUrl {
     pub port: u16,
 }
 
+/// How a broker is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `mqtt://`: plain TCP.
+    Tcp,
+    /// `mqtts://`: TLS (`[broker_tls]` / `skiff ctl --ca --cert --key`).
+    Tls,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt://host[:port]` (port 1883) or `mqtts://host[:port]` (port 8883).
+    pub fn parse_with_transport(s: &str) -> Result<(BrokerUrl, Transport), String> {
+        let (rest, transport, default_port) = if let Some(r) = s
+            .strip_prefix("mqtts://")
+            .or_else(|| s.strip_prefix("ssl://"))
+        {
+            (r, Transport::Tls, 8883)
+        } else if let Some(r) = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+        {
+            (r, Transport::Tcp, 1883)
+        } else {
+            return Err(format!(
+                "{s:?}: expected mqtt://host[:port] or mqtts://host[:port]"
+            ));
+        };
+        let url = parse_host_port(s, rest, default_port)?;
+        Ok((url, transport))
+    }
+}
+
 impl std::str::FromStr for BrokerUrl {
     type Err = String;
 
+    /// A plain `mqtt://` URL; `mqtts://` needs [`BrokerUrl::parse_with_transport`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .ok_or_else(|| {
-                format!("{s:?}: expected mqtt://host[:port] (TLS comes with mqtts:// later)")
-            })?;
-        let rest = rest.trim_end_matches('/');
-        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-            return Err(format!("{s:?}: expected mqtt://host[:port]"));
+        match BrokerUrl::parse_with_transport(s)? {
+            (url, Transport::Tcp) => Ok(url),
+            (_, Transport::Tls) => Err(format!("{s:?}: TLS is not possible here")),
         }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("{s:?}: bad port {p:?}"))?;
-                (h, port)
-            }
-            _ => (rest, 1883),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(format!("{s:?}: expected mqtt://host[:port]"));
-        }
-        Ok(BrokerUrl {
-            host: host.to_string(),
-            port,
-        })
     }
+}
+
+fn parse_host_port(s: &str, rest: &str, default_port: u16) -> Result<BrokerUrl, String> {
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return Err(format!("{s:?}: expected mqtt://host[:port]"));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| format!("{s:?}: bad port {p:?}"))?;
+            (h, port)
+        }
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("{s:?}: expected mqtt://host[:port]"));
+    }
+    Ok(BrokerUrl {
+        host: host.to_string(),
+        port,
+    })
 }
 
 /// A configuration checked field by field; what the agent runs with.
@@ -177,6 +215,8 @@ pub struct Validated {
     pub node: Name,
     pub cluster: Name,
     pub broker: BrokerUrl,
+    /// TLS to the broker (`mqtts://`), checked: files readable, key matching the certificate.
+    pub broker_tls: Option<crate::tls::BrokerTls>,
     pub data_dir: PathBuf,
     pub run_dir: PathBuf,
     pub metrics_interval: Duration,
@@ -223,9 +263,34 @@ impl Config {
         &self,
         hostname: impl FnOnce() -> Option<String>,
     ) -> Result<Validated, ConfigError> {
-        let node_id = match &self.node_id {
-            Some(n) => n.clone(),
-            None => hostname()
+        let (broker, transport) =
+            BrokerUrl::parse_with_transport(&self.broker).map_err(|e| invalid("broker", e))?;
+        let broker_tls = match transport {
+            Transport::Tls => Some(
+                self.broker_tls
+                    .load()
+                    .map_err(|e| invalid("broker_tls", e.to_string()))?,
+            ),
+            Transport::Tcp if self.broker_tls.is_empty() => None,
+            Transport::Tcp => {
+                return Err(invalid(
+                    "broker_tls",
+                    format!("set, but broker {:?} is not mqtts://", self.broker),
+                ))
+            }
+        };
+        // With a client certificate, the broker knows the node by the certificate's CN.
+        let cn = broker_tls.as_ref().and_then(|t| t.identity.clone());
+        let node_id = match (&self.node_id, cn) {
+            (Some(n), Some(cn)) if *n != cn => {
+                return Err(invalid(
+                    "node_id",
+                    format!("{n:?} differs from the client certificate's CN {cn:?}: set node_id = {cn:?} or leave it unset"),
+                ))
+            }
+            (Some(n), _) => n.clone(),
+            (None, Some(cn)) => cn,
+            (None, None) => hostname()
                 .ok_or_else(|| invalid("node_id", "unset and the host name is unknown"))?,
         };
         let node: Name = node_id
@@ -235,7 +300,6 @@ impl Config {
             .cluster
             .parse()
             .map_err(|e| invalid("cluster", format!("{:?}: {e}", self.cluster)))?;
-        let broker = self.broker.parse().map_err(|e| invalid("broker", e))?;
         let cgroup_parent: Name = self
             .cgroup_parent
             .parse()
@@ -294,6 +358,7 @@ impl Config {
             node,
             cluster,
             broker,
+            broker_tls,
             data_dir: self.data_dir.clone(),
             run_dir: self.run_dir.clone(),
             metrics_interval: Duration::from_secs(metrics),
@@ -370,6 +435,28 @@ mod tests {
     }
 
     #[test]
+    fn broker_tls_goes_with_mqtts() {
+        let err = |s: &str| parse(s).map(|_| ()).expect_err(s).to_string();
+        assert_eq!(
+            err("[broker_tls]\nca_file = '/etc/ca.pem'"),
+            "config field broker_tls: set, but broker \"mqtt://127.0.0.1:1883\" is not mqtts://"
+        );
+        let missing = err("broker = 'mqtts://h'\n[broker_tls]\nca_file = '/nonexistent/ca.pem'");
+        assert!(
+            missing
+                .starts_with("config field broker_tls: ca_file /nonexistent/ca.pem: cannot read"),
+            "{missing}"
+        );
+        assert!(err("[broker_tls]\ncafile = 'x'").contains("unknown field `cafile`"));
+        // Without a CA file the public roots are used; without a client certificate the node
+        // id is the host name.
+        let v = parse("broker = 'mqtts://h'").expect("public roots");
+        assert!(v.broker_tls.is_some());
+        assert_eq!(v.node.as_str(), "host-1");
+        assert_eq!(v.broker.port, 8883);
+    }
+
+    #[test]
     fn broker_urls() {
         let b = |s: &str| s.parse::<BrokerUrl>();
         assert_eq!(
@@ -393,6 +480,17 @@ mod tests {
                 port: 1884
             })
         );
+        assert_eq!(
+            BrokerUrl::parse_with_transport("mqtts://h"),
+            Ok((
+                BrokerUrl {
+                    host: "h".into(),
+                    port: 8883
+                },
+                Transport::Tls
+            ))
+        );
+        assert!(b("mqtts://h").is_err());
         assert!(b("h:1883").is_err());
         assert!(b("mqtt://").is_err());
         assert!(b("mqtt://u@h").is_err());

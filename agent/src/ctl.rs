@@ -63,6 +63,8 @@ impl CtlError {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub broker: BrokerUrl,
+    /// TLS to the broker (`mqtts://` with `--ca`, `--cert`, `--key`).
+    pub tls: Option<crate::tls::BrokerTls>,
     pub cluster: Name,
     /// How long to wait for the broker and for answers.
     pub timeout: Duration,
@@ -94,18 +96,27 @@ struct Session {
 impl Session {
     /// Connects and subscribes; returns once the subscriptions are acknowledged.
     async fn open(target: &Target, subscriptions: Vec<String>) -> Result<Session, CtlError> {
-        let broker = format!("mqtt://{}:{}", target.broker.host, target.broker.port);
-        let conn = mqtt::connect(mqtt::ConnectOptions {
-            client_id: format!(
-                "skiff-ctl-{}-{}",
-                std::process::id(),
-                crate::clock::wall_ms() % 1_000_000
-            ),
-            broker: target.broker.clone(),
-            keepalive: Duration::from_secs(30),
-            last_will: None,
-            subscriptions: subscriptions.clone(),
-        });
+        let scheme = if target.tls.is_some() {
+            "mqtts"
+        } else {
+            "mqtt"
+        };
+        let broker = format!("{scheme}://{}:{}", target.broker.host, target.broker.port);
+        let tls = target.tls.as_ref().map(|t| t.client.clone());
+        let conn = mqtt::connect_tls(
+            mqtt::ConnectOptions {
+                client_id: format!(
+                    "skiff-ctl-{}-{}",
+                    std::process::id(),
+                    crate::clock::wall_ms() % 1_000_000
+                ),
+                broker: target.broker.clone(),
+                keepalive: Duration::from_secs(30),
+                last_will: None,
+                subscriptions: subscriptions.clone(),
+            },
+            tls,
+        );
         let mut s = Session {
             client: conn.client,
             inbound: conn.inbound,

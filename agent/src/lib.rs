@@ -22,6 +22,8 @@
 //! - [`journal`]: log lines with syslog priorities for journald.
 //! - [`trust`]: signed desired state: fleet keys (ed25519), what is signed, verification and
 //!   key rotation (pure; the core holds the trusted set).
+//! - [`tls`]: TLS to the broker: the `[broker_tls]` PEM files as a rustls (ring) client
+//!   configuration, and the client certificate's CN (the node id).
 //! - [`wire`]: wire messages as files (`skiff task encode` / `decode`).
 //! - [`zones`]: named time zones of cron schedules, from the node's zoneinfo.
 
@@ -43,6 +45,7 @@ pub mod notify;
 pub mod outbox;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 pub mod trust;
 pub mod wire;
 pub mod zones;

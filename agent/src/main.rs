@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use skiff_agent::config::{Config, ConfigError, Validated};
+use skiff_agent::config::{BrokerUrl, Config, ConfigError, Transport, Validated};
 use skiff_agent::ctl::{self, CtlError, Target};
 use skiff_agent::{agent, images, logs};
 use skiff_proto::{Name, TaskExtension};
@@ -107,9 +107,20 @@ struct AgentArgs {
 
 #[derive(Debug, Args)]
 struct CtlArgs {
-    /// Broker URL.
+    /// Broker URL: mqtt://host[:port] or, with TLS, mqtts://host[:port] (port 8883).
     #[arg(long, env = "SKIFF_BROKER", default_value = "mqtt://127.0.0.1:1883")]
     broker: String,
+    /// With mqtts://: CA certificate(s) the broker's certificate must chain to (PEM; default:
+    /// the public web roots).
+    #[arg(long, global = true, env = "SKIFF_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// With mqtts://: the console's client certificate (PEM; the broker's ACL must let its
+    /// identity write desired state and commands).
+    #[arg(long, global = true, env = "SKIFF_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// With mqtts://: the client certificate's private key (PEM).
+    #[arg(long, global = true, env = "SKIFF_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Cluster name.
     #[arg(long, env = "SKIFF_CLUSTER", default_value = "default")]
     cluster: String,
@@ -548,11 +559,30 @@ fn name(field: &str, s: &str) -> Result<Name, CtlError> {
 
 fn run_ctl(c: CtlArgs) -> ExitCode {
     let target = (|| -> Result<Target, CtlError> {
+        let (broker, transport) = BrokerUrl::parse_with_transport(&c.broker)
+            .map_err(|e| CtlError::BadInput(format!("--broker {e}")))?;
+        let tls_files = skiff_agent::tls::BrokerTlsConfig {
+            ca_file: c.ca.clone(),
+            cert_file: c.cert.clone(),
+            key_file: c.key.clone(),
+        };
+        let tls = match transport {
+            Transport::Tls => Some(
+                tls_files
+                    .load()
+                    .map_err(|e| CtlError::BadInput(format!("TLS (--ca, --cert, --key): {e}")))?,
+            ),
+            Transport::Tcp if tls_files.is_empty() => None,
+            Transport::Tcp => {
+                return Err(CtlError::BadInput(format!(
+                    "--ca, --cert and --key need an mqtts:// --broker, not {:?}",
+                    c.broker
+                )))
+            }
+        };
         Ok(Target {
-            broker: c
-                .broker
-                .parse()
-                .map_err(|e: String| CtlError::BadInput(format!("--broker {e}")))?,
+            broker,
+            tls,
             cluster: name("--cluster", &c.cluster)?,
             timeout: Duration::from_secs(c.timeout.max(1)),
             signer: c

@@ -2,6 +2,7 @@
 //! messages on a channel. Reconnects with capped exponential backoff (rumqttc's `poll` retries
 //! immediately otherwise) and re-subscribes on every connection (clean sessions).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Packet, QoS};
@@ -52,9 +53,21 @@ pub struct ConnectOptions {
     pub subscriptions: Vec<String>,
 }
 
-/// Starts connecting in the background.
+/// Starts connecting in the background (plain TCP).
 pub fn connect(opts: ConnectOptions) -> Connection {
+    connect_tls(opts, None)
+}
+
+/// Starts connecting in the background, over TLS when `tls` is given (`mqtts://`): the broker's
+/// certificate is checked against the configured roots and for the host name (or IP address)
+/// of the broker URL.
+pub fn connect_tls(opts: ConnectOptions, tls: Option<Arc<rustls::ClientConfig>>) -> Connection {
     let mut mo = MqttOptions::new(opts.client_id, opts.broker.host.clone(), opts.broker.port);
+    if let Some(config) = tls {
+        mo.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(config),
+        ));
+    }
     mo.set_keep_alive(opts.keepalive);
     mo.set_clean_session(true);
     mo.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);

@@ -91,6 +91,46 @@ pub struct Broker {
     pub port: u16,
     child: Child,
     _dir: tempfile::TempDir,
+    /// A TLS listener: the identity the test's own clients (ctl, mosquitto_sub/pub) use.
+    pub tls: Option<ClientTls>,
+}
+
+/// PEM files a client connects to a TLS broker with.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClientTls {
+    /// mosquitto_sub / mosquitto_pub options.
+    pub fn mosquitto_args(&self) -> Vec<std::ffi::OsString> {
+        let mut v = Vec::new();
+        for (flag, path) in [
+            ("--cafile", &self.ca),
+            ("--cert", &self.cert),
+            ("--key", &self.key),
+        ] {
+            v.push(flag.into());
+            v.push(path.into());
+        }
+        v
+    }
+
+    /// `skiff ctl` options.
+    pub fn ctl_args(&self) -> Vec<std::ffi::OsString> {
+        let mut v = Vec::new();
+        for (flag, path) in [
+            ("--ca", &self.ca),
+            ("--cert", &self.cert),
+            ("--key", &self.key),
+        ] {
+            v.push(flag.into());
+            v.push(path.into());
+        }
+        v
+    }
 }
 
 impl Broker {
@@ -100,11 +140,21 @@ impl Broker {
 
     /// A broker on a given port (to bring one back after a test stopped it).
     pub fn start_on(port: u16) -> Broker {
+        Self::start_configured(
+            port,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+            None,
+        )
+    }
+
+    /// A broker with `listener` settings (a TLS listener: its files, ACL); `tls` is what the
+    /// test's clients connect with, and makes [`Broker::url`] `mqtts://`.
+    pub fn start_configured(port: u16, listener: &str, tls: Option<ClientTls>) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"),
+            format!("{listener}persistence false\nlog_dest stderr\nlog_type error\n"),
         )
         .expect("write mosquitto.conf");
         let child = Command::new("mosquitto")
@@ -120,11 +170,21 @@ impl Broker {
             port,
             child,
             _dir: dir,
+            tls,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// mosquitto_sub / mosquitto_pub options for this broker's TLS listener (none without).
+    pub fn client_args(&self) -> Vec<std::ffi::OsString> {
+        self.tls
+            .as_ref()
+            .map(ClientTls::mosquitto_args)
+            .unwrap_or_default()
     }
 
     /// Publishes raw bytes with mosquitto_pub (the way a hostile or broken client would).
@@ -144,7 +204,8 @@ impl Broker {
             topic,
             "-f",
         ])
-        .arg(&file);
+        .arg(&file)
+        .args(self.client_args());
         if retain {
             cmd.arg("-r");
         }
@@ -218,6 +279,12 @@ impl Agent {
         Self::launch(broker, cluster, node, extra_config, prepare, true)
     }
 
+    /// An agent whose config has no `node_id`: with a TLS client certificate it is the
+    /// certificate's CN, which `node` names.
+    pub fn start_unnamed(broker: &Broker, cluster: &str, node: &str, extra_config: &str) -> Agent {
+        Self::launch_as(broker, cluster, node, false, extra_config, |_| {}, true)
+    }
+
     /// Writes the configuration, optionally imports busybox, and starts the agent.
     fn launch(
         broker: &Broker,
@@ -227,7 +294,32 @@ impl Agent {
         prepare: impl FnOnce(&Path),
         import_busybox: bool,
     ) -> Agent {
+        Self::launch_as(
+            broker,
+            cluster,
+            node,
+            true,
+            extra_config,
+            prepare,
+            import_busybox,
+        )
+    }
+
+    fn launch_as(
+        broker: &Broker,
+        cluster: &str,
+        node: &str,
+        node_id_in_config: bool,
+        extra_config: &str,
+        prepare: impl FnOnce(&Path),
+        import_busybox: bool,
+    ) -> Agent {
         let n = AGENTS.fetch_add(1, Ordering::Relaxed);
+        let node_line = if node_id_in_config {
+            format!("node_id = \"{node}\"\n")
+        } else {
+            String::new()
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         prepare(dir.path());
         let cgroup_parent = format!("skiff-e2e-{}-{n}", std::process::id());
@@ -235,7 +327,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "node_id = \"{node}\"\ncluster = \"{cluster}\"\nbroker = \"{}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\
+                "{node_line}cluster = \"{cluster}\"\nbroker = \"{}\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\
                  metrics_interval_secs = 1\nstop_grace_secs = 2\nkeepalive_secs = 5\ncgroup_parent = \"{cgroup_parent}\"\n\
                  log = \"info\"\n{extra_config}",
                 broker.url(),
@@ -357,6 +449,13 @@ impl Agent {
                 "--timeout",
                 "15",
             ])
+            .args(
+                broker
+                    .tls
+                    .as_ref()
+                    .map(ClientTls::ctl_args)
+                    .unwrap_or_default(),
+            )
             .args(args)
             .output()
             .expect("run skiff ctl");
@@ -490,6 +589,7 @@ impl Sub {
             "-F",
             "%t %x",
         ]);
+        cmd.args(broker.client_args());
         for t in topics {
             cmd.args(["-t", t]);
         }

@@ -12,4 +12,5 @@ mod offline;
 mod services;
 mod ship;
 mod skeleton;
+mod tls;
 mod trust;
