@@ -188,6 +188,7 @@ pub async fn run(
         readers: Arc::new(std::sync::Mutex::new(HashMap::new())),
         state,
         puller: Arc::new(crate::images::Puller::new(&cfg.registries, &cfg.images)),
+        secrets: Arc::new(crate::secrets::Opener::new(node_key(&cfg.data_dir))),
     };
     let out = Output {
         client,
@@ -354,6 +355,25 @@ pub async fn run(
     Ok(())
 }
 
+/// The node's X25519 key, made on first start (also by `skiff node init`); sealed secrets are
+/// opened with it. Without one, tasks with secrets fail to start, saying why.
+fn node_key(data_dir: &std::path::Path) -> Option<x25519_dalek::StaticSecret> {
+    let made = crate::identity::init(data_dir)
+        .and_then(|k| crate::identity::load_secret(data_dir).map(|s| (k, s)));
+    match made {
+        Ok((k, Some(secret))) => {
+            let new = if k.created { " (new)" } else { "" };
+            tracing::info!("node key x25519:{}{new}", k.public_hex());
+            Some(secret)
+        }
+        Ok((_, None)) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "no node key: tasks with secrets can't start");
+            None
+        }
+    }
+}
+
 /// When unused images are first garbage-collected, and how often after.
 const GC_FIRST: Duration = Duration::from_secs(600);
 const GC_INTERVAL: Duration = Duration::from_secs(3600);
@@ -451,6 +471,19 @@ async fn handle_inbound(
                     body: CommandBody::TrustUpdate(update),
                     ..
                 })) => ev(Event::TrustUpdate(update)),
+                Ok(Message::Command(Command {
+                    id,
+                    body: CommandBody::NodeKey,
+                })) => {
+                    let body = match shells.secrets.public() {
+                        Some(k) => ReplyBody::NodeKey { x25519: k.to_vec() },
+                        None => ReplyBody::Error {
+                            reason: "this node has no key (`skiff node init`)".into(),
+                        },
+                    };
+                    out.reply(Reply { id, body });
+                    None
+                }
                 _ => {
                     out.reply(answer(&payload, &shells.logs, &shells.state));
                     None
@@ -508,11 +541,12 @@ fn answer(payload: &[u8], logs: &Logs, state: &StateStore) -> Reply {
             runs: state.history(&task, usize::try_from(limit).unwrap_or(usize::MAX)),
         },
         // Routed to the core before `answer` is reached.
-        CommandBody::Drain | CommandBody::Activate | CommandBody::TrustUpdate(_) => {
-            ReplyBody::Error {
-                reason: "drain, activate and trust updates are handled by the core".into(),
-            }
-        }
+        CommandBody::Drain
+        | CommandBody::Activate
+        | CommandBody::TrustUpdate(_)
+        | CommandBody::NodeKey => ReplyBody::Error {
+            reason: "drain, activate, trust updates and node keys are answered earlier".into(),
+        },
     };
     Reply { id, body }
 }
@@ -776,6 +810,8 @@ struct Shells {
     state: StateStore,
     /// Pulls images per the pull policy before a task starts.
     puller: Arc<crate::images::Puller>,
+    /// The node key and the sealed secrets of the tasks being started.
+    secrets: Arc<crate::secrets::Opener>,
 }
 
 impl Shells {
@@ -812,6 +848,8 @@ impl Shells {
     }
 
     async fn try_start(&self, def: &TaskDefinition) -> Result<(), String> {
+        // A secret that can't be opened fails the start before anything is pulled or run.
+        self.secrets.prepare(def)?;
         let mut images: Vec<ResolvedImage> = Vec::with_capacity(def.containers.len());
         for c in &def.containers {
             let r: ImageRef = c
@@ -885,8 +923,14 @@ impl Shells {
         container: &Name,
         prefix: bool,
     ) -> Result<u32, String> {
+        // Opened here, right before the start, and dropped (wiped) right after it.
+        let env = self.secrets.env(task, container)?;
         let fifo = self.open_stdio(task, container, prefix).await?;
-        match self.runtime.start_container(task, container, &fifo).await {
+        match self
+            .runtime
+            .start_container_with(task, container, &fifo, env)
+            .await
+        {
             Ok(pid) => Ok(pid),
             Err(e) => {
                 self.drain_reader(task, container).await;
@@ -1077,6 +1121,7 @@ impl Shells {
     }
 
     fn remove_task(&self, task: Name) {
+        self.secrets.forget(&task);
         let me = self.clone();
         tokio::spawn(async move {
             let error = me

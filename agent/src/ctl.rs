@@ -25,11 +25,10 @@ use crate::config::BrokerUrl;
 use crate::display;
 use crate::mqtt::{self, Inbound};
 
+mod keys;
+pub use keys::{keygen, seal, trust_update, TrustChange};
 mod endpoints;
 pub use endpoints::endpoints;
-
-mod keys;
-pub use keys::{keygen, trust_update, TrustChange};
 
 /// Why a console command failed; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]

@@ -34,7 +34,7 @@ use skiff_proto::{
     AutoScaling, Batch, BoundError, CircuitBreaker, ContainerDefinition, ContainerDependency,
     DependencyCondition, EnvVar, HealthCheck, HealthTest, MissedRunPolicy, Name, NetworkMode,
     OverlapPolicy, PortMapping, Protocol, RestartPolicy, ScalingMetric, Schedule, ScheduleSpec,
-    ScheduledScaling, Service, StepAdjustment, StepScaling, TargetTracking, TaskDefinition,
+    ScheduledScaling, Secret, Service, StepAdjustment, StepScaling, TargetTracking, TaskDefinition,
     TaskExtension,
 };
 
@@ -335,6 +335,14 @@ fn container_to_json(c: &ContainerDefinition) -> Value {
             .collect();
         o.insert("portMappings".into(), Value::Array(maps));
     }
+    if !c.secrets.is_empty() {
+        let secrets = c
+            .secrets
+            .iter()
+            .map(|s| serde_json::json!({"name": s.name, "valueFrom": s.sealed}))
+            .collect();
+        o.insert("secrets".into(), Value::Array(secrets));
+    }
     Value::Object(o)
 }
 
@@ -542,6 +550,7 @@ const CONTAINER_SUPPORTED: &[&str] = &[
     "stopTimeout",
     "dependsOn",
     "portMappings",
+    "secrets",
 ];
 
 const NO_VOLUMES: Option<&str> = Some("volumes are not supported yet");
@@ -555,7 +564,6 @@ const CONTAINER_UNSUPPORTED: &[(&str, Option<&str>)] = &[
     ),
     ("mountPoints", NO_VOLUMES),
     ("volumesFrom", NO_VOLUMES),
-    ("secrets", Some("secrets are not supported yet")),
     (
         "environmentFiles",
         Some("list the variables in \"environment\" instead"),
@@ -851,6 +859,7 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
     let mut stop_timeout_secs = None;
     let mut depends_on = Vec::new();
     let mut port_mappings = Vec::new();
+    let mut secrets = Vec::new();
     for (key, v) in obj {
         let path = join(base, key);
         let k = key.as_str();
@@ -880,6 +889,7 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
                 }
                 "dependsOn" => depends_on = parse_depends_on(v, &path)?,
                 "portMappings" => port_mappings = parse_port_mappings(v, &path)?,
+                "secrets" => secrets = parse_secrets(v, &path)?,
                 _ => user = optional_string(v, &path)?,
             }
         } else if let Some((_, why)) = CONTAINER_UNSUPPORTED.iter().find(|(n, _)| *n == k) {
@@ -914,6 +924,7 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
         stop_timeout_secs,
         depends_on,
         port_mappings,
+        secrets,
     })
 }
 
@@ -1119,6 +1130,73 @@ fn environment(v: &Value, path: &str) -> Result<Vec<EnvVar>, TaskDefError> {
             ));
         }
         out.push(EnvVar { name, value });
+    }
+    Ok(out)
+}
+
+/// ECS `secrets`: `[{"name": "DB_PASSWORD", "valueFrom": "skiff-sealed:v1:..."}]`. skiff reads
+/// no secret store: `valueFrom` is the value sealed to the node (`skiff ctl seal`), opened on the
+/// node right before the container starts.
+fn parse_secrets(v: &Value, path: &str) -> Result<Vec<Secret>, TaskDefError> {
+    let arr = v.as_array().ok_or_else(|| {
+        invalid(
+            path,
+            format!(
+                "expected an array of {{\"name\": ..., \"valueFrom\": ...}} objects, got {}",
+                got(v)
+            ),
+        )
+    })?;
+    let mut out: Vec<Secret> = Vec::with_capacity(arr.len());
+    for (i, e) in arr.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let obj = e.as_object().ok_or_else(|| {
+            invalid(
+                &at,
+                format!(
+                    "expected an object {{\"name\": ..., \"valueFrom\": ...}}, got {}",
+                    got(e)
+                ),
+            )
+        })?;
+        let (mut name, mut sealed) = (None, None);
+        for (k, x) in obj {
+            let p = join(&at, k);
+            match k.as_str() {
+                "name" => name = Some(string(x, &p)?.to_string()),
+                "valueFrom" => sealed = Some(string(x, &p)?.to_string()),
+                _ => return Err(unknown(&p, k, &["name", "valueFrom"], &[], "")),
+            }
+        }
+        let name_path = join(&at, "name");
+        let name = name.ok_or_else(|| invalid(&name_path, "missing"))?;
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(invalid(
+                &name_path,
+                format!("invalid variable name {}", quoted(&name)),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(invalid(
+                &name_path,
+                format!("duplicate secret {}", quoted(&name)),
+            ));
+        }
+        let from_path = join(&at, "valueFrom");
+        let sealed = sealed.ok_or_else(|| invalid(&from_path, "missing"))?;
+        // Never echo the value: it may be a secret pasted in clear.
+        crate::secrets::check_form(&sealed).map_err(|e| {
+            let why = match e {
+                crate::secrets::SealError::NotSealed => {
+                    "not a sealed value: skiff reads no secret store (ARNs, parameter names); \
+                     seal the value to the node with `skiff ctl seal --node NODE`"
+                        .to_string()
+                }
+                other => other.to_string(),
+            };
+            invalid(&from_path, why)
+        })?;
+        out.push(Secret { name, sealed });
     }
     Ok(out)
 }
@@ -2422,6 +2500,43 @@ mod tests {
     }
 
     #[test]
+    fn sealed_secrets_parse_round_trip_and_clear_text_is_refused_unechoed() {
+        let sealed = crate::secrets::seal(&[9; 32], "hunter2").expect("seal");
+        let d = ok(container(
+            json!({"secrets": [{"name": "DB_PASSWORD", "valueFrom": sealed}]}),
+        ));
+        assert_eq!(
+            d.containers[0].secrets,
+            [Secret {
+                name: "DB_PASSWORD".into(),
+                sealed: sealed.clone()
+            }]
+        );
+        assert_eq!(ok(to_ecs_json(&d)), d);
+        let e = err(container(
+            json!({"secrets": [{"name": "DB_PASSWORD", "valueFrom": "hunter2"}]}),
+        ));
+        assert!(
+            e.starts_with("containerDefinitions[0].secrets[0].valueFrom: not a sealed value")
+                && !e.contains("hunter2"),
+            "{e}"
+        );
+        let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:db";
+        assert!(err(container(
+            json!({"secrets": [{"name": "A", "valueFrom": arn}]})
+        ))
+        .contains("skiff ctl seal"));
+        assert_eq!(
+            err(container(json!({"secrets": [{"name": "A", "valueFrm": sealed}]}))),
+            "containerDefinitions[0].secrets[0].valueFrm: unknown field (did you mean \"valueFrom\"?)"
+        );
+        let twice = err(container(json!({
+            "environment": [{"name": "A", "value": "1"}],
+            "secrets": [{"name": "A", "valueFrom": sealed}]})));
+        assert!(twice.contains("A is set twice"), "{twice}");
+    }
+
+    #[test]
     fn schedules_and_batches_parse_and_round_trip() {
         let d = ok(task(
             json!({"schedule": {"cron": "*/5 * * * *", "timezone": "+05:30",
@@ -2975,6 +3090,7 @@ mod tests {
                     stop_timeout_secs: None,
                     depends_on: vec![],
                     port_mappings: vec![],
+                    secrets: vec![],
                 }],
                 cpu: None,
                 memory_mib: None,
@@ -3276,6 +3392,7 @@ mod tests {
                 stop_timeout_secs: None,
                 depends_on: vec![],
                 port_mappings: vec![],
+                secrets: vec![],
             }],
             cpu: None,
             memory_mib: None,

@@ -20,6 +20,8 @@
 //! - [`identity`]: the node's X25519 key pair, made once on first boot (`skiff node init`).
 //! - [`notify`]: systemd notifications (`READY=1`, watchdog, `STOPPING=1`, status lines).
 //! - [`journal`]: log lines with syslog priorities for journald.
+//! - [`secrets`]: sealed secrets: values encrypted to the node's X25519 key (`skiff ctl seal`),
+//!   opened in memory right before a container starts.
 //! - [`trust`]: signed desired state: fleet keys (ed25519), what is signed, verification and
 //!   key rotation (pure; the core holds the trusted set).
 //! - [`tls`]: TLS to the broker: the `[broker_tls]` PEM files as a rustls (ring) client
@@ -44,6 +46,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod outbox;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod trust;

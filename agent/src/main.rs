@@ -181,6 +181,20 @@ enum CtlCmd {
     /// Rotate the fleet keys nodes trust (signed key updates).
     #[command(subcommand)]
     Trust(TrustCmd),
+    /// Seal a secret (read from stdin) to one node's key; prints `skiff-sealed:v1:...`.
+    ///
+    /// Put the output in a container's `secrets`: `{"name": "DB_PASSWORD", "valueFrom":
+    /// "skiff-sealed:v1:..."}`. Only that node can open it, in memory, right before the
+    /// container starts. One trailing newline of the input is dropped.
+    Seal {
+        /// The node the secret is for.
+        #[arg(long)]
+        node: String,
+        /// The node's public key: a `node.pub` file or `x25519:<hex>` (as `skiff node init`
+        /// prints it). Without it the key is asked from the node over the broker.
+        #[arg(long, value_name = "FILE|x25519:HEX")]
+        node_key: Option<String>,
+    },
     /// Add or replace tasks in the desired state of a node (or of the whole cluster).
     Apply {
         /// Task-definition files (ECS JSON).
@@ -632,6 +646,10 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
             } => ctl::stop(&target, name("task", &task)?, node(n)?, !no_wait).await,
             CtlCmd::Desired { node: n } => ctl::show_desired(&target, node(n)?).await,
             CtlCmd::Keygen { out, name: stem } => ctl::keygen(&out, &name("--name", &stem)?),
+            CtlCmd::Seal { node: n, node_key } => {
+                let value = read_secret_value()?;
+                ctl::seal(&target, name("--node", &n)?, node_key, &value).await
+            }
             CtlCmd::Trust(cmd) => {
                 let (nodes, change) = trust_change(cmd)?;
                 ctl::trust_update(&target, nodes, change).await
@@ -708,6 +726,31 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_code(), e),
     }
+}
+
+/// The secret for `skiff ctl seal`, from stdin (never argv: it would show in `ps` and shell
+/// history); one trailing newline dropped.
+fn read_secret_value() -> Result<zeroize::Zeroizing<String>, CtlError> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("secret value (then Enter and Ctrl-D):");
+    }
+    let mut value = zeroize::Zeroizing::new(String::new());
+    stdin
+        .take(skiff_agent::secrets::MAX_SECRET_VALUE as u64 + 3)
+        .read_to_string(&mut value)
+        .map_err(|e| CtlError::BadInput(format!("stdin: {e}")))?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        return Err(CtlError::BadInput("no secret on stdin".into()));
+    }
+    Ok(value)
 }
 
 /// The nodes and the change of `skiff ctl trust add | retire`.

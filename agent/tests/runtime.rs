@@ -178,6 +178,7 @@ fn container(n: &str, command: &[&str]) -> ContainerDefinition {
         stop_timeout_secs: None,
         depends_on: vec![],
         port_mappings: vec![],
+        secrets: vec![],
     }
 }
 

@@ -304,6 +304,21 @@ pub struct ContainerDefinition {
     pub depends_on: Vec<ContainerDependency>,
     /// ECS `portMappings` (bridge networking): host ports forwarded to the task's ports.
     pub port_mappings: Vec<PortMapping>,
+    /// ECS `secrets`: environment variables whose values are sealed to the node's key.
+    pub secrets: Vec<Secret>,
+}
+
+/// Prefix of a sealed secret value.
+pub const SEALED_PREFIX: &str = "skiff-sealed:v1:";
+
+/// ECS `secrets` entry: `name` is set in the container's environment to the value `sealed`
+/// opens to (`skiff-sealed:v1:...`, made by `skiff ctl seal`); only the node it was sealed
+/// for can open it, in memory, right before the container starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub name: String,
+    /// ECS `valueFrom`.
+    pub sealed: String,
 }
 
 /// ECS `portMappings` entry: traffic to `host_port` on the node's addresses goes to
@@ -743,6 +758,8 @@ pub enum CommandBody {
     /// Add or retire trusted fleet keys (answered by a `TrustUpdated` or `TrustRejected`
     /// event, not a reply).
     TrustUpdate(alloc::boxed::Box<TrustUpdate>),
+    /// The node's X25519 public key, to seal secrets to (`skiff ctl seal`).
+    NodeKey,
 }
 
 /// The answer to a [`Command`] (topic `nodes/{node}/reply`).
@@ -780,6 +797,10 @@ pub enum ReplyBody {
     /// The node's state after a `Drain` or `Activate`.
     NodeState {
         state: NodeState,
+    },
+    /// The node's X25519 public key (32 bytes).
+    NodeKey {
+        x25519: Vec<u8>,
     },
 }
 
@@ -898,6 +919,31 @@ impl TaskDefinition {
                 }
                 check_str(&at("environment"), &e.name, MAX_STRING)?;
                 check_str(&at("environment"), &e.value, MAX_STRING)?;
+            }
+            check_len(&at("secrets"), c.secrets.len(), MAX_ENV)?;
+            for (j, s) in c.secrets.iter().enumerate() {
+                if s.name.is_empty() || s.name.contains('=') {
+                    return Err(bound_err(
+                        at("secrets"),
+                        alloc::format!("invalid variable name {:?}", s.name),
+                    ));
+                }
+                check_str(&at("secrets"), &s.name, MAX_STRING)?;
+                check_str(&at("secrets"), &s.sealed, MAX_STRING)?;
+                if !s.sealed.starts_with(SEALED_PREFIX) {
+                    return Err(bound_err(
+                        at("secrets"),
+                        alloc::format!("{}: valueFrom is not a sealed value", s.name),
+                    ));
+                }
+                let dup = c.secrets[..j].iter().any(|o| o.name == s.name)
+                    || c.environment.iter().any(|e| e.name == s.name);
+                if dup {
+                    return Err(bound_err(
+                        at("secrets"),
+                        alloc::format!("{} is set twice", s.name),
+                    ));
+                }
             }
             if let Some(w) = &c.working_directory {
                 check_str(&at("workingDirectory"), w, MAX_STRING)?;

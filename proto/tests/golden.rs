@@ -34,6 +34,10 @@ fn task() -> TaskDefinition {
             stop_timeout_secs: None,
             depends_on: vec![],
             port_mappings: vec![],
+            secrets: vec![Secret {
+                name: "DB_PASSWORD".into(),
+                sealed: "skiff-sealed:v1:c2VhbGVk".into(),
+            }],
         }],
         cpu: Some(512),
         memory_mib: Some(128),

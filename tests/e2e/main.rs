@@ -9,6 +9,7 @@ mod harness;
 mod images;
 mod networking;
 mod offline;
+mod secrets;
 mod services;
 mod ship;
 mod skeleton;

@@ -34,6 +34,7 @@ pub(super) fn container(name: &str, essential: bool) -> ContainerDefinition {
         stop_timeout_secs: None,
         depends_on: vec![],
         port_mappings: vec![],
+        secrets: vec![],
     }
 }
 

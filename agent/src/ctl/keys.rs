@@ -236,3 +236,49 @@ async fn resign(target: &Target, nodes: &[Name], retire: &[Name]) -> Result<(), 
     }
     Ok(())
 }
+
+/// `skiff ctl seal`: seals `value` (read from stdin by the caller) to one node's X25519 key and
+/// prints `skiff-sealed:v1:...` for a container's `secrets[].valueFrom`. The key comes from
+/// `node_key` (a `node.pub` file, or `x25519:<hex>` as `skiff node init` prints it) or, without
+/// it, from the node itself over the broker (printed, to compare with the device's journal).
+pub async fn seal(
+    target: &Target,
+    node: Name,
+    node_key: Option<String>,
+    value: &str,
+) -> Result<(), CtlError> {
+    let key = match node_key {
+        Some(k) => {
+            let path = Path::new(&k);
+            let text = if path.is_file() {
+                std::fs::read_to_string(path)
+                    .map_err(|e| CtlError::BadInput(format!("--node-key {k}: {e}")))?
+            } else {
+                k.clone()
+            };
+            crate::secrets::parse_node_key(&text)
+                .map_err(|e| CtlError::BadInput(format!("--node-key {k}: {e}")))?
+        }
+        None => {
+            let mut ch = super::NodeChannel::open(target, node.clone()).await?;
+            let ReplyBody::NodeKey { x25519 } = ch.request(CommandBody::NodeKey).await? else {
+                return Err(CtlError::Failed(format!(
+                    "node {node} answered the key request with something else"
+                )));
+            };
+            let key: [u8; 32] = x25519.as_slice().try_into().map_err(|_| {
+                CtlError::Failed(format!("node {node} sent a {}-byte key", x25519.len()))
+            })?;
+            eprintln!(
+                "sealing to node {node}'s key x25519:{} as the broker delivered it; compare it \
+                 with `skiff node init` on the device, or pass --node-key",
+                hex::encode(key)
+            );
+            key
+        }
+    };
+    let sealed =
+        crate::secrets::seal(&key, value).map_err(|e| CtlError::BadInput(e.to_string()))?;
+    println!("{sealed}");
+    Ok(())
+}

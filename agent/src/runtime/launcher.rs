@@ -38,7 +38,9 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -316,7 +318,9 @@ impl Launcher {
             self.delete(&r.id)?;
         }
         let mut container = ContainerBuilder::new(r.id.clone(), SyscallType::default())
-            .with_executor(SkiffExecutor)
+            .with_executor(SkiffExecutor {
+                secret_env: r.secret_env,
+            })
             .with_root_path(&self.state_dir)
             .map_err(|e| failed("invalid state directory", &e))?
             .with_stdin(stdin)
@@ -420,7 +424,7 @@ impl Launcher {
         let wr2 = wr.try_clone().map_err(|e| failed("pipe", &e))?;
         let stdin = File::open("/dev/null").map_err(|e| failed("cannot open /dev/null", &e))?;
         let built = ContainerBuilder::new(r.id.clone(), SyscallType::default())
-            .with_executor(SkiffExecutor)
+            .with_executor(SkiffExecutor::default())
             .with_root_path(&self.state_dir)
             .map_err(|e| failed("invalid state directory", &e))?
             .with_stdin(stdin)
@@ -556,9 +560,12 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 /// libcontainer's default executor, run after restoring the signal state a container expects:
 /// the launcher blocks `SIGCHLD` (for its signalfd) and Rust's runtime ignores `SIGPIPE`, and
-/// both would survive `execve`.
-#[derive(Clone)]
-struct SkiffExecutor;
+/// both would survive `execve`. Opened secrets are added to the environment in the container's
+/// init process itself, so they exist only in memory (never in `config.json` or the state dir).
+#[derive(Clone, Default)]
+struct SkiffExecutor {
+    secret_env: crate::secrets::SecretEnv,
+}
 
 impl Executor for SkiffExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
@@ -574,6 +581,21 @@ impl Executor for SkiffExecutor {
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
+    }
+
+    /// libcontainer's default (the spec's environment only, the launcher's cleared), then the
+    /// secrets. Runs in the container's init process, single-threaded.
+    fn setup_envs(&self, envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
+        for (key, _) in std::env::vars_os() {
+            std::env::remove_var(key);
+        }
+        for (key, value) in envs {
+            std::env::set_var(key, value);
+        }
+        for (key, value) in &self.secret_env {
+            std::env::set_var(key, value.expose());
+        }
+        Ok(())
     }
 }
 

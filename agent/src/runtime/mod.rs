@@ -751,6 +751,20 @@ impl Runtime {
         container: &Name,
         stdio: &Path,
     ) -> Result<u32, RuntimeError> {
+        self.start_container_with(task, container, stdio, Vec::new())
+            .await
+    }
+
+    /// [`Runtime::start_container`] with environment variables that must never be written
+    /// anywhere (opened secrets): they travel to the launcher over its socket and are set in
+    /// the container's init process right before it execs, never put in `config.json`.
+    pub async fn start_container_with(
+        &self,
+        task: &Name,
+        container: &Name,
+        stdio: &Path,
+        secret_env: crate::secrets::SecretEnv,
+    ) -> Result<u32, RuntimeError> {
         let bundle = self.task_dir(task.as_str()).join(container.as_str());
         if !bundle.join("config.json").is_file() {
             return Err(RuntimeError::NotPrepared {
@@ -778,6 +792,7 @@ impl Runtime {
                 bundle,
                 stdio,
                 oom_file: self.inner.layout.oom_file(&rel),
+                secret_env,
             }))
             .await?;
         match reply {

@@ -466,6 +466,7 @@ mod tests {
             stop_timeout_secs: None,
             depends_on: vec![],
             port_mappings: vec![],
+            secrets: vec![],
         }
     }
 

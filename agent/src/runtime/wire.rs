@@ -57,6 +57,9 @@ pub(crate) struct StartRequest {
     pub stdio: PathBuf,
     /// `memory.events` (v2) or `memory.oom_control` (v1) of the container's cgroup.
     pub oom_file: Option<PathBuf>,
+    /// Opened secrets, set in the container's environment by the launcher's executor (never
+    /// in `config.json`; `Debug` shows `***`).
+    pub secret_env: crate::secrets::SecretEnv,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +190,7 @@ mod tests {
                     bundle: "/run/skiff/tasks/t/c".into(),
                     stdio: "/tmp/fifo".into(),
                     oom_file: Some("/sys/fs/cgroup/memory/skiff/t/c/memory.oom_control".into()),
+                    secret_env: vec![],
                 }),
             },
             Request {

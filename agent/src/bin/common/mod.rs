@@ -133,6 +133,7 @@ pub fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefin
             stop_timeout_secs: None,
             depends_on: vec![],
             port_mappings: vec![],
+            secrets: vec![],
         }],
         cpu: None,
         memory_mib: None,
