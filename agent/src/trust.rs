@@ -16,7 +16,7 @@
 //! Key files (`skiff ctl keygen`):
 //!
 //! ```text
-//! {name}.key   the private key: PKCS#8 (ring's v2, or openssl's v1) in PEM, 0600
+//! {name}.key   the private key: PKCS#8 v1 in PEM (as openssl writes it), 0600
 //! {name}.pub   skiff-ed25519 <key id> <base64 of the 32-byte public key>
 //! ```
 //!
@@ -52,6 +52,10 @@ const ED25519_PUBLIC_LEN: usize = 32;
 const ED25519_SIG_LEN: usize = 64;
 const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 const PEM_END: &str = "-----END PRIVATE KEY-----";
+/// PKCS#8 v1 `PrivateKeyInfo` for Ed25519 (RFC 8410) up to the 32-byte seed that follows.
+const PKCS8_V1_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -227,16 +231,19 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// A new random key; also returns its PKCS#8 encoding (to be saved).
+    /// The encoding is PKCS#8 v1 (RFC 8410), as `openssl genpkey -algorithm ed25519` writes it,
+    /// so openssl and other tools read the file too (ring's own v2 encoding is not).
     pub fn generate() -> Result<(SigningKey, Zeroizing<Vec<u8>>), KeyError> {
-        let rng = ring::rand::SystemRandom::new();
-        let der = Ed25519KeyPair::generate_pkcs8(&rng)
+        let mut der = Zeroizing::new(PKCS8_V1_ED25519_PREFIX.to_vec());
+        let mut seed = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut seed[..])
             .map_err(|_| KeyError::Crypto("no randomness from the operating system".into()))?;
-        let der = Zeroizing::new(der.as_ref().to_vec());
+        der.extend_from_slice(&seed[..]);
         let key = SigningKey::from_pkcs8(&der, "new key")?;
         Ok((key, der))
     }
 
-    /// From PKCS#8 DER (v2 as ring writes it, or v1 as `openssl genpkey -algorithm ed25519`).
+    /// From PKCS#8 DER: v1 (`openssl genpkey -algorithm ed25519`, `skiff ctl keygen`) or v2.
     pub fn from_pkcs8(der: &[u8], origin: &str) -> Result<SigningKey, KeyError> {
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|e| format_err(origin, format!("not an ed25519 PKCS#8 key: {e}")))?;
@@ -667,6 +674,11 @@ mod tests {
         );
         let loaded = SigningKey::load(&g.private).expect("load");
         assert_eq!(loaded.public(), &g.key);
+        // PKCS#8 v1, as openssl writes (and reads) it.
+        let pem = fs::read_to_string(&g.private).expect("pem");
+        let der = pem_decode(&pem, "k").expect("der");
+        assert_eq!(der.len(), 48);
+        assert!(der.starts_with(&PKCS8_V1_ED25519_PREFIX));
         let err = keygen(dir.path(), &n("fleet")).expect_err("overwrote");
         assert!(matches!(err, KeyError::Exists { .. }), "{err}");
         assert_eq!(SigningKey::load(&g.private).expect("load").public(), &g.key);
