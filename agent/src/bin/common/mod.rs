@@ -198,3 +198,98 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(tool))
         .find(|p| p.exists())
 }
+
+/// The `p`-th percentile (0..=100, nearest rank) of `v`.
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    // The smallest rank r with r / len >= p / 100, found without a float-to-int cast.
+    let rank = (1..=v.len())
+        .find(|r| *r as f64 * 100.0 >= p * v.len() as f64)
+        .unwrap_or(v.len());
+    v.get(rank.saturating_sub(1)).copied().unwrap_or(f64::NAN)
+}
+
+/// CPU time of `pid` from `/proc/{pid}/stat` in clock ticks: (utime + stime, cutime + cstime);
+/// the second is its children that it has waited for.
+pub fn cpu_ticks(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<u64> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|s| s.parse().unwrap_or(0))
+        .collect();
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    (get(11) + get(12), get(13) + get(14))
+}
+
+/// Clock ticks per second (`/proc/*/stat` times are in these).
+pub fn ticks_per_sec() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
+/// User + system CPU time of this process's children that were waited for, descendants they
+/// waited for included (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_cpu() -> Res<Duration> {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
+    };
+    Ok(d(u.user_time()) + d(u.system_time()))
+}
+
+/// A runc/crun bundle in `bundle` running `args` on `rootfs` (read-only), no terminal, in
+/// cgroup `cgroups_path`; `tmpfs_tmp` adds a writable tmpfs on `/tmp`. From `TOOL spec`.
+pub fn peer_bundle(
+    tool: &Path,
+    rootfs: &Path,
+    bundle: &Path,
+    args: &[&str],
+    cgroups_path: &str,
+    tmpfs_tmp: bool,
+) -> Res<()> {
+    std::fs::create_dir_all(bundle)?;
+    let spec_path = bundle.join("config.json");
+    let _ = std::fs::remove_file(&spec_path);
+    if !Command::new(tool)
+        .arg("spec")
+        .current_dir(bundle)
+        .status()?
+        .success()
+    {
+        return Err(format!("{} spec failed", tool.display()).into());
+    }
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec_path)?)?;
+    spec["root"]["path"] = serde_json::json!(rootfs);
+    spec["root"]["readonly"] = serde_json::json!(true);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["linux"]["cgroupsPath"] = serde_json::json!(cgroups_path);
+    if tmpfs_tmp {
+        if let Some(mounts) = spec["mounts"].as_array_mut() {
+            mounts.push(serde_json::json!({
+                "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"]
+            }));
+        }
+    }
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    Ok(())
+}
+
+/// True on a cgroup v1/v2 hybrid layout, which crun refuses: measure it through
+/// [`leave_hybrid_cgroup2`] in a private mount namespace (`unshare -m --propagation private`).
+pub fn hybrid_cgroups() -> bool {
+    Path::new("/sys/fs/cgroup/unified").exists()
+}
+
+/// Unmounts the hybrid layout's empty cgroup2 mount; only ever call it inside a private mount
+/// namespace.
+pub fn leave_hybrid_cgroup2() {
+    let _ = nix::mount::umount2("/sys/fs/cgroup/unified", nix::mount::MntFlags::MNT_DETACH);
+}
