@@ -428,6 +428,25 @@ impl TaskRec {
         }
     }
 
+    /// The task stopped on its own and restarts after the policy's backoff (which grows with
+    /// each run shorter than [`STABLE_MS`]).
+    fn back_off(&mut self, name: &Name, now: Time, out: &mut Vec<Action>) {
+        let ran = now.mono_ms.saturating_sub(self.started_at_ms);
+        self.rapid_restarts = if ran >= STABLE_MS {
+            0
+        } else {
+            self.rapid_restarts.saturating_add(1)
+        };
+        let delay = backoff_ms(self.rapid_restarts);
+        self.phase = Phase::Backoff;
+        self.deadline = Some(now.mono_ms + delay);
+        out.push(Action::Event(EventBody::TaskRestarting {
+            task: name.clone(),
+            attempt: self.restarts + 2,
+            delay_ms: delay,
+        }));
+    }
+
     /// Starting, running, or waiting to restart: it holds (or will hold) a place.
     fn is_live(&self) -> bool {
         matches!(
@@ -1682,20 +1701,7 @@ impl Core {
             };
             return;
         }
-        let ran = now.mono_ms.saturating_sub(t.started_at_ms);
-        t.rapid_restarts = if ran >= STABLE_MS {
-            0
-        } else {
-            t.rapid_restarts.saturating_add(1)
-        };
-        let delay = backoff_ms(t.rapid_restarts);
-        t.phase = Phase::Backoff;
-        t.deadline = Some(now.mono_ms + delay);
-        out.push(Action::Event(EventBody::TaskRestarting {
-            task: name.clone(),
-            attempt: t.restarts + 2,
-            delay_ms: delay,
-        }));
+        t.back_off(name, now, out);
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Action>) {

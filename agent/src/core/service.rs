@@ -33,8 +33,7 @@ use skiff_proto::{
 
 use super::cron::{next_firing, CronExpr};
 use super::{
-    backoff_ms, service_of, Action, Core, DesiredState, DrainState, Phase, TaskRec, Time,
-    CRON_RECHECK_MS, STABLE_MS,
+    service_of, Action, Core, DesiredState, DrainState, Phase, TaskRec, Time, CRON_RECHECK_MS,
 };
 
 /// What survives an agent restart of a service: its scaled count and bounds, and a rollback
@@ -619,20 +618,7 @@ impl Core {
             self.tasks.remove(name);
             return;
         }
-        let ran = now.mono_ms.saturating_sub(t.started_at_ms);
-        t.rapid_restarts = if ran >= STABLE_MS {
-            0
-        } else {
-            t.rapid_restarts.saturating_add(1)
-        };
-        let delay = backoff_ms(t.rapid_restarts);
-        t.phase = Phase::Backoff;
-        t.deadline = Some(now.mono_ms + delay);
-        out.push(Action::Event(EventBody::TaskRestarting {
-            task: name.clone(),
-            attempt: t.restarts + 2,
-            delay_ms: delay,
-        }));
+        t.back_off(name, now, out);
     }
 
     /// One more failed task for a deployment; the circuit breaker may trip.
