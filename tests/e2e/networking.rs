@@ -179,12 +179,14 @@ fn a_bridge_service_publishes_endpoints_and_both_host_ports_answer() {
     let out = agent.ctl(&broker, &["stop", "web", "--node", &agent.node]);
     assert!(out.status.success(), "stop failed");
     crate::harness::wait_for("no veth left", T, || (veths(&bridge) == 0).then_some(()));
-    let out = Command::new("nft")
-        .args(["list", "map", "ip", "skiff", &format!("tcp_{bridge}")])
-        .output()
-        .expect("nft");
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("elements"),
-        "no port mapping left"
-    );
+    // Checked again after a moment: a mapping left behind would stay.
+    for _ in 0..2 {
+        let out = Command::new("nft")
+            .args(["list", "map", "ip", "skiff", &format!("tcp_{bridge}")])
+            .output()
+            .expect("nft");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!text.contains("elements"), "no port mapping left: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

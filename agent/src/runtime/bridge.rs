@@ -660,12 +660,13 @@ impl Network {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
+        // The mappings first: once the veth is gone nothing may still point at its address.
+        self.unmap(|m| m.address == a.address)?;
         let mut nl = Netlink::new().map_err(err("netlink"))?;
         if let Some(l) = nl.link(&a.veth).map_err(err("netlink"))? {
             nl.delete_link(l.index)
                 .map_err(|e| format!("cannot delete {}: {e}", a.veth))?;
         }
-        self.unmap(|m| m.address == a.address)?;
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(format!("cannot remove {}: {e}", path.display()))
