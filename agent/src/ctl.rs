@@ -494,9 +494,16 @@ pub async fn show_desired(target: &Target, node: Option<Name>) -> Result<(), Ctl
     }
 }
 
-/// `skiff ctl nodes`: the cluster's nodes from their retained status.
-pub async fn nodes(target: &Target, json: bool) -> Result<(), CtlError> {
-    let mut s = Session::open(target, vec![all_nodes(&target.cluster, "status")]).await?;
+/// The retained status of the cluster's nodes (only `node`'s when given), sorted by node.
+pub(crate) async fn node_statuses(
+    target: &Target,
+    node: Option<&Name>,
+) -> Result<Vec<Status>, CtlError> {
+    let topic = match node {
+        Some(n) => node_topics(target, n).0,
+        None => all_nodes(&target.cluster, "status"),
+    };
+    let mut s = Session::open(target, vec![topic]).await?;
     let retained = s.retained(Duration::from_millis(300), target.timeout).await;
     let mut nodes: Vec<Status> = retained
         .iter()
@@ -504,8 +511,15 @@ pub async fn nodes(target: &Target, json: bool) -> Result<(), CtlError> {
             Ok(Message::Status(st)) => Some(st),
             _ => None,
         })
+        .filter(|st| node.is_none_or(|n| st.node == *n))
         .collect();
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(nodes)
+}
+
+/// `skiff ctl nodes`: the cluster's nodes from their retained status.
+pub async fn nodes(target: &Target, json: bool) -> Result<(), CtlError> {
+    let nodes = node_statuses(target, None).await?;
     if json {
         for n in &nodes {
             println!("{}", serde_json::to_string(n).unwrap_or_default());
@@ -931,21 +945,7 @@ fn list_suffix(names: &[String]) -> String {
 /// `skiff ctl services`: each node's services and their deployments, from the nodes' retained
 /// status (one node with `node`).
 pub async fn services(target: &Target, node: Option<Name>, json: bool) -> Result<(), CtlError> {
-    let topic = match &node {
-        Some(n) => node_topics(target, n).0,
-        None => all_nodes(&target.cluster, "status"),
-    };
-    let mut s = Session::open(target, vec![topic]).await?;
-    let retained = s.retained(Duration::from_millis(300), target.timeout).await;
-    let mut nodes: Vec<Status> = retained
-        .iter()
-        .filter_map(|(_, p)| match decode(p) {
-            Ok(Message::Status(st)) => Some(st),
-            _ => None,
-        })
-        .filter(|st| node.as_ref().is_none_or(|n| st.node == *n))
-        .collect();
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let nodes = node_statuses(target, node.as_ref()).await?;
     let whose = node
         .as_ref()
         .map_or(format!("cluster {}", target.cluster), |n| {

@@ -179,6 +179,19 @@ impl ServiceRec {
         self.desired = self.desired.clamp(self.min, self.max);
     }
 
+    /// A new primary deployment of `def`; returns its id.
+    fn push_deployment(&mut self, def: Arc<TaskDefinition>) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.deployments.push(Deployment {
+            id,
+            def,
+            rollout: RolloutState::InProgress,
+            failed_tasks: 0,
+        });
+        id
+    }
+
     fn primary(&self) -> Option<&Deployment> {
         self.deployments.last()
     }
@@ -337,14 +350,7 @@ impl Core {
             svc.apply_spec(old_spec.as_ref(), now);
             if new_rollout {
                 svc.failed = None;
-                let id = svc.next_id;
-                svc.next_id += 1;
-                svc.deployments.push(Deployment {
-                    id,
-                    def: def.clone(),
-                    rollout: RolloutState::InProgress,
-                    failed_tasks: 0,
-                });
+                let id = svc.push_deployment(def.clone());
                 out.push(Action::Event(EventBody::DeploymentStarted {
                     service: name.clone(),
                     deployment: id,
@@ -668,15 +674,7 @@ impl Core {
                 svc.deployments.push(d);
                 id
             } else {
-                let id = svc.next_id;
-                svc.next_id += 1;
-                svc.deployments.push(Deployment {
-                    id,
-                    def: prev.clone(),
-                    rollout: RolloutState::InProgress,
-                    failed_tasks: 0,
-                });
-                id
+                svc.push_deployment(prev.clone())
             };
             out.push(Action::Event(EventBody::DeploymentStarted {
                 service: link.service.clone(),

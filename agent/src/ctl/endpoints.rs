@@ -1,13 +1,9 @@
 //! `skiff ctl endpoints SERVICE_OR_TASK`: where a service's (or a task's) running copies are
 //! reached, across the cluster's nodes, from their retained status.
 
-use std::time::Duration;
-
-use skiff_proto::codec::{decode, Message};
-use skiff_proto::topic::all_nodes;
 use skiff_proto::{Endpoint, Name, Status};
 
-use super::{node_topics, CtlError, Session, Target};
+use super::{CtlError, Target};
 
 /// One endpoint of one task on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,21 +87,7 @@ pub async fn endpoints(
     node: Option<Name>,
     json: bool,
 ) -> Result<(), CtlError> {
-    let topic = match &node {
-        Some(n) => node_topics(target, n).0,
-        None => all_nodes(&target.cluster, "status"),
-    };
-    let mut s = Session::open(target, vec![topic]).await?;
-    let retained = s.retained(Duration::from_millis(300), target.timeout).await;
-    let mut nodes: Vec<Status> = retained
-        .iter()
-        .filter_map(|(_, p)| match decode(p) {
-            Ok(Message::Status(st)) => Some(st),
-            _ => None,
-        })
-        .filter(|st| node.as_ref().is_none_or(|n| st.node == *n))
-        .collect();
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let nodes = super::node_statuses(target, node.as_ref()).await?;
     let Some(rows) = rows(&nodes, &name) else {
         return Err(CtlError::Failed(format!(
             "no node of cluster {} reports a task or service named {name}",
