@@ -122,6 +122,25 @@ impl AsRef<str> for Name {
     }
 }
 
+/// The schema of a name: a string of the allowed characters, 1 to [`MAX_NAME`] long.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Name {
+    fn schema_name() -> alloc::borrow::Cow<'static, str> {
+        "Name".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A cluster, node, task, service or container name: safe as one MQTT \
+                topic level, a file name and a cgroup directory.",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_NAME,
+            "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

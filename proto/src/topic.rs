@@ -4,6 +4,7 @@
 use alloc::format;
 use alloc::string::String;
 
+use crate::codec::Kind;
 use crate::name::Name;
 
 /// Protocol root.
@@ -66,6 +67,80 @@ impl Topic {
     }
 }
 
+/// Suffix of a JSON mirror topic: the agent publishes status, events and metrics also as JSON
+/// on `{topic}.json` (`.../nodes/pi-1/status.json`) when its config asks for it. Same level
+/// count as the binary topic, so per-node ACLs and `nodes/+/...` filters work alike.
+pub const JSON_MIRROR_SUFFIX: &str = ".json";
+
+/// QoS of every publish of the scheme.
+pub const QOS: u8 = 1;
+
+/// Who publishes on a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publisher {
+    /// A fleet console (`skiff ctl`, a dashboard, a pipeline); the agent subscribes.
+    Console,
+    /// The agent of the node in the topic; consoles subscribe.
+    Agent,
+}
+
+impl Topic {
+    /// The last topic level (`desired`, `status`...).
+    pub fn leaf(&self) -> &'static str {
+        match self {
+            Topic::ClusterDesired { .. } | Topic::NodeDesired { .. } => "desired",
+            Topic::Status { .. } => "status",
+            Topic::Events { .. } => "events",
+            Topic::Metrics { .. } => "metrics",
+            Topic::Cmd { .. } => "cmd",
+            Topic::Reply { .. } => "reply",
+        }
+    }
+
+    /// The message kind the topic carries; any other kind on it is rejected.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Topic::ClusterDesired { .. } | Topic::NodeDesired { .. } => Kind::DesiredState,
+            Topic::Status { .. } => Kind::Status,
+            Topic::Events { .. } => Kind::Event,
+            Topic::Metrics { .. } => Kind::Metrics,
+            Topic::Cmd { .. } => Kind::Command,
+            Topic::Reply { .. } => Kind::Reply,
+        }
+    }
+
+    /// Whether messages are published retained: desired state (a node that connects later
+    /// gets it) and status (a console that connects later sees every node).
+    pub fn retained(&self) -> bool {
+        matches!(
+            self,
+            Topic::ClusterDesired { .. } | Topic::NodeDesired { .. } | Topic::Status { .. }
+        )
+    }
+
+    /// Who publishes on it.
+    pub fn publisher(&self) -> Publisher {
+        match self {
+            Topic::ClusterDesired { .. } | Topic::NodeDesired { .. } | Topic::Cmd { .. } => {
+                Publisher::Console
+            }
+            Topic::Status { .. }
+            | Topic::Events { .. }
+            | Topic::Metrics { .. }
+            | Topic::Reply { .. } => Publisher::Agent,
+        }
+    }
+
+    /// The JSON mirror of this topic (status, events, metrics), `None` for the others.
+    pub fn json_mirror(&self) -> Option<String> {
+        matches!(
+            self,
+            Topic::Status { .. } | Topic::Events { .. } | Topic::Metrics { .. }
+        )
+        .then(|| format!("{}{JSON_MIRROR_SUFFIX}", self.to_topic()))
+    }
+}
+
 fn node_topic(cluster: &Name, node: &Name, leaf: &str) -> String {
     format!("{ROOT}/{cluster}/nodes/{node}/{leaf}")
 }
@@ -115,10 +190,17 @@ mod tests {
         ];
         for t in all {
             let s = t.to_topic();
+            assert!(s.ends_with(t.leaf()), "{s}");
+            if let Some(m) = t.json_mirror() {
+                assert_eq!(m, format!("{s}.json"));
+                assert_eq!(t.publisher(), Publisher::Agent);
+                assert!(m.matches('/').count() <= 7, "{m}");
+            }
             assert!(s.matches('/').count() <= 7, "{s}");
             assert_eq!(Topic::parse(&s), Some(t));
         }
         assert_eq!(Topic::parse("skiff/v1/demo/nodes/pi-1/status/x"), None);
+        assert_eq!(Topic::parse("skiff/v1/demo/nodes/pi-1/status.json"), None);
         assert_eq!(Topic::parse("skiff/v2/demo/desired"), None);
         assert_eq!(Topic::parse("skiff/v1/de+mo/desired"), None);
     }

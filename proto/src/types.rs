@@ -1,6 +1,10 @@
 //! Message bodies. Field order is wire order (postcard is not self-describing): never reorder,
 //! insert or remove a field of a released message; add a new [`crate::Kind`] instead. Enums may
 //! only get variants appended.
+//!
+//! Every type also derives `schemars::JsonSchema` under feature `schema`: `docs/asyncapi.yaml`
+//! is generated from them (a new enum also goes in `asyncapi::schemas`' variant list); after a
+//! change, `SKIFF_BLESS=1 cargo test -p skiff-proto --test asyncapi` regenerates it.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -13,6 +17,7 @@ use crate::name::Name;
 /// Desired state for a cluster (topic `desired`) or one node (topic `nodes/{node}/desired`).
 /// A node runs the union of both; a node task replaces a cluster task of the same family.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DesiredState {
     /// Increases with every change of this document; the agent ignores a version it has applied.
     pub version: u64,
@@ -29,6 +34,7 @@ pub struct DesiredState {
 
 /// A detached signature over a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Signature {
     /// Which trusted key made it.
     pub key_id: Name,
@@ -38,6 +44,7 @@ pub struct Signature {
 
 /// A fleet public key (ed25519) that a node trusts to sign desired state and trust updates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FleetKey {
     /// The key's id: the first 8 bytes of the SHA-256 of `bytes`, as 16 hex digits.
     pub key_id: Name,
@@ -48,6 +55,7 @@ pub struct FleetKey {
 /// Key rotation (`CommandBody::TrustUpdate`): keys a node trusts from now on, and keys it stops
 /// trusting, signed by a key it trusts now. `version` orders the updates of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TrustUpdate {
     pub version: u64,
     pub cluster: Name,
@@ -60,6 +68,7 @@ pub struct TrustUpdate {
 
 /// A task definition: ECS's model, the fields skiff supports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskDefinition {
     /// ECS `family`; also the task's name on the node.
     pub family: Name,
@@ -82,6 +91,7 @@ pub struct TaskDefinition {
 
 /// Optional task behaviours. Appending variants only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum TaskExtension {
     /// Run on a schedule instead of at once; the restart policy does not apply.
     Schedule(Schedule),
@@ -97,6 +107,7 @@ pub enum TaskExtension {
 /// ECS's service, on the device: how many copies of the task, how a new revision rolls out,
 /// how the count scales.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Service {
     /// Copies to keep running (0..=[`MAX_SERVICE_TASKS`]); with auto scaling, the starting
     /// count, kept within its min..max.
@@ -119,6 +130,7 @@ pub struct Service {
 
 /// What a failed rollout does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CircuitBreaker {
     /// Go back to the last revision that completed a rollout.
     pub rollback: bool,
@@ -126,6 +138,7 @@ pub struct CircuitBreaker {
 
 /// Auto scaling of a service's desired count within `min..=max`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AutoScaling {
     pub min: u32,
     pub max: u32,
@@ -137,6 +150,7 @@ pub struct AutoScaling {
 /// Which figure a scaling policy follows, averaged over the service's running tasks.
 /// Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ScalingMetric {
     /// CPU use in % of the task's `cpu` (of one CPU when unset), as ECS's
     /// `ECSServiceAverageCPUUtilization`.
@@ -148,6 +162,7 @@ pub enum ScalingMetric {
 
 /// Keep the metric near `target_percent`: desired = ceil(running × value / target).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TargetTracking {
     pub metric: ScalingMetric,
     pub target_percent: u32,
@@ -162,6 +177,7 @@ pub struct TargetTracking {
 /// step whose interval (relative to the threshold, as ECS's `MetricIntervalLowerBound` /
 /// `UpperBound`) holds the metric.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StepScaling {
     pub metric: ScalingMetric,
     pub threshold_percent: u32,
@@ -173,6 +189,7 @@ pub struct StepScaling {
 
 /// One step: `lower <= metric - threshold < upper` (open ends when None) → `change` tasks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StepAdjustment {
     pub lower: Option<i32>,
     pub upper: Option<i32>,
@@ -181,6 +198,7 @@ pub struct StepAdjustment {
 
 /// At each firing of `cron`, set the scaling bounds to `min..=max`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ScheduledScaling {
     pub cron: String,
     pub utc_offset_minutes: i16,
@@ -192,6 +210,7 @@ pub struct ScheduledScaling {
 
 /// ECS's container `healthCheck`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HealthCheck {
     pub test: HealthTest,
     /// Between checks (5..=300, ECS default 30).
@@ -206,6 +225,7 @@ pub struct HealthCheck {
 
 /// What a health check runs. Appending variants only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum HealthTest {
     /// `["CMD", args...]`: run in the container; exit 0 = healthy.
     Cmd(Vec<String>),
@@ -217,6 +237,7 @@ pub enum HealthTest {
 
 /// A batch job: how many successful runs, how many retries, how long each run may take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Batch {
     /// Successful (exit 0) runs wanted, one after the other (1..=10000).
     pub completions: u32,
@@ -228,6 +249,7 @@ pub struct Batch {
 
 /// When a scheduled task runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Schedule {
     pub spec: ScheduleSpec,
     pub overlap: OverlapPolicy,
@@ -236,6 +258,7 @@ pub struct Schedule {
 
 /// Cron or fixed rate. Appending variants only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ScheduleSpec {
     /// A cron expression (5 or 6 fields) in a zone `utc_offset_minutes` east of UTC, or in
     /// the named IANA time zone `zone` (`Europe/Berlin`, daylight saving time included) when
@@ -251,6 +274,7 @@ pub enum ScheduleSpec {
 
 /// What a firing does while the previous run still runs. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum OverlapPolicy {
     /// Skip this firing.
     Forbid,
@@ -264,6 +288,7 @@ pub enum OverlapPolicy {
 /// What happens to firings missed while the agent was down or the clock jumped. Appending
 /// variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum MissedRunPolicy {
     /// Forget them; wait for the next firing.
     Skip,
@@ -273,6 +298,7 @@ pub enum MissedRunPolicy {
 
 /// One container of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ContainerDefinition {
     /// Unique within the task.
     pub name: Name,
@@ -315,6 +341,7 @@ pub const SEALED_PREFIX: &str = "skiff-sealed:v1:";
 /// opens to (`skiff-sealed:v1:...`, made by `skiff ctl seal`); only the node it was sealed
 /// for can open it, in memory, right before the container starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Secret {
     pub name: String,
     /// ECS `valueFrom`.
@@ -324,6 +351,7 @@ pub struct Secret {
 /// ECS `portMappings` entry: traffic to `host_port` on the node's addresses goes to
 /// `container_port` in the task's network namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PortMapping {
     pub container_port: u16,
     /// `None`: a dynamic port from the agent's ephemeral range (ECS's `hostPort` 0 or absent).
@@ -333,6 +361,7 @@ pub struct PortMapping {
 
 /// Transport protocol of a port mapping. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -340,6 +369,7 @@ pub enum Protocol {
 
 /// Where a running task can be reached: one port mapping with the host port it got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Endpoint {
     /// The container whose definition holds the mapping.
     pub container: Name,
@@ -353,6 +383,7 @@ pub struct Endpoint {
 
 /// ECS `dependsOn` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ContainerDependency {
     pub container: Name,
     pub condition: DependencyCondition,
@@ -360,6 +391,7 @@ pub struct ContainerDependency {
 
 /// ECS's dependency conditions. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum DependencyCondition {
     /// The other container has started.
     Start,
@@ -373,6 +405,7 @@ pub enum DependencyCondition {
 
 /// `NAME=value` for a container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EnvVar {
     pub name: String,
     pub value: String,
@@ -380,6 +413,7 @@ pub struct EnvVar {
 
 /// ECS `networkMode`. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum NetworkMode {
     /// Own network namespace with only loopback.
     None,
@@ -392,6 +426,7 @@ pub enum NetworkMode {
 
 /// skiff's `restartPolicy` for a task. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum RestartPolicy {
     /// Run once.
     Never,
@@ -404,6 +439,7 @@ pub enum RestartPolicy {
 /// Reported state of a node (topic `nodes/{node}/status`, retained). The broker's last will
 /// publishes the same message with `state: Offline`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Status {
     pub node: Name,
     pub state: NodeState,
@@ -421,6 +457,7 @@ pub struct Status {
 
 /// A service on the node, as ECS's `describe-services` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ServiceStatus {
     pub name: Name,
     pub desired_count: u32,
@@ -432,6 +469,7 @@ pub struct ServiceStatus {
 
 /// One deployment (a revision being or having been rolled out) of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeploymentStatus {
     /// Increases per deployment of the service on this node.
     pub id: u32,
@@ -449,6 +487,7 @@ pub struct DeploymentStatus {
 
 /// ECS's `rolloutState`. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum RolloutState {
     InProgress,
     Completed,
@@ -457,6 +496,7 @@ pub enum RolloutState {
 
 /// A container's or task's health (ECS `healthStatus`). Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Health {
     /// No health check, or none has decided yet.
     Unknown,
@@ -466,6 +506,7 @@ pub enum Health {
 
 /// Node state. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum NodeState {
     Online,
     Offline,
@@ -477,6 +518,7 @@ pub enum NodeState {
 
 /// State of one task on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskStatus {
     pub name: Name,
     pub revision: u32,
@@ -496,6 +538,7 @@ pub struct TaskStatus {
 
 /// Task lifecycle. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum TaskState {
     /// Being created.
     Pending,
@@ -511,6 +554,7 @@ pub enum TaskState {
 
 /// State of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ContainerStatus {
     pub name: Name,
     pub state: ContainerState,
@@ -521,6 +565,7 @@ pub struct ContainerStatus {
 
 /// Container lifecycle. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ContainerState {
     Pending,
     Running,
@@ -529,6 +574,7 @@ pub enum ContainerState {
 
 /// How a container's process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ExitInfo {
     /// Exit code; `128 + signal` when killed by a signal, as shells and Docker report it.
     pub code: i32,
@@ -540,6 +586,7 @@ pub struct ExitInfo {
 
 /// Which desired-state document an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Scope {
     Cluster,
     Node,
@@ -547,6 +594,7 @@ pub enum Scope {
 
 /// One event (topic `nodes/{node}/events`, QoS 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Event {
     pub node: Name,
     /// Per-agent-run sequence number, to spot gaps.
@@ -558,6 +606,7 @@ pub struct Event {
 
 /// What happened. Appending variants only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum EventBody {
     /// The agent started (or reconnected after a restart).
     AgentStarted { version: String },
@@ -679,6 +728,7 @@ pub enum EventBody {
 
 /// Why a task stopped. Appending variants only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum StopReason {
     /// An essential container exited.
     EssentialExited,
@@ -702,6 +752,7 @@ pub enum StopReason {
 
 /// A batch of metric samples (topic `nodes/{node}/metrics`, QoS 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Metrics {
     pub node: Name,
     pub samples: Vec<MetricsSample>,
@@ -709,6 +760,7 @@ pub struct Metrics {
 
 /// Node and task figures at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MetricsSample {
     pub at_ms: u64,
     /// Node CPU use over the interval, 0..=100 × CPUs / CPUs (i.e. 0..=100).
@@ -720,6 +772,7 @@ pub struct MetricsSample {
 
 /// One task's figures from its cgroup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskSample {
     pub task: Name,
     /// CPU use over the interval, in % of one CPU (200 = two CPUs busy), as `docker stats`.
@@ -732,6 +785,7 @@ pub struct TaskSample {
 
 /// An imperative request to one node (topic `nodes/{node}/cmd`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Command {
     /// Correlation id, echoed in the [`Reply`].
     pub id: u64,
@@ -740,6 +794,7 @@ pub struct Command {
 
 /// Requests. Appending variants only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum CommandBody {
     /// Is the agent there; which version.
     Ping,
@@ -764,6 +819,7 @@ pub enum CommandBody {
 
 /// The answer to a [`Command`] (topic `nodes/{node}/reply`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Reply {
     pub id: u64,
     pub body: ReplyBody,
@@ -771,6 +827,7 @@ pub struct Reply {
 
 /// Answers. Appending variants only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ReplyBody {
     Pong {
         version: String,
@@ -806,6 +863,7 @@ pub enum ReplyBody {
 
 /// One finished run of a task: what the run history keeps and reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunRecord {
     pub task: Name,
     pub revision: u32,
