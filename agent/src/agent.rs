@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
-use skiff_proto::codec::{decode_as, encode, Kind, Message};
+use skiff_proto::codec::{decode, decode_as, encode, Kind, Message};
 use skiff_proto::topic::Topic;
 use skiff_proto::{
     Command, CommandBody, Event as EventMsg, EventBody, HealthTest, Metrics, MetricsSample, Name,
@@ -24,7 +24,7 @@ use skiff_proto::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::config::{StopPolicy, Validated};
+use crate::config::{MirrorJson, StopPolicy, Validated};
 use crate::core::{Action, Catalog, Core, CoreConfig, Event, Signal};
 use crate::images::{ImageRef, ImageStore, ResolvedImage};
 use crate::logs::Logs;
@@ -198,6 +198,7 @@ pub async fn run(
         dropped: AtomicU64::new(0),
         print: local,
         outbox: std::sync::Mutex::new(outbox),
+        mirror: cfg.mirror_json,
     };
     let mut core = Core::new(CoreConfig {
         node: cfg.node.clone(),
@@ -562,6 +563,8 @@ struct Output {
     print: bool,
     /// Events and metrics until the broker acknowledges them (broker mode only).
     outbox: std::sync::Mutex<Outbox>,
+    /// Which topics are also published as JSON (`{topic}.json`).
+    mirror: MirrorJson,
 }
 
 impl Output {
@@ -694,9 +697,11 @@ impl Output {
         }
     }
 
-    /// Publishes what the outbox released, in order.
+    /// Publishes what the outbox released, in order, then their JSON mirrors: the outbox
+    /// matches acknowledgements in order, expecting its entries' first.
     fn send(&self, sends: Vec<outbox::Send>) {
         let Some(client) = &self.client else { return };
+        let mut mirrors = Vec::new();
         for s in sends {
             let topic = match s.kind {
                 EntryKind::Event => Topic::Events {
@@ -708,9 +713,59 @@ impl Output {
                     node: self.node.clone(),
                 },
             };
-            if let Err(e) = client.try_publish(topic.to_topic(), QoS::AtLeastOnce, false, s.bytes) {
+            let json = self.json_mirror(&topic, &s.bytes);
+            let retain = topic.retained();
+            match client.try_publish(topic.to_topic(), QoS::AtLeastOnce, retain, s.bytes) {
+                Ok(()) => mirrors.extend(json),
                 // Stays queued: sent again after the next reconnect.
-                tracing::debug!(error = %e, "broker queue full; kept in the outbox");
+                Err(e) => tracing::debug!(error = %e, "broker queue full; kept in the outbox"),
+            }
+        }
+        for (topic, json, retain) in mirrors {
+            self.publish_json(client, topic, json, retain);
+        }
+    }
+
+    /// The JSON mirror of a binary message about to be published on `topic`, when the config
+    /// asks for it: `({topic}.json, body as JSON, retain)`. Made from the bytes as sent, so
+    /// what the outbox resends after a break is mirrored again, and nothing is stored twice.
+    fn json_mirror(&self, topic: &Topic, bytes: &[u8]) -> Option<(String, Vec<u8>, bool)> {
+        let wanted = match topic {
+            Topic::Status { .. } => self.mirror.status,
+            Topic::Events { .. } => self.mirror.events,
+            Topic::Metrics { .. } => self.mirror.metrics,
+            _ => false,
+        };
+        let mirror = topic.json_mirror().filter(|_| wanted)?;
+        let json = decode(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|m| skiff_proto::json::to_json(&m).map_err(|e| e.to_string()));
+        match json {
+            Ok(j) if j.len() <= skiff_proto::limits::MAX_MESSAGE => {
+                Some((mirror, j, topic.retained()))
+            }
+            Ok(j) => {
+                tracing::warn!(
+                    topic = %mirror,
+                    bytes = j.len(),
+                    "JSON mirror larger than the message limit; not mirrored"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, topic = %mirror, "cannot make the JSON mirror");
+                None
+            }
+        }
+    }
+
+    /// Publishes a JSON mirror (QoS 1, acknowledged in order like any other publish).
+    fn publish_json(&self, client: &AsyncClient, topic: String, json: Vec<u8>, retain: bool) {
+        match client.try_publish(topic, QoS::AtLeastOnce, retain, json) {
+            Ok(()) => self.outbox().other_published(),
+            Err(e) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(error = %e, dropped = n, "broker queue full; JSON mirror dropped");
             }
         }
     }
@@ -765,8 +820,14 @@ impl Output {
         if !self.outbox().is_connected() {
             return; // status is re-published on connect; replies have no one waiting
         }
+        let json = self.json_mirror(&topic, &bytes);
         match client.try_publish(topic.to_topic(), QoS::AtLeastOnce, retain, bytes) {
-            Ok(()) => self.outbox().other_published(),
+            Ok(()) => {
+                self.outbox().other_published();
+                if let Some((mirror, json, _)) = json {
+                    self.publish_json(client, mirror, json, retain);
+                }
+            }
             Err(e) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(error = %e, dropped = n, "broker queue full; message dropped");
@@ -780,14 +841,13 @@ impl Output {
         let topic = Topic::Status {
             cluster: self.cluster.clone(),
             node: self.node.clone(),
+        };
+        let offline = offline_status(&self.node, crate::clock::wall_ms());
+        let json = self.json_mirror(&topic, &offline);
+        let _ = client.try_publish(topic.to_topic(), QoS::AtLeastOnce, true, offline);
+        if let Some((mirror, json, retain)) = json {
+            let _ = client.try_publish(mirror, QoS::AtLeastOnce, retain, json);
         }
-        .to_topic();
-        let _ = client.try_publish(
-            topic,
-            QoS::AtLeastOnce,
-            true,
-            offline_status(&self.node, crate::clock::wall_ms()),
-        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = client.try_disconnect();
     }

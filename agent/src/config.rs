@@ -58,6 +58,9 @@ pub struct Config {
     /// oldest events dropped. Default 4194304 (4 MiB: days at a 10 s metrics interval),
     /// 65536..=268435456.
     pub outbox_max_bytes: usize,
+    /// JSON copies of status, events and metrics on `{topic}.json` for consoles that don't
+    /// speak postcard (`[mirror_json]`: status, events, metrics; each default false).
+    pub mirror_json: MirrorJson,
     /// Image pulls and garbage collection (`[images]`).
     pub images: crate::images::ImagesConfig,
     /// Registry credentials and plain-HTTP registries (`[[registries]]`).
@@ -87,12 +90,27 @@ impl Default for Config {
             keepalive_secs: 30,
             log: "info".into(),
             outbox_max_bytes: 4 << 20,
+            mirror_json: MirrorJson::default(),
             images: crate::images::ImagesConfig::default(),
             registries: Vec::new(),
             trust: crate::trust::TrustConfig::default(),
             network: crate::runtime::NetworkConfig::default(),
         }
     }
+}
+
+/// Which topics the agent also publishes as JSON, on `{topic}.json` beside the binary topic,
+/// with the same content, QoS and retain flag (`docs/asyncapi.yaml`). Made from the binary
+/// message as it is sent: the outbox keeps one copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorJson {
+    /// `nodes/{node}/status.json` (retained).
+    pub status: bool,
+    /// `nodes/{node}/events.json`.
+    pub events: bool,
+    /// `nodes/{node}/metrics.json`.
+    pub metrics: bool,
 }
 
 /// What SIGTERM to the agent does.
@@ -229,6 +247,7 @@ pub struct Validated {
     pub keepalive: Duration,
     pub log: String,
     pub outbox_max_bytes: usize,
+    pub mirror_json: MirrorJson,
     pub images: crate::images::ImagesSettings,
     pub registries: crate::images::Registries,
     /// Trusted fleet keys from `[trust] keys` (read and checked).
@@ -371,6 +390,7 @@ impl Config {
             keepalive: Duration::from_secs(keepalive),
             log: self.log.clone(),
             outbox_max_bytes: usize::try_from(outbox).unwrap_or(4 << 20),
+            mirror_json: self.mirror_json,
             images,
             registries,
             trust_keys,
@@ -412,6 +432,24 @@ mod tests {
         );
         assert_eq!(v.metrics_interval, Duration::from_secs(10));
         assert_eq!(v.stop_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn json_mirror_is_chosen_per_topic_kind() {
+        let v = parse("").expect("defaults are valid");
+        assert_eq!(v.mirror_json, MirrorJson::default(), "off by default");
+        let on = parse("[mirror_json]\nstatus = true\nmetrics = true").expect("valid");
+        assert_eq!(
+            on.mirror_json,
+            MirrorJson {
+                status: true,
+                events: false,
+                metrics: true
+            }
+        );
+        let err = |s: &str| parse(s).map(|_| ()).expect_err(s).to_string();
+        assert!(err("[mirror_json]\nstatuses = true").contains("unknown field `statuses`"));
+        assert!(err("mirror_json = true").contains("invalid type: boolean"));
     }
 
     #[test]

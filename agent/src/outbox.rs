@@ -503,6 +503,26 @@ mod tests {
     }
 
     #[test]
+    fn json_mirrors_take_their_place_in_the_acknowledgement_order() {
+        // The agent publishes each released batch, then its JSON mirrors (other_published per
+        // mirror). An entry is removed by its own PUBACK, never by a mirror's.
+        let mut ob = Outbox::open(None, 1 << 20).expect("open");
+        ob.connected();
+        assert_eq!(seqs(&ob.push(EntryKind::Event, event(1))), [1]);
+        ob.other_published(); // events.json of 1
+        assert_eq!(seqs(&ob.push(EntryKind::Event, event(2))), [2]);
+        ob.other_published(); // events.json of 2
+        ob.acked(); // 1
+        ob.acked(); // its mirror
+        assert_eq!(ob.len(), 1, "2 is not acknowledged yet");
+        ob.disconnected();
+        assert_eq!(seqs(&ob.connected()), [2], "resent after the break");
+        ob.other_published(); // its mirror, again
+        ob.acked();
+        assert!(ob.is_empty());
+    }
+
+    #[test]
     fn the_in_flight_window_is_bounded() {
         let mut ob = Outbox::open(None, 1 << 20).expect("open");
         for i in 0..100 {

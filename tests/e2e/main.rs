@@ -7,6 +7,7 @@
 
 mod harness;
 mod images;
+mod mirror;
 mod networking;
 mod offline;
 mod secrets;
