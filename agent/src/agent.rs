@@ -94,6 +94,11 @@ pub async fn run(
     if let Err(e) = runtime.enable_bridge(cfg.network.clone()).await {
         tracing::error!("{e}");
     }
+    if let Some(awsvpc) = cfg.awsvpc.clone() {
+        if let Err(e) = runtime.enable_awsvpc(awsvpc).await {
+            tracing::error!("{e}");
+        }
+    }
     let stale = runtime.cleanup_stale().await?;
     if !stale.is_empty() {
         tracing::warn!(containers = ?stale, "removed containers left by a previous run");
@@ -207,6 +212,7 @@ pub async fn run(
         stop_grace_ms: u64::try_from(cfg.stop_grace.as_millis()).unwrap_or(u64::MAX),
     })
     .pulling_missing_images(cfg.images.pull_policy != crate::images::PullPolicy::Never)
+    .with_policy(cfg.policy.clone())
     .trusting(crate::trust::Trust::new(
         cfg.trust_keys.clone(),
         shells.state.load_trust(),

@@ -67,7 +67,13 @@ pub struct Config {
     pub registries: Vec<crate::images::RegistryConfig>,
     /// Fleet keys desired state must be signed by (`[trust] keys`); none: not verified.
     pub trust: crate::trust::TrustConfig,
-    /// Bridge networking (`[network]`: bridge, subnet, ephemeral_ports, dns).
+    /// The node's local policy (TOML, see `docs/security.md`): what desired state may ask of
+    /// this node (privileged containers, host networking, no seccomp filter, capabilities,
+    /// devices, host directories). Unset: the default policy (none of those but host
+    /// networking).
+    pub policy_file: Option<PathBuf>,
+    /// Task networking (`[network]`): bridge mode (bridge, subnet, ephemeral_ports, dns) and
+    /// awsvpc mode (awsvpc_parent, awsvpc_pool, awsvpc_subnet, awsvpc_gateway).
     pub network: crate::runtime::NetworkConfig,
 }
 
@@ -94,6 +100,7 @@ impl Default for Config {
             images: crate::images::ImagesConfig::default(),
             registries: Vec::new(),
             trust: crate::trust::TrustConfig::default(),
+            policy_file: None,
             network: crate::runtime::NetworkConfig::default(),
         }
     }
@@ -252,8 +259,12 @@ pub struct Validated {
     pub registries: crate::images::Registries,
     /// Trusted fleet keys from `[trust] keys` (read and checked).
     pub trust_keys: Vec<skiff_proto::FleetKey>,
+    /// The local policy (read and checked).
+    pub policy: crate::policy::Policy,
     /// Bridge networking settings.
     pub network: crate::runtime::BridgeConfig,
+    /// awsvpc networking settings; `None`: not configured (awsvpc tasks fail to start).
+    pub awsvpc: Option<crate::runtime::AwsvpcConfig>,
 }
 
 impl Config {
@@ -367,9 +378,19 @@ impl Config {
         let registries = crate::images::Registries::validate(&self.registries)
             .map_err(|e| invalid("registries", e.to_string()))?;
         let trust_keys = self.trust.load().map_err(|e| invalid("trust.keys", e))?;
+        let policy = match &self.policy_file {
+            Some(path) => {
+                crate::policy::Policy::load(path).map_err(|e| invalid("policy_file", e))?
+            }
+            None => crate::policy::Policy::default(),
+        };
         let network = self
             .network
             .validate()
+            .map_err(|(field, problem)| invalid(field, problem))?;
+        let awsvpc = self
+            .network
+            .validate_awsvpc(&network)
             .map_err(|(field, problem)| invalid(field, problem))?;
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| invalid("log", format!("{:?}: {e}", self.log)))?;
@@ -394,7 +415,9 @@ impl Config {
             images,
             registries,
             trust_keys,
+            policy,
             network,
+            awsvpc,
         })
     }
 }
@@ -470,6 +493,25 @@ mod tests {
             "config field network.subnet: \"10.88.0.5/24\" is not a network address: use 10.88.0.0/24"
         );
         assert!(err("[network]\nbrige = 'x'").contains("unknown field `brige`"));
+        assert_eq!(
+            err("[network]\nawsvpc_pool = '192.168.1.200/29'"),
+            "config field network.awsvpc_parent: missing: awsvpc_pool is set, and awsvpc tasks \
+             need the node's interface on that LAN (e.g. \"eth0\")"
+        );
+    }
+
+    #[test]
+    fn awsvpc_keys() {
+        assert_eq!(parse("").expect("valid defaults").awsvpc, None);
+        let c = parse(
+            "[network]\nawsvpc_parent = 'eth0'\nawsvpc_pool = '192.168.1.200-192.168.1.203'\n\
+             awsvpc_gateway = '192.168.1.1'",
+        )
+        .expect("valid");
+        let a = c.awsvpc.expect("awsvpc configured");
+        assert_eq!(a.parent, "eth0");
+        assert_eq!(a.pool.1, std::net::Ipv4Addr::new(192, 168, 1, 203));
+        assert_eq!(a.gateway, Some(std::net::Ipv4Addr::new(192, 168, 1, 1)));
     }
 
     #[test]

@@ -586,8 +586,17 @@ pub async fn watch(target: &Target, opts: WatchOptions) -> Result<(), CtlError> 
             Ok(Message::Status(st)) => {
                 let state = display::node_state_label(st.state);
                 let tag = if retained { " (retained)" } else { "" };
+                let unfiltered = st
+                    .tasks
+                    .iter()
+                    .filter(|t| t.containers.iter().any(|c| c.unfiltered))
+                    .count();
+                let unfiltered = match unfiltered {
+                    0 => String::new(),
+                    n => format!(" ({n} without the seccomp filter)"),
+                };
                 vec![format!(
-                    "{} {} status: {state}, {} tasks{tag}",
+                    "{} {} status: {state}, {} tasks{unfiltered}{tag}",
                     display::clock(st.at_ms),
                     st.node,
                     st.tasks.len()

@@ -193,16 +193,20 @@ pub fn event_body(b: &EventBody) -> String {
     }
 }
 
-/// `main 8080/tcp → host port 49153 (10.88.0.2)`.
+/// `main 8080/tcp → host port 49153 (10.88.0.2)` (bridge), `main 80/tcp at 192.168.1.200`
+/// (awsvpc: its own address, nothing mapped), `main 80/tcp → host port 80 (host network)`.
 pub fn endpoint(e: &skiff_proto::Endpoint) -> String {
-    format!(
-        "{} {}/{} → host port {} ({})",
+    let port = format!(
+        "{} {}/{}",
         e.container,
         e.container_port,
-        crate::ecs::protocol_str(e.protocol),
-        e.host_port,
-        e.address
-    )
+        crate::ecs::protocol_str(e.protocol)
+    );
+    match (e.host_port, e.address.as_str()) {
+        (0, addr) => format!("{port} at {addr}"),
+        (hp, "") => format!("{port} → host port {hp} (host network)"),
+        (hp, addr) => format!("{port} → host port {hp} ({addr})"),
+    }
 }
 
 /// `healthy`, `unhealthy`, `unknown`.
@@ -234,9 +238,13 @@ pub fn node_state_label(s: NodeState) -> &'static str {
     }
 }
 
-/// `web.1:running`, `web.2:running(healthy)`, `web.3:running(UNHEALTHY)`.
+/// `web.1:running`, `web.2:running(healthy)`, `web.3:running(UNHEALTHY)`; a `!` after the
+/// state when a container runs without the seccomp filter (`web.4:running!`).
 pub fn task_brief(t: &TaskStatus) -> String {
-    let state = format!("{:?}", t.state).to_lowercase();
+    let mut state = format!("{:?}", t.state).to_lowercase();
+    if t.containers.iter().any(|c| c.unfiltered) {
+        state.push('!');
+    }
     match t.health {
         Health::Unknown => format!("{}:{state}", t.name),
         Health::Healthy => format!("{}:{state}(healthy)", t.name),
@@ -471,6 +479,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_unfiltered_container_is_marked() {
+        let mut t = task("web.1", TaskState::Running, Health::Healthy);
+        let c = |unfiltered| skiff_proto::ContainerStatus {
+            name: n("main"),
+            state: skiff_proto::ContainerState::Running,
+            pid: Some(7),
+            exit: None,
+            health: Health::Healthy,
+            unfiltered,
+        };
+        t.containers = vec![c(false)];
+        assert_eq!(task_brief(&t), "web.1:running(healthy)");
+        t.containers.push(c(true));
+        assert_eq!(task_brief(&t), "web.1:running!(healthy)");
+    }
+
     fn status(node: &str, state: NodeState) -> Status {
         Status {
             node: n(node),
@@ -618,5 +643,28 @@ pi-2 api [draining]              2        0        0        0       -  -
         assert_eq!(datetime(0), "1970-01-01 00:00:00");
         assert_eq!(datetime(1_764_081_296_000), "2025-11-25 14:34:56");
         assert_eq!(datetime(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn endpoints_say_how_they_are_reached() {
+        let e = |host_port: u16, address: &str| skiff_proto::Endpoint {
+            container: n("main"),
+            container_port: 80,
+            host_port,
+            protocol: skiff_proto::Protocol::Tcp,
+            address: address.into(),
+        };
+        assert_eq!(
+            endpoint(&e(49153, "10.88.0.2")),
+            "main 80/tcp → host port 49153 (10.88.0.2)"
+        );
+        assert_eq!(
+            endpoint(&e(0, "192.168.1.200")),
+            "main 80/tcp at 192.168.1.200"
+        );
+        assert_eq!(
+            endpoint(&e(80, "")),
+            "main 80/tcp → host port 80 (host network)"
+        );
     }
 }

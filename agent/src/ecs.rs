@@ -22,6 +22,8 @@
 //! it is parsed, duplicate keys are refused (JSON parsers disagree on which one wins), and the
 //! result always passes [`TaskDefinition::validate`].
 
+mod security;
+
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
@@ -180,7 +182,19 @@ pub fn to_ecs_json(def: &TaskDefinition) -> Value {
     if def.revision != 0 {
         t.insert("revision".into(), def.revision.into());
     }
-    let containers = def.containers.iter().map(container_to_json).collect();
+    let mut containers: Vec<Value> = def.containers.iter().map(container_to_json).collect();
+    if matches!(def.network_mode, NetworkMode::Host | NetworkMode::Awsvpc) {
+        // Nothing is mapped: ECS writes the container's own port as hostPort.
+        for m in containers
+            .iter_mut()
+            .filter_map(|c| c.get_mut("portMappings").and_then(Value::as_array_mut))
+            .flatten()
+        {
+            if let Some(cp) = m.get("containerPort").cloned() {
+                m["hostPort"] = cp;
+            }
+        }
+    }
     t.insert("containerDefinitions".into(), Value::Array(containers));
     if let Some(cpu) = def.cpu {
         t.insert("cpu".into(), cpu.to_string().into());
@@ -240,6 +254,9 @@ pub fn to_ecs_json(def: &TaskDefinition) -> Value {
                 o.insert("overlapPolicy".into(), overlap.into());
                 o.insert("missedRunPolicy".into(), missed.into());
                 t.insert("schedule".into(), Value::Object(o));
+            }
+            TaskExtension::Volumes(v) => {
+                t.insert("volumes".into(), security::volumes_to_json(v));
             }
         }
     }
@@ -343,6 +360,7 @@ fn container_to_json(c: &ContainerDefinition) -> Value {
             .collect();
         o.insert("secrets".into(), Value::Array(secrets));
     }
+    security::container_to_json(&c.security, &c.mount_points, &mut o);
     Value::Object(o)
 }
 
@@ -468,6 +486,7 @@ pub fn network_mode_str(mode: NetworkMode) -> &'static str {
         NetworkMode::None => "none",
         NetworkMode::Host => "host",
         NetworkMode::Bridge => "bridge",
+        NetworkMode::Awsvpc => "awsvpc",
     }
 }
 
@@ -496,6 +515,7 @@ const TASK_SUPPORTED: &[&str] = &[
     "schedule",
     "batch",
     "service",
+    "volumes",
 ];
 
 /// Task-level ECS keys accepted when their value is one skiff honours (checked one by one).
@@ -517,7 +537,6 @@ const TASK_READ_ONLY: &[&str] = &[
 const TASK_UNSUPPORTED: &[(&str, Option<&str>)] = &[
     ("taskRoleArn", Some("a skiff node has no IAM roles")),
     ("executionRoleArn", Some("a skiff node has no IAM roles")),
-    ("volumes", Some("volumes are not supported yet")),
     (
         "placementConstraints",
         Some("a desired-state document is placed on a whole cluster or on one node"),
@@ -551,9 +570,13 @@ const CONTAINER_SUPPORTED: &[&str] = &[
     "dependsOn",
     "portMappings",
     "secrets",
+    "privileged",
+    "readonlyRootFilesystem",
+    "linuxParameters",
+    "dockerSecurityOptions",
+    "mountPoints",
 ];
 
-const NO_VOLUMES: Option<&str> = Some("volumes are not supported yet");
 const OWN_LOG: Option<&str> = Some("skiff keeps container output in its own bounded per-task log");
 
 /// Container-level ECS keys skiff does not implement, accepted only when empty.
@@ -562,22 +585,20 @@ const CONTAINER_UNSUPPORTED: &[(&str, Option<&str>)] = &[
         "links",
         Some("the containers of a task share one network namespace: they reach each other on localhost"),
     ),
-    ("mountPoints", NO_VOLUMES),
-    ("volumesFrom", NO_VOLUMES),
+    (
+        "volumesFrom",
+        Some("name the task's volumes in this container's \"mountPoints\""),
+    ),
     (
         "environmentFiles",
         Some("list the variables in \"environment\" instead"),
     ),
     ("repositoryCredentials", None),
     ("startTimeout", None),
-    ("linuxParameters", None),
-    ("privileged", None),
-    ("readonlyRootFilesystem", None),
     ("ulimits", None),
     ("logConfiguration", OWN_LOG),
     ("firelensConfiguration", OWN_LOG),
     ("dockerLabels", None),
-    ("dockerSecurityOptions", None),
     ("hostname", None),
     ("dnsServers", None),
     ("dnsSearchDomains", None),
@@ -750,6 +771,12 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
                 "schedule" => extensions.push(TaskExtension::Schedule(parse_schedule(v, &path)?)),
                 "batch" => extensions.push(TaskExtension::Batch(parse_batch(v, &path)?)),
                 "service" => extensions.push(TaskExtension::Service(parse_service(v, &path)?)),
+                "volumes" => {
+                    let volumes = security::volumes(v, &path)?;
+                    if !volumes.is_empty() {
+                        extensions.push(TaskExtension::Volumes(volumes));
+                    }
+                }
                 "requiresCompatibilities" => check_compatibilities(v, &path)?,
                 "runtimePlatform" => check_runtime_platform(v, &path)?,
                 _ => check_tags(v, &path)?,
@@ -794,13 +821,15 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
             }
         }
     }
-    if extensions.len() > 1 {
+    if has(|e| matches!(e, TaskExtension::Schedule(_)))
+        && has(|e| matches!(e, TaskExtension::Batch(_)))
+    {
         return Err(invalid(
             base,
             "\"schedule\" and \"batch\" together are not supported yet",
         ));
     }
-    let def = TaskDefinition {
+    let mut def = TaskDefinition {
         family,
         revision,
         containers,
@@ -811,6 +840,12 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
         extensions,
     };
     def.validate().map_err(|e| bound_error(base, e))?;
+    if matches!(network_mode, NetworkMode::Host | NetworkMode::Awsvpc) {
+        // hostPort equal to containerPort (checked above) says nothing more than none.
+        for m in def.containers.iter_mut().flat_map(|c| &mut c.port_mappings) {
+            m.host_port = None;
+        }
+    }
     Ok(def)
 }
 
@@ -860,6 +895,8 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
     let mut depends_on = Vec::new();
     let mut port_mappings = Vec::new();
     let mut secrets = Vec::new();
+    let mut security = skiff_proto::ContainerSecurity::default();
+    let mut mount_points = Vec::new();
     for (key, v) in obj {
         let path = join(base, key);
         let k = key.as_str();
@@ -890,7 +927,13 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
                 "dependsOn" => depends_on = parse_depends_on(v, &path)?,
                 "portMappings" => port_mappings = parse_port_mappings(v, &path)?,
                 "secrets" => secrets = parse_secrets(v, &path)?,
-                _ => user = optional_string(v, &path)?,
+                "mountPoints" => mount_points = security::mount_points(v, &path)?,
+                "user" => user = optional_string(v, &path)?,
+                _ => {
+                    if !security::container_key(k, v, &path, &mut security)? {
+                        return Err(unknown_container_key(&path, k));
+                    }
+                }
             }
         } else if let Some((_, why)) = CONTAINER_UNSUPPORTED.iter().find(|(n, _)| *n == k) {
             if !is_empty(v) {
@@ -925,6 +968,8 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
         depends_on,
         port_mappings,
         secrets,
+        security,
+        mount_points,
     })
 }
 
@@ -932,7 +977,9 @@ fn parse_container(v: &Value, base: &str) -> Result<ContainerDefinition, TaskDef
 const PORT_MAPPING_UNSUPPORTED: &[&str] = &["name", "appProtocol", "containerPortRange"];
 
 /// ECS `portMappings`: `[{"containerPort": 80, "hostPort": 0, "protocol": "tcp"}]`; `hostPort`
-/// 0 or absent is a dynamic port from the agent's ephemeral range, as ECS does in bridge mode.
+/// 0 or absent is a dynamic port from the agent's ephemeral range, as ECS does in bridge mode;
+/// with `awsvpc` and `host` nothing is mapped and a `hostPort` must equal its `containerPort`
+/// (checked with the task's mode, then dropped).
 fn parse_port_mappings(v: &Value, path: &str) -> Result<Vec<PortMapping>, TaskDefError> {
     let arr = v.as_array().ok_or_else(|| {
         invalid(
@@ -1206,14 +1253,11 @@ fn parse_network_mode(v: &Value, path: &str) -> Result<NetworkMode, TaskDefError
         "none" | "" => Ok(NetworkMode::None),
         "host" => Ok(NetworkMode::Host),
         "bridge" => Ok(NetworkMode::Bridge),
-        m @ "awsvpc" => Err(invalid(
-            path,
-            format!("{m:?} is not supported by skiff yet; use \"none\", \"host\" or \"bridge\""),
-        )),
+        "awsvpc" => Ok(NetworkMode::Awsvpc),
         other => Err(invalid(
             path,
             format!(
-                "expected \"none\", \"host\" or \"bridge\", got {}",
+                "expected \"none\", \"host\", \"bridge\" or \"awsvpc\", got {}",
                 quoted(other)
             ),
         )),
@@ -3091,6 +3135,8 @@ mod tests {
                     depends_on: vec![],
                     port_mappings: vec![],
                     secrets: vec![],
+                    security: Default::default(),
+                    mount_points: vec![],
                 }],
                 cpu: None,
                 memory_mib: None,
@@ -3393,6 +3439,8 @@ mod tests {
                 depends_on: vec![],
                 port_mappings: vec![],
                 secrets: vec![],
+                security: Default::default(),
+                mount_points: vec![],
             }],
             cpu: None,
             memory_mib: None,
@@ -3417,12 +3465,12 @@ mod tests {
     #[test]
     fn errors_inside_describe_output_name_the_full_path() {
         let mut v: Value = serde_json::from_str(DESCRIBE_OUTPUT).expect("json");
-        v["taskDefinition"]["containerDefinitions"][0]["privileged"] = json!(true);
+        v["taskDefinition"]["containerDefinitions"][0]["hostname"] = json!("box");
         assert_eq!(
             err(v.clone()),
-            "taskDefinition.containerDefinitions[0].privileged: not supported by skiff"
+            "taskDefinition.containerDefinitions[0].hostname: not supported by skiff"
         );
-        v["taskDefinition"]["containerDefinitions"][0]["privileged"] = json!(false);
+        v["taskDefinition"]["containerDefinitions"][0]["hostname"] = json!("");
         v["taskDefinition"]["containerDefinitions"][0]["memory"] = json!(1);
         assert_eq!(
             err(v.clone()),
@@ -3461,22 +3509,64 @@ mod tests {
     }
 
     #[test]
-    fn privileged_true_is_refused_by_path() {
-        let e = parse(&container(json!({"privileged": true}))).expect_err("refused");
+    fn unsupported_set_is_refused_by_path() {
+        let e = parse(&container(json!({"hostname": "box"}))).expect_err("refused");
         assert_eq!(
             e.to_string(),
-            "containerDefinitions[0].privileged: not supported by skiff"
+            "containerDefinitions[0].hostname: not supported by skiff"
         );
-        assert_eq!(e.path(), Some("containerDefinitions[0].privileged"));
+        assert_eq!(e.path(), Some("containerDefinitions[0].hostname"));
         assert!(matches!(e, TaskDefError::Unsupported { .. }));
-        ok(container(json!({"privileged": false})));
-        ok(container(json!({"privileged": null})));
+        ok(container(json!({"hostname": ""})));
+        ok(container(json!({"hostname": null})));
     }
 
     fn bridge(c: serde_json::Value) -> serde_json::Value {
         let mut t = container(c);
         t["networkMode"] = json!("bridge");
         t
+    }
+
+    fn awsvpc(c: serde_json::Value) -> serde_json::Value {
+        let mut t = container(c);
+        t["networkMode"] = json!("awsvpc");
+        t
+    }
+
+    #[test]
+    fn port_mappings_in_awsvpc_and_host_mode_are_the_containers_own_ports() {
+        for mode in ["awsvpc", "host"] {
+            let d = ok(with(
+                json!({ "networkMode": mode }),
+                json!({"portMappings": [
+                    {"containerPort": 80, "hostPort": 80, "protocol": "tcp"},
+                    {"containerPort": 53, "protocol": "udp"},
+                    {"containerPort": 8080, "hostPort": 0}
+                ]}),
+            ));
+            // Nothing is mapped: hostPort equal to containerPort is the same as none.
+            let pm = |container_port, protocol| PortMapping {
+                container_port,
+                host_port: None,
+                protocol,
+            };
+            assert_eq!(
+                d.containers[0].port_mappings,
+                vec![
+                    pm(80, Protocol::Tcp),
+                    pm(53, Protocol::Udp),
+                    pm(8080, Protocol::Tcp)
+                ]
+            );
+            // Written as ECS shows them: hostPort = containerPort; read back the same.
+            let v = to_ecs_json(&d);
+            assert_eq!(v["networkMode"], json!(mode));
+            assert_eq!(
+                v["containerDefinitions"][0]["portMappings"][1],
+                json!({"containerPort": 53, "hostPort": 53, "protocol": "udp"})
+            );
+            assert_eq!(ok(v), d);
+        }
     }
 
     #[test]
@@ -3514,7 +3604,19 @@ mod tests {
         for (c, want) in [
             (
                 container(json!({"portMappings": [{"containerPort": 80}]})),
-                "containerDefinitions[0].portMappings: port mappings need networkMode \"bridge\" (with \"host\" a container listens on the node's ports directly)",
+                "containerDefinitions[0].portMappings: port mappings need networkMode \"bridge\", \"awsvpc\" or \"host\" (a \"none\" task has only loopback)",
+            ),
+            (
+                awsvpc(json!({"portMappings": [{"containerPort": 80, "hostPort": 8080}]})),
+                "containerDefinitions[0].portMappings[0].hostPort: 8080 differs from containerPort 80: with networkMode \"awsvpc\" nothing is mapped, the container's own port is reached (leave hostPort out or make it 80)",
+            ),
+            (
+                with(json!({"networkMode": "host"}), json!({"portMappings": [{"containerPort": 53, "protocol": "udp"}, {"containerPort": 80, "hostPort": 81}]})),
+                "containerDefinitions[0].portMappings[1].hostPort: 81 differs from containerPort 80: with networkMode \"host\" nothing is mapped, the container's own port is reached (leave hostPort out or make it 80)",
+            ),
+            (
+                awsvpc(json!({"portMappings": [{"containerPort": 80}, {"containerPort": 80, "hostPort": 80}]})),
+                "containerDefinitions[0].portMappings[1].containerPort: container port 80 is mapped twice in this task",
             ),
             (
                 bridge(json!({"portMappings": {"containerPort": 80}})),
@@ -3605,7 +3707,9 @@ mod tests {
             json!({"linuxParameters": {"sharedMemorySize": 64}}),
         ));
         assert!(
-            e.starts_with("containerDefinitions[0].linuxParameters: not supported"),
+            e.starts_with(
+                "containerDefinitions[0].linuxParameters.sharedMemorySize: not supported"
+            ),
             "{e}"
         );
         let e = err(task(json!({"executionRoleArn": "arn:aws:iam::1:role/x"})));
@@ -3765,12 +3869,12 @@ mod tests {
             NetworkMode::Bridge
         );
         assert_eq!(
-            err(task(json!({"networkMode": "awsvpc"}))),
-            "networkMode: \"awsvpc\" is not supported by skiff yet; use \"none\", \"host\" or \"bridge\""
+            ok(task(json!({"networkMode": "awsvpc"}))).network_mode,
+            NetworkMode::Awsvpc
         );
         assert_eq!(
             err(task(json!({"networkMode": "Host"}))),
-            "networkMode: expected \"none\", \"host\" or \"bridge\", got \"Host\""
+            "networkMode: expected \"none\", \"host\", \"bridge\" or \"awsvpc\", got \"Host\""
         );
     }
 
@@ -4010,6 +4114,8 @@ mod tests {
             )),
             ok(bridge(json!({"portMappings": [{"containerPort": 80},
                 {"containerPort": 53, "hostPort": 5353, "protocol": "udp"}]}))),
+            ok(awsvpc(json!({"portMappings": [{"containerPort": 80},
+                {"containerPort": 53, "hostPort": 53, "protocol": "udp"}]}))),
         ];
         for d in defs {
             let v = to_ecs_json(&d);
@@ -4099,13 +4205,13 @@ mod tests {
         let bad = dir.path().join("bad.json");
         std::fs::write(
             &bad,
-            serde_json::to_vec(&container(json!({"privileged": true}))).expect("json"),
+            serde_json::to_vec(&container(json!({"hostname": "box"}))).expect("json"),
         )
         .expect("write");
         assert_eq!(
             read_task_file(&bad).expect_err("refused"),
             format!(
-                "{}: containerDefinitions[0].privileged: not supported by skiff",
+                "{}: containerDefinitions[0].hostname: not supported by skiff",
                 bad.display()
             )
         );

@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod notify;
 pub mod outbox;
+pub mod policy;
 pub mod runtime;
 pub mod secrets;
 pub mod store;

@@ -249,7 +249,9 @@ enum CtlCmd {
     /// Where a service's (or a task's) running copies are reached.
     ///
     /// From the nodes' retained status: per task its port mappings with the host port each got
-    /// and the task's address on the node's bridge (networkMode "bridge").
+    /// and the task's address on the node's bridge (networkMode "bridge"), or its own address
+    /// on the LAN with host port "-" (networkMode "awsvpc": reached at address:containerPort),
+    /// or the node's ports, address "(node)" (networkMode "host").
     Endpoints {
         /// A service (its tasks on every node) or a task.
         name: String,
@@ -827,6 +829,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                         }
                         TaskExtension::Schedule(_) => ", scheduled".into(),
                         TaskExtension::Batch(_) => ", a batch job".into(),
+                        TaskExtension::Volumes(v) => format!(", {} volume(s)", v.len()),
                     })
                     .collect::<String>();
                 println!(

@@ -20,6 +20,14 @@ const DEADLINE: Duration = Duration::from_secs(30);
 #[path = "runtime/bridge.rs"]
 mod bridge;
 
+/// awsvpc networking with real macvlans on an emulated LAN (`awsvpc` in the test names).
+#[path = "runtime/awsvpc.rs"]
+mod awsvpc;
+
+/// Capabilities, seccomp, read-only root, volumes and devices (`security` in the test names).
+#[path = "runtime/security.rs"]
+mod security;
+
 fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         true
@@ -179,6 +187,8 @@ fn container(n: &str, command: &[&str]) -> ContainerDefinition {
         depends_on: vec![],
         port_mappings: vec![],
         secrets: vec![],
+        security: Default::default(),
+        mount_points: vec![],
     }
 }
 

@@ -102,6 +102,8 @@ pub enum TaskExtension {
     /// to a new revision within bounds, scaled on the device; the restart policy does not
     /// apply.
     Service(Service),
+    /// ECS `volumes`: what the containers' `mountPoints` name.
+    Volumes(Vec<Volume>),
 }
 
 /// ECS's service, on the device: how many copies of the task, how a new revision rolls out,
@@ -332,6 +334,186 @@ pub struct ContainerDefinition {
     pub port_mappings: Vec<PortMapping>,
     /// ECS `secrets`: environment variables whose values are sealed to the node's key.
     pub secrets: Vec<Secret>,
+    /// What the container's processes may do (ECS `privileged`, `readonlyRootFilesystem`,
+    /// `linuxParameters`, `dockerSecurityOptions`); the node's policy bounds it.
+    pub security: ContainerSecurity,
+    /// ECS `mountPoints`: the task's volumes (its [`TaskExtension::Volumes`]) in this container.
+    pub mount_points: Vec<MountPoint>,
+}
+
+/// Linux capabilities a container may be given, without the `CAP_` prefix, as Docker and ECS
+/// spell them (`linuxParameters.capabilities`), in kernel order (index = capability number).
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Docker's default capability set: what a container has unless its definition adds or drops.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// Devices, tmpfs mounts, capability changes of one container.
+pub const MAX_SECURITY_ENTRIES: usize = 32;
+
+/// A container's privileges. The default is least privilege as skiff runs it: Docker's
+/// capability set, `no_new_privileges`, skiff's default seccomp filter, masked and read-only
+/// `/proc` paths, no devices beyond the standard ones.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ContainerSecurity {
+    /// ECS `privileged`: every capability, every device, no seccomp filter, `/proc` and `/sys`
+    /// unmasked.
+    pub privileged: bool,
+    /// ECS `readonlyRootFilesystem`: the root filesystem is mounted read-only.
+    pub read_only_root: bool,
+    /// `dockerSecurityOptions` `no-new-privileges[:true|false]`; `None`: the node's default
+    /// (on). Off means the container runs without the seccomp filter, which needs it.
+    pub no_new_privileges: Option<bool>,
+    /// `dockerSecurityOptions` `seccomp:unconfined`: no seccomp filter.
+    pub seccomp_unconfined: bool,
+    /// `linuxParameters.capabilities.add`, names from [`CAPABILITY_NAMES`].
+    pub cap_add: Vec<String>,
+    /// `linuxParameters.capabilities.drop`, names from [`CAPABILITY_NAMES`] or `ALL`.
+    pub cap_drop: Vec<String>,
+    /// `linuxParameters.devices`.
+    pub devices: Vec<Device>,
+    /// `linuxParameters.tmpfs`.
+    pub tmpfs: Vec<Tmpfs>,
+}
+
+impl ContainerSecurity {
+    /// Whether the container runs with skiff's seccomp filter, given the node's default for
+    /// `no_new_privileges` (the filter is installed without privileges, which needs it).
+    pub fn filtered(&self, node_no_new_privileges: bool) -> bool {
+        !self.privileged
+            && !self.seccomp_unconfined
+            && self.no_new_privileges.unwrap_or(node_no_new_privileges)
+    }
+
+    /// The capability set the container's processes get (names without `CAP_`, sorted).
+    pub fn capabilities(&self) -> Vec<&'static str> {
+        let mut caps: Vec<&'static str> = if self.privileged {
+            CAPABILITY_NAMES.to_vec()
+        } else {
+            let drop_all = self.cap_drop.iter().any(|c| c == "ALL");
+            CAPABILITY_NAMES
+                .iter()
+                .copied()
+                .filter(|n| {
+                    let default = DEFAULT_CAPABILITIES.contains(n)
+                        && !drop_all
+                        && !self.cap_drop.iter().any(|c| c == n);
+                    default || self.cap_add.iter().any(|c| c == n)
+                })
+                .collect()
+        };
+        caps.sort_unstable();
+        caps
+    }
+}
+
+/// ECS `linuxParameters.devices` entry: a host device node made available in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Device {
+    /// Absolute path of the device on the node (`/dev/ttyUSB0`).
+    pub host_path: String,
+    /// Where it appears in the container; `None`: the same path.
+    pub container_path: Option<String>,
+    /// Read access (ECS `permissions` `read`).
+    pub read: bool,
+    /// Write access (`write`).
+    pub write: bool,
+    /// May create device nodes (`mknod`).
+    pub mknod: bool,
+}
+
+/// ECS `linuxParameters.tmpfs` entry: a memory-backed filesystem in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Tmpfs {
+    pub container_path: String,
+    /// Size limit in MiB.
+    pub size_mib: u32,
+    /// Mount options (`noexec`, `nosuid`, `mode=1777`...), from a fixed list.
+    pub mount_options: Vec<String>,
+}
+
+/// tmpfs mount options a task may ask for.
+pub const TMPFS_OPTIONS: [&str; 12] = [
+    "defaults", "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "sync", "async",
+    "noatime",
+];
+
+/// ECS `mountPoints` entry: volume `source_volume` at `container_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct MountPoint {
+    pub source_volume: Name,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// ECS `volumes` entry: a host directory (`host.sourcePath`), or, without one, a directory
+/// that lives as long as the task and is shared by its containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Volume {
+    pub name: Name,
+    pub host_path: Option<String>,
 }
 
 /// Prefix of a sealed secret value.
@@ -422,6 +604,10 @@ pub enum NetworkMode {
     /// Own network namespace on the node's bridge: an address from the bridge's subnet,
     /// outbound traffic masqueraded, `portMappings` forwarded from the node's ports.
     Bridge,
+    /// Own network namespace with its own address on the node's LAN (a macvlan of the
+    /// agent's configured parent interface, an address from its pool), as ECS's task ENI:
+    /// `portMappings` are the task's own ports, reached at its address, nothing is mapped.
+    Awsvpc,
 }
 
 /// skiff's `restartPolicy` for a task. Appending variants only.
@@ -561,6 +747,10 @@ pub struct ContainerStatus {
     pub pid: Option<u32>,
     pub exit: Option<ExitInfo>,
     pub health: Health,
+    /// Runs without skiff's seccomp filter: privileged, `seccomp:unconfined`,
+    /// `no-new-privileges:false`, or an agent build that has no syscall table for its
+    /// architecture.
+    pub unfiltered: bool,
 }
 
 /// Container lifecycle. Appending variants only.
@@ -1026,6 +1216,7 @@ impl TaskDefinition {
             if let Some(h) = &c.health_check {
                 h.validate(&at("healthCheck"))?;
             }
+            self.validate_security(i, c)?;
             if c.stop_timeout_secs.is_some_and(|s| s > 3600) {
                 return Err(bound_err(at("stopTimeout"), "at most 3600 seconds"));
             }
@@ -1098,10 +1289,14 @@ impl TaskDefinition {
             kinds(|e| matches!(e, TaskExtension::Batch(_))),
             kinds(|e| matches!(e, TaskExtension::Service(_))),
         );
-        if schedules > 1 || batches > 1 || services > 1 {
+        if schedules > 1
+            || batches > 1
+            || services > 1
+            || kinds(|e| matches!(e, TaskExtension::Volumes(_))) > 1
+        {
             return Err(bound_err(
                 "extensions",
-                "each of schedule, batch, service at most once",
+                "each of schedule, batch, service, volumes at most once",
             ));
         }
         if services == 1 && schedules + batches > 0 {
@@ -1124,6 +1319,7 @@ impl TaskDefinition {
                         return Err(bound_err("batch.timeout", "must be at least 1 second"));
                     }
                 }
+                TaskExtension::Volumes(v) => validate_volumes(v)?,
                 TaskExtension::Schedule(s) => match &s.spec {
                     ScheduleSpec::Cron {
                         expr,
@@ -1150,10 +1346,170 @@ impl TaskDefinition {
     }
 }
 
+/// Checks a path: absolute, at most [`MAX_STRING`] bytes, no NUL, no `.` or `..` component, not
+/// `/` itself.
+pub fn check_abs_path(field: &str, path: &str) -> Result<(), BoundError> {
+    check_str(field, path, MAX_STRING)?;
+    if !path.starts_with('/') {
+        return Err(bound_err(
+            field,
+            alloc::format!("{path:?} is not an absolute path"),
+        ));
+    }
+    if path.split('/').any(|c| c == "." || c == "..") {
+        return Err(bound_err(
+            field,
+            alloc::format!("{path:?} has a \".\" or \"..\" component"),
+        ));
+    }
+    if path.trim_end_matches('/').is_empty() {
+        return Err(bound_err(field, "can't be \"/\""));
+    }
+    Ok(())
+}
+
+fn validate_volumes(volumes: &[Volume]) -> Result<(), BoundError> {
+    check_len("volumes", volumes.len(), MAX_SECURITY_ENTRIES)?;
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i].iter().any(|o| o.name == v.name) {
+            return Err(bound_err(
+                alloc::format!("volumes[{i}].name"),
+                alloc::format!("duplicate volume name {}", v.name),
+            ));
+        }
+        if let Some(h) = &v.host_path {
+            check_abs_path(&alloc::format!("volumes[{i}].host.sourcePath"), h)?;
+        }
+    }
+    Ok(())
+}
+
 impl TaskDefinition {
-    /// Port mappings: bridge networking only, at most [`MAX_PORT_MAPPINGS`] in the task, ports
-    /// 1..=65535, no container port or static host port twice for one protocol (the
-    /// containers share one network namespace).
+    /// The task's volumes (ECS `volumes`).
+    pub fn volumes(&self) -> &[Volume] {
+        self.extensions
+            .iter()
+            .find_map(|e| match e {
+                TaskExtension::Volumes(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .unwrap_or(&[])
+    }
+
+    fn validate_security(&self, i: usize, c: &ContainerDefinition) -> Result<(), BoundError> {
+        let at = |f: &str| alloc::format!("containerDefinitions[{i}].{f}");
+        let sec = &c.security;
+        for (field, list) in [
+            ("linuxParameters.capabilities.add", &sec.cap_add),
+            ("linuxParameters.capabilities.drop", &sec.cap_drop),
+        ] {
+            check_len(&at(field), list.len(), CAPABILITY_NAMES.len() + 1)?;
+            for (j, cap) in list.iter().enumerate() {
+                let all_ok = field.ends_with("drop") && cap == "ALL";
+                if !all_ok && !CAPABILITY_NAMES.contains(&cap.as_str()) {
+                    return Err(bound_err(
+                        alloc::format!("{}[{j}]", at(field)),
+                        alloc::format!(
+                            "unknown capability {cap:?} (names as in capabilities(7) without \
+                             CAP_, e.g. \"NET_ADMIN\")"
+                        ),
+                    ));
+                }
+            }
+        }
+        check_len(
+            &at("linuxParameters.devices"),
+            sec.devices.len(),
+            MAX_SECURITY_ENTRIES,
+        )?;
+        for (j, d) in sec.devices.iter().enumerate() {
+            let at = |f: &str| {
+                alloc::format!("containerDefinitions[{i}].linuxParameters.devices[{j}].{f}")
+            };
+            check_abs_path(&at("hostPath"), &d.host_path)?;
+            if !d.host_path.starts_with("/dev/") {
+                return Err(bound_err(at("hostPath"), "a device path is under /dev/"));
+            }
+            if let Some(p) = &d.container_path {
+                check_abs_path(&at("containerPath"), p)?;
+            }
+            if !(d.read || d.write || d.mknod) {
+                return Err(bound_err(
+                    at("permissions"),
+                    "grants nothing: give read, write or mknod",
+                ));
+            }
+        }
+        check_len(
+            &at("linuxParameters.tmpfs"),
+            sec.tmpfs.len(),
+            MAX_SECURITY_ENTRIES,
+        )?;
+        for (j, t) in sec.tmpfs.iter().enumerate() {
+            let at = |f: &str| {
+                alloc::format!("containerDefinitions[{i}].linuxParameters.tmpfs[{j}].{f}")
+            };
+            check_abs_path(&at("containerPath"), &t.container_path)?;
+            if t.size_mib == 0 {
+                return Err(bound_err(at("size"), "must be at least 1 MiB"));
+            }
+            check_len(
+                &at("mountOptions"),
+                t.mount_options.len(),
+                TMPFS_OPTIONS.len(),
+            )?;
+            for o in &t.mount_options {
+                let mode_ok = o.strip_prefix("mode=").is_some_and(|m| {
+                    !m.is_empty() && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                });
+                if !mode_ok && !TMPFS_OPTIONS.contains(&o.as_str()) {
+                    return Err(bound_err(
+                        at("mountOptions"),
+                        alloc::format!(
+                            "unsupported option {o:?} (one of {TMPFS_OPTIONS:?} or mode=OCTAL)"
+                        ),
+                    ));
+                }
+            }
+        }
+        check_len(
+            &at("mountPoints"),
+            c.mount_points.len(),
+            MAX_SECURITY_ENTRIES,
+        )?;
+        for (j, m) in c.mount_points.iter().enumerate() {
+            let at = |f: &str| alloc::format!("containerDefinitions[{i}].mountPoints[{j}].{f}");
+            check_abs_path(&at("containerPath"), &m.container_path)?;
+            if !self.volumes().iter().any(|v| v.name == m.source_volume) {
+                return Err(bound_err(
+                    at("sourceVolume"),
+                    alloc::format!(
+                        "no volume named {} in the task's \"volumes\"",
+                        m.source_volume
+                    ),
+                ));
+            }
+            let clash = c.mount_points[..j]
+                .iter()
+                .map(|o| &o.container_path)
+                .chain(sec.tmpfs.iter().map(|t| &t.container_path))
+                .any(|p| p.trim_end_matches('/') == m.container_path.trim_end_matches('/'));
+            if clash {
+                return Err(bound_err(
+                    at("containerPath"),
+                    alloc::format!("{} is mounted twice", m.container_path),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TaskDefinition {
+    /// Port mappings: not with networkMode `none`, at most [`MAX_PORT_MAPPINGS`] in the task,
+    /// ports 1..=65535, no container port or static host port twice for one protocol (the
+    /// containers share one network namespace). With `host` and `awsvpc` nothing is mapped, so
+    /// as in ECS a `hostPort` must equal its `containerPort` (or be absent).
     fn validate_ports(&self) -> Result<(), BoundError> {
         let mut seen: Vec<(Protocol, u16, Option<u16>)> = Vec::new();
         for (i, c) in self.containers.iter().enumerate() {
@@ -1161,12 +1517,33 @@ impl TaskDefinition {
             if c.port_mappings.is_empty() {
                 continue;
             }
-            if self.network_mode != NetworkMode::Bridge {
-                return Err(bound_err(
-                    at,
-                    "port mappings need networkMode \"bridge\" (with \"host\" a container \
-                     listens on the node's ports directly)",
-                ));
+            let mode = match self.network_mode {
+                NetworkMode::None => {
+                    return Err(bound_err(
+                        at,
+                        "port mappings need networkMode \"bridge\", \"awsvpc\" or \"host\" \
+                         (a \"none\" task has only loopback)",
+                    ))
+                }
+                NetworkMode::Host => Some("host"),
+                NetworkMode::Awsvpc => Some("awsvpc"),
+                NetworkMode::Bridge => None,
+            };
+            if let Some(mode) = mode {
+                for (j, m) in c.port_mappings.iter().enumerate() {
+                    if let Some(hp) = m.host_port.filter(|&hp| hp != m.container_port) {
+                        return Err(bound_err(
+                            alloc::format!("{at}[{j}].hostPort"),
+                            alloc::format!(
+                                "{hp} differs from containerPort {}: with networkMode \"{mode}\" \
+                                 nothing is mapped, the container's own port is reached (leave \
+                                 hostPort out or make it {})",
+                                m.container_port,
+                                m.container_port
+                            ),
+                        ));
+                    }
+                }
             }
             if seen.len() + c.port_mappings.len() > MAX_PORT_MAPPINGS {
                 return Err(bound_err(

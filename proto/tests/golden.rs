@@ -38,20 +38,49 @@ fn task() -> TaskDefinition {
                 name: "DB_PASSWORD".into(),
                 sealed: "skiff-sealed:v1:c2VhbGVk".into(),
             }],
+            security: ContainerSecurity {
+                read_only_root: true,
+                cap_add: vec!["NET_ADMIN".into()],
+                cap_drop: vec!["MKNOD".into()],
+                devices: vec![Device {
+                    host_path: "/dev/ttyUSB0".into(),
+                    container_path: None,
+                    read: true,
+                    write: true,
+                    mknod: false,
+                }],
+                tmpfs: vec![Tmpfs {
+                    container_path: "/tmp".into(),
+                    size_mib: 16,
+                    mount_options: vec!["noexec".into()],
+                }],
+                ..Default::default()
+            },
+            mount_points: vec![MountPoint {
+                source_volume: n("data"),
+                container_path: "/srv/data".into(),
+                read_only: false,
+            }],
         }],
         cpu: Some(512),
         memory_mib: Some(128),
         network_mode: NetworkMode::None,
         restart_policy: RestartPolicy::OnFailure,
-        extensions: vec![TaskExtension::Schedule(Schedule {
-            spec: ScheduleSpec::Cron {
-                expr: "*/5 * * * *".into(),
-                utc_offset_minutes: 60,
-                zone: None,
-            },
-            overlap: OverlapPolicy::Forbid,
-            missed: MissedRunPolicy::RunOnce,
-        })],
+        extensions: vec![
+            TaskExtension::Schedule(Schedule {
+                spec: ScheduleSpec::Cron {
+                    expr: "*/5 * * * *".into(),
+                    utc_offset_minutes: 60,
+                    zone: None,
+                },
+                overlap: OverlapPolicy::Forbid,
+                missed: MissedRunPolicy::RunOnce,
+            }),
+            TaskExtension::Volumes(vec![Volume {
+                name: n("data"),
+                host_path: Some("/srv/web".into()),
+            }]),
+        ],
     }
 }
 
@@ -67,6 +96,7 @@ fn exit() -> ExitInfo {
 fn service() -> TaskDefinition {
     let mut t = task();
     t.family = n("api");
+    t.containers[0].mount_points.clear();
     t.extensions = vec![TaskExtension::Service(Service {
         desired_count: 3,
         min_healthy_percent: 50,
@@ -159,6 +189,7 @@ fn samples() -> Vec<Message> {
                     pid: Some(4242),
                     exit: None,
                     health: Health::Healthy,
+                    unfiltered: true,
                 }],
                 service: Some(n("api")),
                 health: Health::Healthy,

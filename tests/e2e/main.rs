@@ -10,6 +10,7 @@ mod images;
 mod mirror;
 mod networking;
 mod offline;
+mod policy;
 mod secrets;
 mod services;
 mod ship;

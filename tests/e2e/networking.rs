@@ -1,11 +1,15 @@
-//! Bridge networking end to end: a service of 2 busybox `httpd` tasks with a dynamic host port
-//! each, applied with `skiff ctl apply`; the node's status and events carry the endpoints,
+//! Task networking end to end. Bridge: a service of 2 busybox `httpd` tasks with a dynamic host
+//! port each, applied with `skiff ctl apply`; the node's status and events carry the endpoints,
 //! `skiff ctl endpoints` lists them, both host ports answer; after `kill -9` and a restart
-//! nothing of the old run is left on the bridge. The agent has a bridge, subnet and port range
-//! of its own; no traffic leaves the machine.
+//! nothing of the old run is left on the bridge. awsvpc: `httpd` tasks on an emulated LAN (a
+//! veth pair to a namespace the test makes) reached at their own addresses, a full pool failing
+//! a task by name, no link left after `kill -9` + restart and after they stop. Each agent has a
+//! bridge, subnet, port range and LAN of its own; no traffic leaves the machine.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -188,5 +192,291 @@ fn a_bridge_service_publishes_endpoints_and_both_host_ports_answer() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(!text.contains("elements"), "no port mapping left: {text}");
         std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// An emulated LAN `10.98.K.0/24`: the node's end of a veth pair is the awsvpc parent (no
+/// address on the node), the other end is `eth0` of a "lan" namespace holding `10.98.K.1` (the
+/// gateway, and the client). Removed on drop.
+struct Lan {
+    k: u32,
+    parent: String,
+    ns: String,
+}
+
+impl Lan {
+    fn new() -> Lan {
+        let pid = std::process::id() % 100_000;
+        let k = std::process::id() % 200 + 20;
+        let (parent, ns) = (format!("ska{pid}"), format!("skal{pid}"));
+        let script = format!(
+            "set -e; ip netns add {ns}; ip link add {parent} type veth peer name eth0 netns {ns}; \
+             ip link set {parent} up; ip -n {ns} addr add 10.98.{k}.1/24 dev eth0; \
+             ip -n {ns} link set eth0 up; ip -n {ns} link set lo up"
+        );
+        assert!(Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .expect("sh")
+            .success());
+        Lan { k, parent, ns }
+    }
+
+    fn addr(&self, last: u8) -> String {
+        format!("10.98.{}.{last}", self.k)
+    }
+
+    /// A GET of `http://{ip}/` from the LAN's namespace (busybox wget).
+    fn http_get(&self, ip: &str) -> Option<String> {
+        let out = Command::new("ip")
+            // (busybox 1.35's wget crashes with -T: timeout(1) bounds it instead.)
+            .args([
+                "netns", "exec", &self.ns, "timeout", "5", "busybox", "wget", "-q",
+            ])
+            .args(["-O", "-"])
+            .arg(format!("http://{ip}/"))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn answers(&self, ip: &str, body: &str) {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.http_get(ip) {
+                Some(text) if text.contains(body) => return,
+                other if Instant::now() > end => panic!("{ip}: no {body:?} in {other:?}"),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Whether anything on the LAN answers ARP for `ip`.
+    fn arp_answers(&self, ip: &str) -> bool {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "busybox", "arping", "-c", "2", "-w", "2",
+            ])
+            .args(["-I", "eth0", ip])
+            .output()
+            .expect("arping");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("Received "), "arping: {text}");
+        !text.contains("Received 0 ")
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let script = format!(
+            "ip netns del {} 2>/dev/null; ip link del {} 2>/dev/null",
+            self.ns, self.parent
+        );
+        let _ = Command::new("sh").args(["-c", &script]).status();
+    }
+}
+
+/// skiff's awsvpc links (`alias skiff awsvpc TASK`) in every network namespace a process or a
+/// bind mount (under `netns_dir` or `/run/netns`) holds: task → how many.
+fn awsvpc_links(netns_dir: &std::path::Path) -> BTreeMap<String, usize> {
+    use std::os::unix::fs::MetadataExt;
+    let mut by_inode: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    let mut add = |p: PathBuf| {
+        if let Ok(md) = std::fs::metadata(&p) {
+            by_inode.entry(md.ino()).or_insert(p);
+        }
+    };
+    for dir in [std::path::Path::new("/run/netns"), netns_dir] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            add(e.path());
+        }
+    }
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            add(e.path().join("ns/net"));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for p in by_inode.values() {
+        let o = Command::new("nsenter")
+            .arg(format!("--net={}", p.display()))
+            .args(["ip", "-o", "link", "show"])
+            .output();
+        let Ok(o) = o else { continue };
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some(t) = l.split("alias skiff awsvpc ").nth(1) {
+                *out.entry(t.trim().to_owned()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+fn links(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect()
+}
+
+/// The endpoints of the running tasks `names`, once all run and have them.
+fn running_endpoints(s: &Status, names: &[&str]) -> Option<BTreeMap<String, Endpoint>> {
+    let got: BTreeMap<String, Endpoint> = s
+        .tasks
+        .iter()
+        .filter(|t| names.contains(&t.name.as_str()))
+        .filter(|t| t.state == TaskState::Running && t.endpoints.len() == 1)
+        .map(|t| (t.name.to_string(), t.endpoints[0].clone()))
+        .collect();
+    (got.len() == names.len()).then_some(got)
+}
+
+#[test]
+fn awsvpc_tasks_are_reached_at_their_own_lan_address_and_leave_nothing_behind() {
+    require_env!();
+    require_env!(tool_missing("ip", "iproute2").or_else(|| tool_missing("nsenter", "util-linux")));
+    let broker = Broker::start();
+    let lan = Lan::new();
+    // A pool of two addresses; the node's bridge settings are its own too (no bridge task).
+    let k = lan.k;
+    let config = format!(
+        "[network]\nbridge = \"skw{k}\"\nsubnet = \"10.216.{k}.0/24\"\n\
+         awsvpc_parent = \"{}\"\nawsvpc_pool = \"{}-{}\"\nawsvpc_subnet = \"10.98.{k}.0/24\"\n\
+         awsvpc_gateway = \"{}\"\n",
+        lan.parent,
+        lan.addr(10),
+        lan.addr(11),
+        lan.addr(1)
+    );
+    let mut agent = Agent::start_with(&broker, "e2e-awsvpc", "pi-1", &config);
+    let events = format!("skiff/v1/{}/nodes/{}/events", agent.cluster, agent.node);
+    let status_topic = format!("skiff/v1/{}/nodes/{}/status", agent.cluster, agent.node);
+    let mut sub = Sub::start(&broker, &[&events, &status_topic]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let web = |family: &str| {
+        task_file(
+            files.path(),
+            family,
+            &format!(
+                r#"{{"family": "{family}", "networkMode": "awsvpc", "restartPolicy": "always",
+                "containerDefinitions": [{{"name": "httpd", "image": "busybox", "stopTimeout": 1,
+                    "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"],
+                    "portMappings": [{{"containerPort": 80, "protocol": "tcp"}}]}}]}}"#
+            ),
+        )
+    };
+    let apply = |agent: &Agent, family: &str| {
+        let f = web(family);
+        let out = agent.ctl(
+            &broker,
+            &["apply", f.to_str().expect("utf8"), "--node", &agent.node],
+        );
+        assert!(out.status.success(), "apply {family} failed");
+    };
+    apply(&agent, "lana");
+    let eps = sub.wait("lana running with its endpoint", T, |t, m| match m {
+        Message::Status(s) if t == status_topic => running_endpoints(s, &["lana"]),
+        _ => None,
+    });
+    let e = &eps["lana"];
+    assert_eq!(
+        (e.container.as_str(), e.container_port, e.host_port),
+        ("httpd", 80, 0),
+        "nothing mapped: {e:?}"
+    );
+    assert_eq!(e.address, lan.addr(10));
+    // Reached directly at its own address from the LAN.
+    lan.answers(&lan.addr(10), "lana");
+    sub.wait("EndpointsChanged of lana", T, |_, m| match m {
+        Message::Event(ev) => match &ev.body {
+            EventBody::EndpointsChanged { task, endpoints }
+                if task.as_str() == "lana" && endpoints.first() == Some(e) =>
+            {
+                Some(())
+            }
+            _ => None,
+        },
+        _ => None,
+    });
+    let out = agent.ctl(&broker, &["endpoints", "lana"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("80/tcp  -          {}", lan.addr(10))),
+        "{text}"
+    );
+
+    // The second takes the pool's last address; a third fails by name, with nothing made.
+    apply(&agent, "lanb");
+    sub.wait("lanb running", T, |t, m| match m {
+        Message::Status(s) if t == status_topic => running_endpoints(s, &["lana", "lanb"]),
+        _ => None,
+    });
+    lan.answers(&lan.addr(11), "lanb");
+    apply(&agent, "lanc");
+    let reason = sub.wait("lanc failing to start", T, |_, m| match m {
+        Message::Event(ev) => match &ev.body {
+            EventBody::TaskFailed { task, reason } if task.as_str() == "lanc" => {
+                Some(reason.clone())
+            }
+            _ => None,
+        },
+        _ => None,
+    });
+    assert!(
+        reason.contains(&format!(
+            "no free address left in the awsvpc pool {}-{} for task lanc (held by tasks lana, lanb)",
+            lan.addr(10),
+            lan.addr(11)
+        )),
+        "{reason}"
+    );
+    let netns = agent.run_dir().join("netns");
+    assert_eq!(awsvpc_links(&netns), links(&[("lana", 1), ("lanb", 1)]));
+    assert!(!netns.join("lanc").exists(), "nothing of lanc is left");
+    let out = agent.ctl(&broker, &["stop", "lanc", "--node", &agent.node]);
+    assert!(out.status.success(), "stop lanc failed");
+
+    // kill -9 and a restart: the old links go, each address has one holder again.
+    agent.kill9();
+    agent.restart();
+    sub.drain();
+    sub.seen.clear();
+    let eps = sub.wait("both back with endpoints", T, |t, m| match m {
+        Message::Status(s) if t == status_topic => running_endpoints(s, &["lana", "lanb"]),
+        _ => None,
+    });
+    let mut addrs: Vec<&str> = eps.values().map(|e| e.address.as_str()).collect();
+    addrs.sort_unstable();
+    assert_eq!(addrs, [lan.addr(10), lan.addr(11)]);
+    for (task, e) in &eps {
+        lan.answers(&e.address, task);
+    }
+    assert_eq!(awsvpc_links(&netns), links(&[("lana", 1), ("lanb", 1)]));
+
+    // Removed: no link, no allocation, nothing answers on the LAN.
+    for family in ["lana", "lanb"] {
+        let out = agent.ctl(&broker, &["stop", family, "--node", &agent.node]);
+        assert!(out.status.success(), "stop {family} failed");
+    }
+    crate::harness::wait_for("no awsvpc link left", T, || {
+        awsvpc_links(&netns).is_empty().then_some(())
+    });
+    let alloc = agent.run_dir().join("awsvpc");
+    let left: Vec<_> = std::fs::read_dir(&alloc)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "allocations left: {left:?}");
+    for last in [10, 11] {
+        assert!(
+            !lan.arp_answers(&lan.addr(last)),
+            "{} still answers",
+            lan.addr(last)
+        );
     }
 }

@@ -365,7 +365,7 @@ fn bad_input_is_rejected_by_name_and_the_running_task_is_untouched() {
     let typo = task_file(
         files.path(),
         "typo",
-        r#"{"family":"typo","containerDefinitions":[{"name":"m","image":"busybox","privileged":true}]}"#,
+        r#"{"family":"typo","containerDefinitions":[{"name":"m","image":"busybox","hostname":"box"}]}"#,
     );
     let out = agent.ctl(
         &broker,
@@ -373,7 +373,7 @@ fn bad_input_is_rejected_by_name_and_the_running_task_is_untouched() {
     );
     assert_eq!(out.status.code(), Some(65));
     assert!(
-        stderr(&out).contains("containerDefinitions[0].privileged: not supported by skiff"),
+        stderr(&out).contains("containerDefinitions[0].hostname: not supported by skiff"),
         "{}",
         stderr(&out)
     );

@@ -1,5 +1,8 @@
 //! Task endpoints: where a running task is reached (its port mappings with the host ports and
-//! address it got). The shells report them after preparing a task ([`Event::TaskNetwork`]);
+//! address it got: for a bridge task a host port on the node and its address on the bridge, for
+//! an awsvpc task host port 0 and its own LAN address, reached at the container port; for a
+//! host task the container port on the node's addresses and no address). The shells report
+//! them after preparing a task ([`Event::TaskNetwork`]);
 //! the status shows them while the task runs, and an `EndpointsChanged` event goes out whenever
 //! what the status shows for a task changes (it starts running, it stops, it is replaced).
 
@@ -138,6 +141,31 @@ mod tests {
         assert!(c.status(at(5)).tasks[0].endpoints.is_empty());
         let a = removed(&mut c, "web", at(6));
         assert!(changed(&a).is_empty());
+    }
+
+    #[test]
+    fn an_awsvpc_task_publishes_its_own_address_and_container_ports() {
+        let mut c = core();
+        let mut def = web();
+        def.network_mode = NetworkMode::Awsvpc;
+        apply(&mut c, 1, vec![def], at(0));
+        let own = Endpoint {
+            host_port: 0,
+            address: "192.168.1.200".into(),
+            ..endpoint(0)
+        };
+        c.handle(
+            Event::TaskNetwork {
+                task: n("web"),
+                endpoints: vec![own.clone()],
+            },
+            at(1),
+        );
+        let a = run(&mut c, "web", at(2));
+        assert_eq!(changed(&a), vec![("web".to_string(), vec![own.clone()])]);
+        assert_eq!(c.status(at(3)).tasks[0].endpoints, vec![own]);
+        let a = exit(&mut c, "web", "main", 0, at(4));
+        assert_eq!(changed(&a), vec![("web".to_string(), vec![])]);
     }
 
     #[test]

@@ -501,6 +501,8 @@ pub struct Core {
     trust: crate::trust::Trust,
     /// Named time zones of cron schedules.
     zones: crate::zones::Zones,
+    /// What desired state may ask of this node.
+    policy: crate::policy::Policy,
 }
 
 impl Core {
@@ -524,7 +526,14 @@ impl Core {
             },
             trust: crate::trust::Trust::default(),
             zones: crate::zones::Zones::none(),
+            policy: crate::policy::Policy::default(),
         }
+    }
+
+    /// The node's local policy bounding what tasks may ask for (the default one otherwise).
+    pub fn with_policy(mut self, policy: crate::policy::Policy) -> Core {
+        self.policy = policy;
+        self
     }
 
     /// Where named time zones of cron schedules come from (none by default: a schedule naming
@@ -815,6 +824,12 @@ impl Core {
                             pid: c.pid,
                             exit: c.exit,
                             health: c.health.status,
+                            unfiltered: !crate::runtime::seccomp::AVAILABLE
+                                || t.def
+                                    .containers
+                                    .iter()
+                                    .find(|d| d.name == c.name)
+                                    .is_some_and(|d| !d.security.filtered(true)),
                         })
                         .collect(),
                     service: t.service.as_ref().map(|l| l.service.clone()),
@@ -890,11 +905,17 @@ impl Core {
                     Scope::Cluster => doc.node.is_none(),
                     Scope::Node => doc.node.as_ref() == Some(&self.cfg.node),
                 };
+            // The policy may have been tightened since: a saved task outside it is not restarted.
             let images_ok = doc
                 .tasks
                 .iter()
-                .flat_map(|t| &t.containers)
-                .try_for_each(|c| self.image_ok(&c.image, images));
+                .try_for_each(|t| self.policy.check(t))
+                .and_then(|()| {
+                    doc.tasks
+                        .iter()
+                        .flat_map(|t| &t.containers)
+                        .try_for_each(|c| self.image_ok(&c.image, images))
+                });
             match (right_place, images_ok) {
                 (false, _) => reject(
                     out,
@@ -1059,6 +1080,9 @@ impl Core {
                     "task {}: time zone {z:?} is not known on this node (no zoneinfo file for it; install tzdata)",
                     t.family
                 );
+                return reject(out, scope, version, reason);
+            }
+            if let Err(reason) = self.policy.check(t) {
                 return reject(out, scope, version, reason);
             }
             for c in &t.containers {

@@ -35,6 +35,8 @@ pub(super) fn container(name: &str, essential: bool) -> ContainerDefinition {
         depends_on: vec![],
         port_mappings: vec![],
         secrets: vec![],
+        security: Default::default(),
+        mount_points: vec![],
     }
 }
 

@@ -1,5 +1,8 @@
 //! `skiff ctl endpoints SERVICE_OR_TASK`: where a service's (or a task's) running copies are
-//! reached, across the cluster's nodes, from their retained status.
+//! reached, across the cluster's nodes, from their retained status. A bridge task is reached
+//! at its host port on the node's addresses (its address is on the node's bridge), an awsvpc
+//! task at its own address and container port (host port 0: nothing is mapped), a host task
+//! at its container port on the node's addresses (no address of its own).
 
 use skiff_proto::{Endpoint, Name, Status};
 
@@ -57,8 +60,15 @@ pub(crate) fn table(rows: &[Row]) -> String {
                 e.container_port,
                 crate::ecs::protocol_str(e.protocol)
             ),
-            e.host_port.to_string(),
-            e.address.clone(),
+            match e.host_port {
+                0 => "-".to_owned(),
+                p => p.to_string(),
+            },
+            if e.address.is_empty() {
+                "(node)".to_owned()
+            } else {
+                e.address.clone()
+            },
         ]);
     }
     let mut widths = [0usize; 6];
@@ -181,6 +191,31 @@ mod tests {
         );
         // One task by its name.
         assert_eq!(rows(&nodes, &n("web.2")).expect("found").len(), 1);
+        // awsvpc: its own address, nothing mapped; host: the node's addresses.
+        let own = Endpoint {
+            host_port: 0,
+            container_port: 80,
+            address: "192.168.1.200".into(),
+            ..ep(0, 0)
+        };
+        let host = Endpoint {
+            host_port: 9100,
+            container_port: 9100,
+            address: String::new(),
+            ..ep(0, 0)
+        };
+        let pi3 = vec![node(
+            "pi-3",
+            vec![("lan", None, vec![own]), ("exporter", None, vec![host])],
+        )];
+        let mut r = rows(&pi3, &n("lan")).expect("found");
+        r.extend(rows(&pi3, &n("exporter")).expect("found"));
+        assert_eq!(
+            table(&r),
+            "NODE  TASK      CONTAINER  PORT      HOST PORT  ADDRESS\n\
+             pi-3  lan       web        80/tcp    -          192.168.1.200\n\
+             pi-3  exporter  web        9100/tcp  9100       (node)\n"
+        );
         // A task without endpoints is found, with none.
         assert_eq!(rows(&nodes, &n("db")), Some(vec![]));
         assert_eq!(rows(&nodes, &n("nope")), None);

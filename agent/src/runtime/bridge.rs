@@ -44,6 +44,16 @@ pub struct NetworkConfig {
     pub ephemeral_ports: String,
     /// Name servers of the containers' `/etc/resolv.conf`. Default: the host's.
     pub dns: Option<Vec<String>>,
+    /// `awsvpc` tasks: the node's interface on the LAN whose macvlan children they get. Unset:
+    /// no awsvpc networking (see `awsvpc.rs`).
+    pub awsvpc_parent: Option<String>,
+    /// `awsvpc` tasks' addresses: `A.B.C.D/N` or `FIRST-LAST`, reserved for this node.
+    pub awsvpc_pool: Option<String>,
+    /// The LAN's subnet, which gives the tasks' prefix length. Default: the parent's own
+    /// address's subnet that holds the pool.
+    pub awsvpc_subnet: Option<String>,
+    /// The `awsvpc` tasks' default gateway. Unset: they reach the LAN only.
+    pub awsvpc_gateway: Option<String>,
 }
 
 impl Default for NetworkConfig {
@@ -53,6 +63,10 @@ impl Default for NetworkConfig {
             subnet: "10.88.0.0/24".into(),
             ephemeral_ports: "49153-65535".into(),
             dns: None,
+            awsvpc_parent: None,
+            awsvpc_pool: None,
+            awsvpc_subnet: None,
+            awsvpc_gateway: None,
         }
     }
 }
@@ -129,7 +143,7 @@ impl NetworkConfig {
     }
 }
 
-fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8), String> {
+pub(crate) fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let bad = || format!("{s:?}: expected an IPv4 subnet such as 10.88.0.0/24 (prefix 8..=30)");
     let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
@@ -157,7 +171,7 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
-fn mask(prefix: u8) -> u32 {
+pub(crate) fn mask(prefix: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
 }
 
@@ -350,20 +364,26 @@ fn bindable(protocol: Protocol, port: u16) -> bool {
     }
 }
 
+/// The name servers and search domains of bridge and awsvpc tasks: `configured`, else the
+/// host's ([`host_dns`], warning about what it left out).
+pub(crate) fn task_dns(configured: Option<&[IpAddr]>) -> (Vec<IpAddr>, Vec<String>) {
+    match configured {
+        Some(d) => (d.to_vec(), Vec::new()),
+        None => {
+            let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let upstream = fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+            let (dns, search, warning) = host_dns(&resolv, upstream.as_deref());
+            if let Some(w) = warning {
+                tracing::warn!("{w}");
+            }
+            (dns, search)
+        }
+    }
+}
+
 impl Network {
     pub(crate) fn new(cfg: BridgeConfig, run_dir: &Path) -> Network {
-        let (dns, search) = match &cfg.dns {
-            Some(d) => (d.clone(), Vec::new()),
-            None => {
-                let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-                let upstream = fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
-                let (dns, search, warning) = host_dns(&resolv, upstream.as_deref());
-                if let Some(w) = warning {
-                    tracing::warn!("{w}");
-                }
-                (dns, search)
-            }
-        };
+        let (dns, search) = task_dns(cfg.dns.as_deref());
         Network {
             cfg,
             dir: run_dir.join("net"),

@@ -576,6 +576,12 @@ impl Executor for SkiffExecutor {
         // or re-enter anything; it only undoes the SIG_IGN inherited from the launcher.
         unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
             .map_err(|e| ExecutorError::Other(format!("cannot reset SIGPIPE: {e}")))?;
+        // Last: the filter also applies to what this process still does, execve included.
+        if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            let prog = super::seccomp::compile(profile)
+                .map_err(|e| ExecutorError::Other(e.to_string()))?;
+            super::seccomp::install(&prog).map_err(|e| ExecutorError::Other(e.to_string()))?;
+        }
         DefaultExecutor {}.exec(spec)
     }
 

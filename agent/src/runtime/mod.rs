@@ -19,14 +19,18 @@
 //! - `bridge`: bridge networking (the bridge, per task a veth pair, an address and port
 //!   mappings), with `netlink` (links, addresses, routes) and `nft` (NAT in the table
 //!   `ip skiff`).
+//! - `awsvpc`: awsvpc networking (per task a macvlan of the LAN interface made in the task's
+//!   namespace, an address from the node's pool).
 //! - `ids`: container ids `{task}+{container}`.
 //!
 //! # Files
 //! Everything lives under `run_dir` (volatile, e.g. on tmpfs):
 //! `state/` (libcontainer's root), `tasks/{task}/{container}/{rootfs,upper,work,config.json}`,
-//! `netns/{task}`, `net/{task}` (a bridge task's address and host ports). Cgroups: `/{cgroup_parent}/{task}` with the task's limits, and
+//! `netns/{task}`, `net/{task}` (a bridge task's address and host ports), `awsvpc/{task}` (an
+//! awsvpc task's address). Cgroups: `/{cgroup_parent}/{task}` with the task's limits, and
 //! `/{cgroup_parent}/{task}/{container}` made by libcontainer.
 
+mod awsvpc;
 mod bridge;
 mod cgroup;
 mod exec;
@@ -36,6 +40,7 @@ mod netlink;
 mod netns;
 mod nft;
 mod rootfs;
+pub mod seccomp;
 mod spec;
 mod wire;
 
@@ -56,6 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::images::ResolvedImage;
 
+pub use awsvpc::AwsvpcConfig;
 pub use bridge::{host_dns, BridgeConfig, NetworkConfig, NetworkConfigError};
 pub use cgroup::CgroupError;
 pub use exec::{
@@ -101,6 +107,39 @@ pub struct TaskStats {
     pub mem_bytes: u64,
     /// The task's memory limit, if any.
     pub mem_limit_bytes: Option<u64>,
+}
+
+/// What the host provides to each container of a task.
+#[derive(Clone, Copy)]
+struct HostMounts<'a> {
+    etc_files: &'a [(PathBuf, String)],
+    volumes: &'a [(Name, PathBuf)],
+}
+
+/// Looks a device up on the host: it must be a character or block device node.
+fn host_device(d: &skiff_proto::Device) -> Result<spec::HostDevice, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let md = fs::metadata(&d.host_path).map_err(|e| e.to_string())?;
+    let ft = md.file_type();
+    if !ft.is_char_device() && !ft.is_block_device() {
+        return Err("not a device node".into());
+    }
+    let rdev = md.rdev();
+    let access: String = [(d.read, 'r'), (d.write, 'w'), (d.mknod, 'm')]
+        .into_iter()
+        .filter_map(|(on, c)| on.then_some(c))
+        .collect();
+    Ok(spec::HostDevice {
+        container_path: d
+            .container_path
+            .clone()
+            .unwrap_or_else(|| d.host_path.clone()),
+        block: ft.is_block_device(),
+        major: i64::from(libc::major(rdev)),
+        minor: i64::from(libc::minor(rdev)),
+        file_mode: md.mode() & 0o7777,
+        access,
+    })
 }
 
 /// What went wrong in the runtime.
@@ -149,6 +188,13 @@ pub enum RuntimeError {
     },
     #[error("cgroup of task {task}: {source}")]
     Cgroup { task: String, source: CgroupError },
+    #[error("container {task}/{container}: {path}: {reason}")]
+    HostPath {
+        task: String,
+        container: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("network namespace of task {task} at {path}: {source}")]
     Netns {
         task: String,
@@ -194,6 +240,13 @@ pub enum RuntimeError {
          start (\"none\" and \"host\" tasks are not affected)"
     )]
     BridgeUnavailable { reason: String },
+    #[error("awsvpc network of task {task}: {reason}")]
+    Awsvpc { task: String, reason: String },
+    #[error(
+        "awsvpc networking is unavailable: {reason}; tasks with networkMode \"awsvpc\" can't \
+         start (other tasks are not affected)"
+    )]
+    AwsvpcUnavailable { reason: String },
 }
 
 /// Bridge networking of this runtime.
@@ -233,6 +286,9 @@ struct Inner {
     tree: Mutex<()>,
     launcher_pid: u32,
     net: Mutex<NetState>,
+    /// awsvpc networking: `None` until [`Runtime::enable_awsvpc`], then the network or why
+    /// there is none.
+    awsvpc: Mutex<Option<Result<Arc<awsvpc::Net>, String>>>,
 }
 
 /// Handle to the container runtime; cheap to clone, usable from many tokio tasks at once.
@@ -357,6 +413,7 @@ impl Runtime {
                 tree: Mutex::new(()),
                 launcher_pid,
                 net: Mutex::new(NetState::Off),
+                awsvpc: Mutex::new(None),
             }),
         };
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, rt.request(RequestBody::Ping));
@@ -460,6 +517,71 @@ impl Runtime {
         }
     }
 
+    /// Turns awsvpc networking on with `cfg`, after checking that the parent interface exists,
+    /// what the LAN's prefix is, and (with a macvlan in a throwaway namespace) that the kernel
+    /// can make macvlans on the parent. On error awsvpc tasks fail to start with the reason and
+    /// everything else works: the agent reports it and goes on.
+    pub async fn enable_awsvpc(&self, cfg: AwsvpcConfig) -> Result<(), RuntimeError> {
+        let check = cfg.clone();
+        let probe = blocking("awsvpc probe", move || awsvpc::probe(&check)).await?;
+        let run_dir = self.inner.run_dir.clone();
+        let state = match probe {
+            Ok(subnet) => {
+                tracing::info!(
+                    parent = cfg.parent,
+                    lan = format!("{}/{}", subnet.0, subnet.1),
+                    "awsvpc networking on"
+                );
+                let net = blocking("awsvpc setup", move || {
+                    awsvpc::Net::new(cfg, subnet, &run_dir)
+                })
+                .await?;
+                Ok(Arc::new(net))
+            }
+            Err(reason) => Err(reason),
+        };
+        let result = match &state {
+            Err(reason) => Err(RuntimeError::AwsvpcUnavailable {
+                reason: reason.clone(),
+            }),
+            Ok(_) => Ok(()),
+        };
+        if let Ok(mut n) = self.inner.awsvpc.lock() {
+            *n = Some(state);
+        }
+        result
+    }
+
+    fn awsvpc_net(&self) -> Option<Arc<awsvpc::Net>> {
+        match self.inner.awsvpc.lock().as_deref() {
+            Ok(Some(Ok(net))) => Some(net.clone()),
+            _ => None,
+        }
+    }
+
+    /// The awsvpc network, for an awsvpc task (an error naming why there is none).
+    fn awsvpc_for(&self, task: &str) -> Result<Arc<awsvpc::Net>, RuntimeError> {
+        let state = self
+            .inner
+            .awsvpc
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let reason = match state {
+            Some(Ok(net)) => return Ok(net),
+            Some(Err(reason)) => {
+                format!("awsvpc networking is unavailable on this node: {reason}")
+            }
+            None => "awsvpc networking is not configured on this node (set [network] \
+                     awsvpc_parent and awsvpc_pool in the agent's configuration)"
+                .into(),
+        };
+        Err(RuntimeError::Awsvpc {
+            task: task.to_owned(),
+            reason,
+        })
+    }
+
     fn state_dir(&self) -> PathBuf {
         self.inner.run_dir.join("state")
     }
@@ -546,6 +668,7 @@ impl Runtime {
         if let NetState::On(net) = self.net_state() {
             tasks.extend(net.allocated_tasks());
         }
+        tasks.extend(awsvpc::allocated_tasks(&self.inner.run_dir));
         tasks.sort();
         tasks.dedup();
         for t in &tasks {
@@ -556,9 +679,10 @@ impl Runtime {
 
     /// Creates the task cgroup with the task-level limits, the task's network namespace
     /// (`NetworkMode::None`: loopback only; `Bridge`: also `eth0` on the bridge with an address
-    /// and the port mappings; `Host`: none), and for each container an overlay rootfs over its
+    /// and the port mappings; `Awsvpc`: also `eth0` on the LAN with an address of its own;
+    /// `Host`: none), and for each container an overlay rootfs over its
     /// image (a copy if overlayfs fails) and its OCI `config.json` (with the task's
-    /// `/etc/hosts` and `/etc/resolv.conf` for `None` and `Bridge`). `images[i]` belongs to
+    /// `/etc/hosts` and `/etc/resolv.conf` for `None`, `Bridge` and `Awsvpc`). `images[i]` belongs to
     /// `task.containers[i]`. Returns the task's endpoints (its port mappings with the host
     /// ports they got). On error nothing is left behind.
     pub async fn prepare_task(
@@ -629,8 +753,12 @@ impl Runtime {
             NetworkMode::Bridge => Some(self.bridge_for(name)?),
             _ => None,
         };
+        let lan = match task.network_mode {
+            NetworkMode::Awsvpc => Some(self.awsvpc_for(name)?),
+            _ => None,
+        };
         let netns = match task.network_mode {
-            NetworkMode::None | NetworkMode::Bridge => {
+            NetworkMode::None | NetworkMode::Bridge | NetworkMode::Awsvpc => {
                 let path = self.netns_path(name);
                 netns::create(&path).map_err(|source| RuntimeError::Netns {
                     task: name.to_owned(),
@@ -642,6 +770,22 @@ impl Runtime {
             NetworkMode::Host => None,
         };
         let mut endpoints = Vec::new();
+        if task.network_mode == NetworkMode::Host {
+            // The containers listen on the node's own ports: nothing to map, nothing to hold.
+            endpoints = task
+                .containers
+                .iter()
+                .flat_map(|c| {
+                    c.port_mappings.iter().map(|m| Endpoint {
+                        container: c.name.clone(),
+                        container_port: m.container_port,
+                        host_port: m.container_port,
+                        protocol: m.protocol,
+                        address: String::new(),
+                    })
+                })
+                .collect();
+        }
         let mut etc_files = Vec::new();
         if let Some(ns) = &netns {
             let mut address = None;
@@ -658,6 +802,18 @@ impl Runtime {
                 endpoints = tn.endpoints;
                 resolv = net.resolv_conf();
             }
+            if let Some(net) = &lan {
+                let tn = net
+                    .attach(task, ns)
+                    .map_err(|reason| RuntimeError::Awsvpc {
+                        task: name.to_owned(),
+                        reason,
+                    })?;
+                tracing::debug!(task = name, address = %tn.address, "task on the LAN (awsvpc)");
+                address = Some(tn.address);
+                endpoints = tn.endpoints;
+                resolv = net.resolv_conf();
+            }
             let dir = self.task_dir(name);
             for (file, text) in [
                 ("hosts", bridge::hosts(name, address)),
@@ -668,10 +824,46 @@ impl Runtime {
                 etc_files.push((path, format!("/etc/{file}")));
             }
         }
+        let volumes = self.prepare_volumes(task)?;
         for (c, image) in task.containers.iter().zip(images) {
-            self.prepare_container(task, c, image, netns.clone(), &etc_files, swap_limit)?;
+            let host = HostMounts {
+                etc_files: &etc_files,
+                volumes: &volumes,
+            };
+            self.prepare_container(task, c, image, netns.clone(), host, swap_limit)?;
         }
         Ok(endpoints)
+    }
+
+    /// The host directory of each of the task's volumes: its `sourcePath` (made if missing),
+    /// or a fresh directory in the task's run dir, removed with the task.
+    fn prepare_volumes(&self, task: &TaskDefinition) -> Result<Vec<(Name, PathBuf)>, RuntimeError> {
+        let mut out = Vec::new();
+        for v in task.volumes() {
+            let dir = match &v.host_path {
+                Some(h) => PathBuf::from(h),
+                None => self
+                    .task_dir(task.family.as_str())
+                    .join("volumes")
+                    .join(v.name.as_str()),
+            };
+            fs::create_dir_all(&dir).map_err(io_err("create the volume directory", &dir))?;
+            // The policy allowed this path, not wherever a symlink in it leads.
+            let real = fs::canonicalize(&dir).map_err(io_err("resolve", &dir))?;
+            if real != dir {
+                return Err(RuntimeError::HostPath {
+                    task: task.family.to_string(),
+                    container: format!("volume {}", v.name),
+                    path: dir,
+                    reason: format!(
+                        "leads to {} through a symlink; name the real path",
+                        real.display()
+                    ),
+                });
+            }
+            out.push((v.name.clone(), dir));
+        }
+        Ok(out)
     }
 
     fn prepare_container(
@@ -680,7 +872,7 @@ impl Runtime {
         c: &skiff_proto::ContainerDefinition,
         image: &ResolvedImage,
         netns: Option<PathBuf>,
-        etc_files: &[(PathBuf, String)],
+        host: HostMounts<'_>,
         swap_limit: bool,
     ) -> Result<(), RuntimeError> {
         let spec_err = |source| RuntimeError::Spec {
@@ -733,7 +925,29 @@ impl Runtime {
             netns,
             cgroups_path,
             swap_limit,
-            etc_files: etc_files.to_vec(),
+            etc_files: host.etc_files.to_vec(),
+            volumes: c
+                .mount_points
+                .iter()
+                .filter_map(|m| {
+                    let (_, dir) = host.volumes.iter().find(|(n, _)| *n == m.source_volume)?;
+                    Some((dir.clone(), m.container_path.clone(), m.read_only))
+                })
+                .collect(),
+            devices: c
+                .security
+                .devices
+                .iter()
+                .map(|d| {
+                    host_device(d).map_err(|reason| RuntimeError::HostPath {
+                        task: task.family.to_string(),
+                        container: c.name.to_string(),
+                        path: d.host_path.clone().into(),
+                        reason,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            host_caps: spec::own_capabilities(),
         })
         .map_err(spec_err)?;
         let config = bundle.join("config.json");
@@ -913,7 +1127,7 @@ impl Runtime {
     }
 
     /// Whether a TCP connection to `127.0.0.1:port` succeeds within `timeout` in the task's
-    /// network namespace: its named namespace (`NetworkMode::None`), else the host's
+    /// network namespace: its named namespace (`None`, `Bridge`, `Awsvpc`), else the host's
     /// (`NetworkMode::Host`). The connection is closed at once. Errors only when the task is
     /// not prepared or its namespace cannot be entered.
     pub async fn tcp_check(
@@ -976,6 +1190,12 @@ impl Runtime {
             })?;
         }
         let ns = self.netns_path(task);
+        awsvpc::detach(self.awsvpc_net().as_deref(), &self.inner.run_dir, task, &ns).map_err(
+            |reason| RuntimeError::Awsvpc {
+                task: task.to_owned(),
+                reason,
+            },
+        )?;
         netns::remove(&ns).map_err(|source| RuntimeError::Netns {
             task: task.to_owned(),
             path: ns.clone(),

@@ -1,5 +1,6 @@
-//! A small synchronous rtnetlink client for the bridge network: links (bridge, veth pairs,
-//! moving one end into a task's namespace), IPv4 addresses and the default route.
+//! A small synchronous rtnetlink client for task networks: links (bridge, veth pairs with one
+//! end made in a task's namespace, macvlans made right in a task's namespace), IPv4 addresses
+//! and the default route.
 //!
 //! It speaks netlink through the rust-netlink crates (`netlink-sys` for the socket,
 //! `netlink-packet-route` for the messages: the crates `rtnetlink` is built on, already in the
@@ -16,7 +17,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    MacVlanMode,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -34,6 +36,8 @@ pub(crate) struct Link {
     pub kind: Option<String>,
     /// The bridge the link is a port of.
     pub master: Option<u32>,
+    /// Its description (`ip link` shows it as `alias`): skiff marks its links with one.
+    pub alias: Option<String>,
 }
 
 /// A netlink route socket in the calling thread's network namespace.
@@ -62,12 +66,14 @@ fn link_of(m: &LinkMessage) -> Link {
         name: String::new(),
         kind: None,
         master: None,
+        alias: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Controller(i) => link.master = Some(*i),
             LinkAttribute::LinkInfo(info) => link.kind = kind_of(info),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
             _ => {}
         }
     }
@@ -198,7 +204,6 @@ impl Netlink {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_owned()));
         m.attributes.push(LinkAttribute::Controller(master));
-        m.attributes.push(LinkAttribute::IfAlias(alias.to_owned()));
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
@@ -207,7 +212,41 @@ impl Netlink {
             RouteNetlinkMessage::NewLink(m),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         )?;
-        self.must_link(name)
+        let link = self.must_link(name)?;
+        // The kernel ignores an alias given with a new link.
+        self.set_alias(link.index, alias)?;
+        Ok(link)
+    }
+
+    /// Creates a macvlan child `name` of `parent` in bridge mode (children of one parent reach
+    /// each other; the LAN reaches each at its own MAC), made right in the namespace open as
+    /// `netns`, so it never exists in the caller's namespace (nothing to leak there).
+    pub(crate) fn add_macvlan(&mut self, name: &str, parent: u32, netns: RawFd) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        m.attributes.push(LinkAttribute::Link(parent));
+        m.attributes.push(LinkAttribute::NetNsFd(netns));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::MacVlan),
+            LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+                MacVlanMode::Bridge,
+            )])),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Sets a link's description (`ip link` shows it as `alias`). The kernel ignores one given
+    /// with a new link, so it is set afterwards.
+    pub(crate) fn set_alias(&mut self, index: u32, alias: &str) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_owned()));
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .map(drop)
     }
 
     pub(crate) fn set_up(&mut self, index: u32) -> io::Result<()> {

@@ -9,11 +9,13 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, UserBuilder,
 };
 use oci_spec::OciSpecError;
 use skiff_proto::{ContainerDefinition, TaskDefinition};
@@ -38,6 +40,8 @@ pub enum SpecError {
     UserDb { path: PathBuf, source: io::Error },
     #[error("invalid OCI spec: {0}")]
     Oci(#[from] OciSpecError),
+    #[error("capability {0} is not available to the agent, so it can't give it to a container")]
+    Capability(&'static str),
 }
 
 /// A `user` setting that cannot be resolved against the image.
@@ -78,6 +82,38 @@ pub(crate) struct SpecParams<'a> {
     /// Files bind-mounted over the image's (`/etc/hosts`, `/etc/resolv.conf`): host path,
     /// container path.
     pub etc_files: Vec<(PathBuf, String)>,
+    /// The container's `mountPoints` resolved to host directories: host path, container path,
+    /// read-only.
+    pub volumes: Vec<(PathBuf, String, bool)>,
+    /// The container's `linuxParameters.devices`, looked up on the host.
+    pub devices: Vec<HostDevice>,
+    /// Capabilities the agent itself holds (bit = capability number): a privileged container
+    /// gets those, any other must ask for a subset.
+    pub host_caps: u64,
+}
+
+/// The agent's permitted capabilities (`CapPrm` of `/proc/self/status`); all if unreadable.
+pub(crate) fn own_capabilities() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapPrm:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// A host device node given to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostDevice {
+    pub container_path: String,
+    pub block: bool,
+    pub major: i64,
+    pub minor: i64,
+    pub file_mode: u32,
+    /// cgroup access: a subset of `rwm`.
+    pub access: String,
 }
 
 /// Process arguments, Docker's way: the definition's entry point (else the image's), then the
@@ -296,24 +332,6 @@ pub(crate) fn read_user_db(rootfs: &Path, name: &str) -> Result<String, SpecErro
     Ok(text)
 }
 
-/// Docker's default capability set.
-const CAPABILITIES: [Capability; 14] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
-
 fn mib_bytes(mib: u32) -> i64 {
     i64::from(mib) << 20
 }
@@ -324,11 +342,33 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
     let c = p.container;
     let mut spec = Spec::default();
 
-    let caps: HashSet<Capability> = CAPABILITIES.into_iter().collect();
+    let sec = &c.security;
+    let held = |name: &str| {
+        skiff_proto::CAPABILITY_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|bit| p.host_caps & (1u64 << bit) != 0)
+    };
+    let mut cap_names = sec.capabilities();
+    if sec.privileged {
+        cap_names.retain(|n| held(n));
+    } else if let Some(missing) = cap_names.iter().find(|n| !held(n)) {
+        return Err(SpecError::Capability(missing));
+    }
+    // Names are checked against skiff_proto::CAPABILITY_NAMES when the definition is
+    // validated; one oci-spec does not know is left out rather than failing the start.
+    let caps: HashSet<Capability> = cap_names
+        .iter()
+        .filter_map(|n| Capability::from_str(n).ok())
+        .collect();
+    // Inheritable and ambient empty, as Docker since 20.10 (oci-spec's builder would fill them
+    // with its defaults, which capset refuses once CAP_SETPCAP is dropped).
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
         .build()?;
     let mut user = UserBuilder::default().uid(p.user.uid).gid(p.user.gid);
     if !p.user.additional_gids.is_empty() {
@@ -342,8 +382,9 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
         .env(env(p.task, c, p.image))
         .cwd(cwd(c, p.image))
         .capabilities(capabilities)
-        // Docker's default: setuid binaries in images keep working.
-        .no_new_privileges(false);
+        // On unless the definition turns it off (where the node's policy allows): setuid
+        // binaries can't gain privileges, and the seccomp filter can be installed.
+        .no_new_privileges(sec.no_new_privileges.unwrap_or(true));
     if let Some(rlimits) = default_process.rlimits() {
         process = process.rlimits(rlimits.clone());
     }
@@ -352,24 +393,11 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
     spec.set_root(Some(
         RootBuilder::default()
             .path(p.rootfs.clone())
-            .readonly(false)
+            .readonly(sec.read_only_root)
             .build()?,
     ));
     spec.set_hostname(Some(p.task.family.as_str().to_owned()));
-    if !p.etc_files.is_empty() {
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for (source, destination) in &p.etc_files {
-            mounts.push(
-                MountBuilder::default()
-                    .destination(destination)
-                    .typ("bind")
-                    .source(source)
-                    .options(vec!["rbind".to_owned(), "rprivate".to_owned()])
-                    .build()?,
-            );
-        }
-        spec.set_mounts(Some(mounts));
-    }
+    spec.set_mounts(Some(mounts(p, spec.mounts().clone().unwrap_or_default())?));
 
     let mut namespaces = Vec::with_capacity(5);
     for typ in [
@@ -403,13 +431,41 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
         memory = memory.reservation(mib_bytes(r));
         has_memory = true;
     }
-    let mut resources = LinuxResourcesBuilder::default().devices(vec![
-        // Deny every device, then libcontainer allows its default set (null, zero, tty, ...).
-        LinuxDeviceCgroupBuilder::default()
-            .allow(false)
-            .access("rwm")
-            .build()?,
-    ]);
+    // Deny every device, then libcontainer allows its default set (null, zero, tty, ...) and
+    // the ones given; privileged: every device.
+    let mut device_rules = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(sec.privileged)
+        .access("rwm")
+        .build()?];
+    let mut devices = Vec::with_capacity(p.devices.len());
+    for d in &p.devices {
+        let typ = if d.block {
+            LinuxDeviceType::B
+        } else {
+            LinuxDeviceType::C
+        };
+        device_rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(d.major)
+                .minor(d.minor)
+                .access(d.access.clone())
+                .build()?,
+        );
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path(&d.container_path)
+                .typ(typ)
+                .major(d.major)
+                .minor(d.minor)
+                .file_mode(d.file_mode)
+                .uid(0u32)
+                .gid(0u32)
+                .build()?,
+        );
+    }
+    let mut resources = LinuxResourcesBuilder::default().devices(device_rules);
     if has_memory {
         resources = resources.memory(memory.build()?);
     }
@@ -426,14 +482,73 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
         .namespaces(namespaces)
         .resources(resources.build()?)
         .cgroups_path(p.cgroups_path.clone());
-    if let Some(masked) = default_linux.masked_paths() {
-        linux = linux.masked_paths(masked.clone());
+    if !devices.is_empty() {
+        linux = linux.devices(devices);
     }
-    if let Some(ro) = default_linux.readonly_paths() {
-        linux = linux.readonly_paths(ro.clone());
+    if sec.privileged {
+        linux = linux.masked_paths(Vec::new()).readonly_paths(Vec::new());
+    } else {
+        if let Some(masked) = default_linux.masked_paths() {
+            linux = linux.masked_paths(masked.clone());
+        }
+        if let Some(ro) = default_linux.readonly_paths() {
+            linux = linux.readonly_paths(ro.clone());
+        }
+    }
+    if sec.filtered(true) && super::seccomp::AVAILABLE {
+        linux = linux.seccomp(super::seccomp::default_profile(&cap_names)?);
     }
     spec.set_linux(Some(linux.build()?));
     Ok(spec)
+}
+
+/// oci-spec's default mounts (`/proc`, `/dev`, `/sys` read-only...; `/sys` read-write when
+/// privileged), then `/etc` files, the task's volumes and the tmpfs mounts.
+fn mounts(p: &SpecParams<'_>, mut mounts: Vec<Mount>) -> Result<Vec<Mount>, SpecError> {
+    let sec = &p.container.security;
+    if sec.privileged {
+        for m in mounts.iter_mut() {
+            if m.destination() == Path::new("/sys") {
+                let opts = m.options().clone().unwrap_or_default();
+                m.set_options(Some(opts.into_iter().filter(|o| o != "ro").collect()));
+            }
+        }
+    }
+    let bind = |source: &Path, destination: &str, ro: bool| {
+        let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
+        if ro {
+            options.push("ro".to_owned());
+        }
+        MountBuilder::default()
+            .destination(destination)
+            .typ("bind")
+            .source(source)
+            .options(options)
+            .build()
+    };
+    for (source, destination) in &p.etc_files {
+        mounts.push(bind(source, destination, false)?);
+    }
+    for (source, destination, ro) in &p.volumes {
+        mounts.push(bind(source, destination, *ro)?);
+    }
+    for t in &sec.tmpfs {
+        let mut options = vec![
+            "nosuid".to_owned(),
+            "nodev".to_owned(),
+            format!("size={}m", t.size_mib),
+        ];
+        options.extend(t.mount_options.iter().cloned());
+        mounts.push(
+            MountBuilder::default()
+                .destination(&t.container_path)
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(options)
+                .build()?,
+        );
+    }
+    Ok(mounts)
 }
 
 #[cfg(test)]
@@ -467,6 +582,8 @@ mod tests {
             depends_on: vec![],
             port_mappings: vec![],
             secrets: vec![],
+            security: Default::default(),
+            mount_points: vec![],
         }
     }
 
@@ -689,6 +806,156 @@ nogroup:x:65534:
             cgroups_path: "/skiff/web/app".into(),
             swap_limit: true,
             etc_files: vec![("/run/skiff/tasks/web/hosts".into(), "/etc/hosts".into())],
+            volumes: vec![],
+            devices: vec![],
+            host_caps: u64::MAX,
+        }
+    }
+
+    fn caps(spec: &Spec) -> Vec<String> {
+        let process = spec.process().as_ref().expect("process");
+        let set = process.capabilities().as_ref().expect("caps");
+        let mut v: Vec<String> = set
+            .bounding()
+            .iter()
+            .flatten()
+            .map(|c| c.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn least_privilege_by_default() {
+        let t = task(container());
+        let img = image();
+        let spec = build(&params(&t, &img)).expect("spec");
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.no_new_privileges(), Some(true));
+        let mut want: Vec<String> = skiff_proto::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        want.sort();
+        assert_eq!(caps(&spec), want);
+        let linux = spec.linux().as_ref().expect("linux");
+        assert!(linux.seccomp().is_some(), "filtered by default");
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|p| p == "/proc/kcore")));
+        assert!(linux
+            .readonly_paths()
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|p| p == "/proc/sys")));
+        assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(false));
+    }
+
+    #[test]
+    fn security_settings_reach_the_spec() {
+        let mut c = container();
+        c.security.read_only_root = true;
+        c.security.cap_add = vec!["NET_ADMIN".into()];
+        c.security.cap_drop = vec!["ALL".into()];
+        c.security.tmpfs = vec![skiff_proto::Tmpfs {
+            container_path: "/tmp".into(),
+            size_mib: 8,
+            mount_options: vec!["noexec".into()],
+        }];
+        let t = task(c);
+        let img = image();
+        let mut p = params(&t, &img);
+        p.volumes = vec![("/srv/data".into(), "/data".into(), true)];
+        p.devices = vec![HostDevice {
+            container_path: "/dev/ttyUSB0".into(),
+            block: false,
+            major: 188,
+            minor: 0,
+            file_mode: 0o660,
+            access: "rw".into(),
+        }];
+        let spec = build(&p).expect("spec");
+        assert_eq!(caps(&spec), ["NET_ADMIN"]);
+        assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
+        let mounts = spec.mounts().as_ref().expect("mounts");
+        let data = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/data"))
+            .expect("volume");
+        assert_eq!(data.source().as_deref(), Some(Path::new("/srv/data")));
+        assert!(data
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.contains(&"ro".to_owned())));
+        let tmp = mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/tmp"))
+            .expect("tmpfs");
+        assert_eq!(tmp.typ().as_deref(), Some("tmpfs"));
+        assert_eq!(
+            tmp.options().as_deref(),
+            Some(&strings(&["nosuid", "nodev", "size=8m", "noexec"])[..])
+        );
+        let linux = spec.linux().as_ref().expect("linux");
+        let dev = &linux.devices().as_ref().expect("devices")[0];
+        assert_eq!((dev.major(), dev.minor()), (188, 0));
+        let rules = linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().as_ref())
+            .expect("rules");
+        assert!(!rules[0].allow());
+        assert!(rules[1].allow() && rules[1].major() == Some(188));
+        assert_eq!(rules[1].access().as_deref(), Some("rw"));
+    }
+
+    #[test]
+    fn privileged_and_unconfined() {
+        let mut c = container();
+        c.security.privileged = true;
+        let t = task(c);
+        let img = image();
+        let spec = build(&params(&t, &img)).expect("spec");
+        assert_eq!(caps(&spec).len(), skiff_proto::CAPABILITY_NAMES.len());
+        let linux = spec.linux().as_ref().expect("linux");
+        assert!(linux.seccomp().is_none());
+        assert!(linux.masked_paths().as_ref().is_none_or(|m| m.is_empty()));
+        assert!(linux.readonly_paths().as_ref().is_none_or(|m| m.is_empty()));
+        let rules = linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().as_ref())
+            .expect("rules");
+        assert!(rules[0].allow(), "every device");
+        let sys = spec
+            .mounts()
+            .as_ref()
+            .and_then(|m| m.iter().find(|m| m.destination() == Path::new("/sys")))
+            .expect("/sys");
+        assert!(!sys
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.contains(&"ro".to_owned())));
+
+        for sec in [
+            skiff_proto::ContainerSecurity {
+                seccomp_unconfined: true,
+                ..Default::default()
+            },
+            skiff_proto::ContainerSecurity {
+                no_new_privileges: Some(false),
+                ..Default::default()
+            },
+        ] {
+            let mut c = container();
+            c.security = sec.clone();
+            let t = task(c);
+            let spec = build(&params(&t, &img)).expect("spec");
+            let linux = spec.linux().as_ref().expect("linux");
+            assert!(linux.seccomp().is_none(), "{sec:?}");
+            assert!(linux.masked_paths().is_some());
+            let nnp = spec.process().as_ref().and_then(|p| p.no_new_privileges());
+            assert_eq!(nnp, Some(sec.no_new_privileges.unwrap_or(true)));
         }
     }
 

@@ -14,7 +14,7 @@ use super::*;
 
 static NET_SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn sh(cmd: &str) -> String {
+pub(crate) fn sh(cmd: &str) -> String {
     let out = Command::new("sh")
         .args(["-c", cmd])
         .output()
@@ -40,6 +40,7 @@ impl TestNet {
             subnet: format!("10.213.{k}.0/24"),
             ephemeral_ports: format!("{}-{}", 40_000 + k * 50, 40_000 + k * 50 + 49),
             dns: Some(vec!["192.0.2.53".into()]),
+            ..NetworkConfig::default()
         }
         .validate()
         .expect("valid network config");
@@ -162,7 +163,7 @@ fn http_get(addr: SocketAddr) -> std::io::Result<String> {
 }
 
 /// [`http_get`] from inside the network namespace at `ns`.
-fn http_get_in(ns: PathBuf, addr: SocketAddr) -> std::io::Result<String> {
+pub(crate) fn http_get_in(ns: PathBuf, addr: SocketAddr) -> std::io::Result<String> {
     std::thread::spawn(move || {
         let f = std::fs::File::open(&ns)?;
         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
@@ -173,7 +174,7 @@ fn http_get_in(ns: PathBuf, addr: SocketAddr) -> std::io::Result<String> {
 }
 
 /// Retries `get` (httpd may still be starting) until it answers with `body`.
-async fn answers(what: &str, body: &str, get: impl Fn() -> std::io::Result<String>) {
+pub(crate) async fn answers(what: &str, body: &str, get: impl Fn() -> std::io::Result<String>) {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let res = get();
@@ -213,6 +214,8 @@ async fn bridge_task_has_eth0_its_address_dns_files_and_reaches_the_bridge() {
     let endpoints = rt.prepare_task(&t, &fx.images(1)).await.expect("prepare");
     assert!(endpoints.is_empty(), "no port mappings, no endpoints");
     assert_eq!(net.veths().len(), 1, "one veth on the bridge");
+    let veth = sh(&format!("ip -o link show {}", net.veths()[0]));
+    assert!(veth.contains("alias skiff task probe"), "{veth}");
     let (path, rx) = fx.fifo("probe");
     rt.start_container(&t.family, &t.containers[0].name, &path)
         .await
@@ -451,26 +454,60 @@ async fn bridge_cleanup_stale_after_a_crash_leaves_nothing() {
     );
 }
 
-/// Task start (prepare + start of one container) with bridge networking against `none`,
-/// median of 10. A measurement, not a check:
-/// `cargo test -p skiff-agent --test runtime -- --ignored --nocapture measure_bridge`.
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Times `script` (run with `sh -c`) `runs` times after a warm-up, running `undo` after each.
+fn time_script(script: &str, undo: &str, runs: usize) -> Duration {
+    let mut times = Vec::new();
+    for i in 0..=runs {
+        let t0 = Instant::now();
+        let st = Command::new("sh")
+            .args(["-c", script])
+            .status()
+            .expect("sh");
+        let dt = t0.elapsed();
+        assert!(st.success(), "peer script failed: {script}");
+        sh(undo);
+        if i > 0 {
+            times.push(dt);
+        }
+    }
+    median(times)
+}
+
+/// A task's network setup in each mode, median of 10 after a warm-up: `prepare_task` (task
+/// cgroup, namespace, network, rootfs, `config.json`) of a one-container task with networkMode
+/// none, bridge (one dynamic port mapping) and awsvpc (one port, on an emulated LAN), and
+/// prepare + start. The network's own share is the difference to none. Beside it, the peer:
+/// the same network made with iproute2 and nft commands (namespace, veth on the bridge or
+/// macvlan on the parent, address, up, default route; the bridge's port mapping), as a shell
+/// script or a CNI plugin does it, in the same run. A measurement, not a check:
+/// `cargo test --release -p skiff-agent --test runtime -- --ignored --nocapture measure_network`.
 #[tokio::test]
 #[ignore = "measurement; run explicitly"]
-async fn measure_bridge_task_start_against_none_median_of_10() {
-    if !root_or_skip("measure_bridge_task_start_against_none_median_of_10") {
+async fn measure_network_setup_none_bridge_awsvpc_against_iproute2_median_of_10() {
+    if !root_or_skip("measure_network_setup_none_bridge_awsvpc_against_iproute2_median_of_10") {
         return;
     }
     let fx = Fixture::new();
     let net = TestNet::new();
+    let lan = super::awsvpc::TestLan::new();
     let (rt, mut exits) = bridge_runtime(&fx, &net).await;
+    rt.enable_awsvpc(lan.config(4))
+        .await
+        .expect("awsvpc networking available");
+    let mut prepares = Vec::new();
     let mut report = Vec::new();
-    for mode in [NetworkMode::None, NetworkMode::Bridge] {
+    for mode in [NetworkMode::None, NetworkMode::Bridge, NetworkMode::Awsvpc] {
         let mut start = Vec::new();
         let mut prepare = Vec::new();
         for i in 0..11 {
             let family = format!("m{mode:?}{i}").to_lowercase();
             let mut c = container("t", &["true"]);
-            if mode == NetworkMode::Bridge {
+            if mode != NetworkMode::None {
                 c.port_mappings = vec![PortMapping {
                     container_port: 80,
                     host_port: None,
@@ -493,15 +530,53 @@ async fn measure_bridge_task_start_against_none_median_of_10() {
                 prepare.push(t1 - t0);
             }
         }
-        start.sort();
-        prepare.sort();
+        let (p, s) = (median(prepare), median(start));
+        prepares.push(p);
         report.push(format!(
-            "{mode:?}: prepare+start median {:?} (min {:?}, max {:?}), prepare median {:?}",
-            start[start.len() / 2],
-            start[0],
-            start[start.len() - 1],
-            prepare[prepare.len() / 2]
+            "skiff {mode:?}: prepare median {p:?}, prepare+start median {s:?}, network share \
+             (prepare - none's) {:?}",
+            p.saturating_sub(prepares[0])
         ));
     }
+    let pid = std::process::id() % 100_000;
+    let ns = format!("skpeer{pid}");
+    let bridge_peer = format!(
+        "set -e; ip netns add {ns}; ip link add skph{pid} type veth peer name eth0 netns {ns}; \
+         ip link set skph{pid} master {br} up; ip -n {ns} link set lo up; \
+         ip -n {ns} addr add {a}/{p} dev eth0; ip -n {ns} link set eth0 up; \
+         ip -n {ns} route add default via {gw}; \
+         nft add element ip skiff tcp_{sfx} '{{ {port} : {a} . 80 }}'",
+        br = net.cfg.bridge,
+        a = net.addr(200),
+        p = net.cfg.prefix,
+        gw = net.cfg.gateway(),
+        sfx = net.suffix(),
+        port = net.cfg.ephemeral_ports.0 + 45,
+    );
+    let bridge_undo = format!(
+        "ip netns del {ns}; ip link del skph{pid} 2>/dev/null; \
+         nft delete element ip skiff tcp_{} '{{ {} }}'",
+        net.suffix(),
+        net.cfg.ephemeral_ports.0 + 45
+    );
+    let awsvpc_peer = format!(
+        "set -e; ip netns add {ns}; \
+         ip link add link {parent} name eth0 netns {ns} type macvlan mode bridge; \
+         ip -n {ns} link set lo up; ip -n {ns} addr add {a}/24 dev eth0; \
+         ip -n {ns} link set eth0 up; ip -n {ns} route add default via {gw}",
+        parent = lan.parent,
+        a = lan.addr(200),
+        gw = lan.addr(1),
+    );
+    let none_peer = format!("set -e; ip netns add {ns}; ip -n {ns} link set lo up");
+    let undo = format!("ip netns del {ns}");
+    let none = time_script(&none_peer, &undo, 10);
+    let b = time_script(&bridge_peer, &bridge_undo, 10);
+    let a = time_script(&awsvpc_peer, &undo, 10);
+    report.push(format!(
+        "iproute2 None (netns + lo up): median {none:?}\n\
+         iproute2 Bridge (netns, veth on the bridge, address, route, nft element): median {b:?}\n\
+         iproute2 Awsvpc (netns, macvlan, address, route): median {a:?}"
+    ));
     println!("{}", report.join("\n"));
 }

@@ -134,6 +134,8 @@ pub fn task(family: &str, args: &[&str], policy: RestartPolicy) -> Res<TaskDefin
             depends_on: vec![],
             port_mappings: vec![],
             secrets: vec![],
+            security: Default::default(),
+            mount_points: vec![],
         }],
         cpu: None,
         memory_mib: None,
