@@ -516,12 +516,41 @@ pub struct Volume {
     pub host_path: Option<String>,
 }
 
+/// Where secrets given as files appear in a container (a tmpfs, made when one is asked for).
+pub const SECRET_FILE_DIR: &str = "/run/secrets";
+
+/// Whether a secret name asks for a file (`/run/secrets/db_password`); `Err` for a name that
+/// starts with `/` but is not one file directly in [`SECRET_FILE_DIR`].
+pub fn secret_file(name: &str) -> Result<Option<&str>, &'static str> {
+    if !name.starts_with('/') {
+        return Ok(None);
+    }
+    let file = name
+        .strip_prefix(SECRET_FILE_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or("a secret file is /run/secrets/NAME")?;
+    let ok = !file.is_empty()
+        && file.len() <= 128
+        && file != "."
+        && file != ".."
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(Some(file))
+    } else {
+        Err("a secret file is /run/secrets/NAME with NAME of letters, digits, '.', '_', '-'")
+    }
+}
+
 /// Prefix of a sealed secret value.
 pub const SEALED_PREFIX: &str = "skiff-sealed:v1:";
 
 /// ECS `secrets` entry: `name` is set in the container's environment to the value `sealed`
 /// opens to (`skiff-sealed:v1:...`, made by `skiff ctl seal`); only the node it was sealed
-/// for can open it, in memory, right before the container starts.
+/// for can open it, in memory, right before the container starts. A `name` of the form
+/// [`SECRET_FILE_DIR`]`/FILE` is a file instead: written on a tmpfs at that path, readable by
+/// the container's user only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Secret {
@@ -1178,6 +1207,12 @@ impl TaskDefinition {
                 }
                 check_str(&at("secrets"), &s.name, MAX_STRING)?;
                 check_str(&at("secrets"), &s.sealed, MAX_STRING)?;
+                if let Err(why) = secret_file(&s.name) {
+                    return Err(bound_err(
+                        at("secrets"),
+                        alloc::format!("{}: {why}", s.name),
+                    ));
+                }
                 if !s.sealed.starts_with(SEALED_PREFIX) {
                     return Err(bound_err(
                         at("secrets"),

@@ -555,6 +555,31 @@ mod tests {
     }
 
     #[test]
+    fn secret_files_are_named_under_run_secrets() {
+        let sealed = crate::secrets::seal(&[9u8; 32], "value").expect("seal");
+        let with = |name: &str| {
+            task(
+                json!({"secrets": [{"name": name, "valueFrom": sealed}]}),
+                json!({}),
+            )
+        };
+        parse(with("/run/secrets/db_password")).expect("a file");
+        parse(with("DB_PASSWORD")).expect("a variable");
+        for bad in [
+            "/etc/passwd",
+            "/run/secrets/../x",
+            "/run/secrets/",
+            "/run/secrets/a/b",
+        ] {
+            let e = err(with(bad));
+            assert!(
+                e.contains("a secret file is /run/secrets/NAME"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn security_options_spellings() {
         for (opt, nnp, unconfined) in [
             ("no-new-privileges", Some(true), false),

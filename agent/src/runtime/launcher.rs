@@ -558,6 +558,17 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// A new file, mode 0400, holding `value`.
+fn write_secret_file(path: &str, value: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)?;
+    f.write_all(value.as_bytes())
+}
+
 /// libcontainer's default executor, run after restoring the signal state a container expects:
 /// the launcher blocks `SIGCHLD` (for its signalfd) and Rust's runtime ignores `SIGPIPE`, and
 /// both would survive `execve`. Opened secrets are added to the environment in the container's
@@ -576,6 +587,14 @@ impl Executor for SkiffExecutor {
         // or re-enter anything; it only undoes the SIG_IGN inherited from the launcher.
         unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
             .map_err(|e| ExecutorError::Other(format!("cannot reset SIGPIPE: {e}")))?;
+        // Secrets asked for as files, on the tmpfs the spec mounts at /run/secrets (as the
+        // container's user already: readable by it only).
+        for (key, value) in &self.secret_env {
+            if let Ok(Some(_)) = skiff_proto::secret_file(key) {
+                write_secret_file(key, value.expose())
+                    .map_err(|e| ExecutorError::Other(format!("cannot write {key}: {e}")))?;
+            }
+        }
         // Last: the filter also applies to what this process still does, execve included.
         if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             let prog = super::seccomp::compile(profile)
@@ -599,7 +618,10 @@ impl Executor for SkiffExecutor {
             std::env::set_var(key, value);
         }
         for (key, value) in &self.secret_env {
-            std::env::set_var(key, value.expose());
+            // `/run/secrets/NAME` secrets are files, written in `exec`.
+            if !key.starts_with('/') {
+                std::env::set_var(key, value.expose());
+            }
         }
         Ok(())
     }

@@ -532,6 +532,29 @@ fn mounts(p: &SpecParams<'_>, mut mounts: Vec<Mount>) -> Result<Vec<Mount>, Spec
     for (source, destination, ro) in &p.volumes {
         mounts.push(bind(source, destination, *ro)?);
     }
+    if p.container
+        .secrets
+        .iter()
+        .any(|s| matches!(skiff_proto::secret_file(&s.name), Ok(Some(_))))
+    {
+        // Secret files: memory only, the container's user only.
+        mounts.push(
+            MountBuilder::default()
+                .destination(skiff_proto::SECRET_FILE_DIR)
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(vec![
+                    "nosuid".to_owned(),
+                    "nodev".to_owned(),
+                    "noexec".to_owned(),
+                    "size=1m".to_owned(),
+                    "mode=0700".to_owned(),
+                    format!("uid={}", p.user.uid),
+                    format!("gid={}", p.user.gid),
+                ])
+                .build()?,
+        );
+    }
     for t in &sec.tmpfs {
         let mut options = vec![
             "nosuid".to_owned(),

@@ -177,3 +177,67 @@ async fn security_read_only_root_tmpfs_volumes_and_a_device() {
     );
     assert!(!fx.run_dir().join("tasks/baddev").exists());
 }
+
+#[tokio::test]
+async fn security_secret_files_live_on_a_tmpfs_for_the_user_only() {
+    if !root_or_skip("security_secret_files_live_on_a_tmpfs_for_the_user_only") {
+        return;
+    }
+    let fx = Fixture::new();
+    let (rt, mut exits) = fx.runtime().await;
+    let value = format!("file-secret-{}", std::process::id());
+    let mut c = container(
+        "sec",
+        &[
+            "sh",
+            "-c",
+            "id -u; stat -c '%a %u' /run/secrets/token; cat /run/secrets/token; echo; \
+             grep -c ' /run/secrets tmpfs ' /proc/mounts; echo \"env=${TOKEN:-none}\"",
+        ],
+    );
+    c.user = Some("nobody".into());
+    c.secrets = vec![skiff_proto::Secret {
+        name: "/run/secrets/token".into(),
+        sealed: "skiff-sealed:v1:unused-here".into(),
+    }];
+    let t = task("secfile", vec![c], NetworkMode::None);
+    t.validate().expect("valid");
+    rt.prepare_task(&t, &fx.images(1)).await.expect("prepare");
+    let (path, rx) = fx.fifo("secfile");
+    let opened: skiff_agent::secrets::SecretValue =
+        serde_json::from_value(serde_json::json!(value)).expect("value");
+    rt.start_container_with(
+        &t.family,
+        &t.containers[0].name,
+        &path,
+        vec![("/run/secrets/token".into(), opened)],
+    )
+    .await
+    .expect("start");
+    let exit = next_exit(&mut exits).await;
+    let out = drain(&rx);
+    assert_eq!(exit.exit.code, 0, "{out}");
+    assert_eq!(out, format!("65534\n400 65534\n{value}\n1\nenv=none\n"));
+    // Nowhere on the host's disk: not in the bundle, not in the run dir.
+    let mut found = Vec::new();
+    let mut stack = vec![fx.run_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file() {
+                if let Ok(bytes) = std::fs::read(&p) {
+                    if bytes.windows(value.len()).any(|w| w == value.as_bytes()) {
+                        found.push(p);
+                    }
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "the secret is in {found:?}");
+    rt.remove_task(&t.family).await.expect("remove");
+}
