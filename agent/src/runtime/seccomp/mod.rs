@@ -298,10 +298,31 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 nrs.entry(*nr).or_insert(rules);
             }
         }
-        let entries: Vec<(u32, usize)> = nrs.keys().map(|nr| (*nr, asm.label())).collect();
-        search(&mut asm, &entries, deny);
-        for ((_, l), rules) in entries.iter().zip(nrs.values()) {
-            asm.here(*l);
+        // Runs of consecutive numbers with the same plain result become one interval, so the
+        // search is over far fewer entries (syscall numbers are dense) and most leaves are a
+        // single `ret`; numbers with argument rules get a block of their own.
+        let mut intervals: Vec<(u32, Leaf)> = Vec::new();
+        let mut blocks = Vec::new();
+        push_interval(&mut intervals, 0, Leaf::Ret(default));
+        for (nr, rules) in &nrs {
+            let leaf = match rules.as_slice() {
+                [r] if r.conds.is_empty() => Leaf::Ret(r.ret),
+                _ => {
+                    let l = asm.label();
+                    blocks.push((l, *rules));
+                    Leaf::Block(l)
+                }
+            };
+            push_interval(&mut intervals, *nr, leaf);
+            if let Some(end) = nr.checked_add(1) {
+                if !nrs.contains_key(&end) {
+                    push_interval(&mut intervals, end, Leaf::Ret(default));
+                }
+            }
+        }
+        search(&mut asm, &intervals);
+        for (l, rules) in blocks {
+            asm.here(l);
             emit_rules(&mut asm, rules, deny);
         }
     }
@@ -312,28 +333,44 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program, SeccompError> {
     asm.finish()
 }
 
-/// Binary search for the number in the accumulator among `entries` (sorted), jumping to the
-/// entry's label, or to `miss`.
-fn search(asm: &mut Asm, entries: &[(u32, usize)], miss: usize) {
-    if entries.len() <= 4 {
-        for (nr, l) in entries {
-            let skip = asm.label();
-            asm.push(Ins::Jeq(*nr, To::Next, To::Label(skip)));
-            asm.push(Ins::Ja(*l));
-            asm.here(skip);
+/// Adds an interval starting at `start` (not below the last one's start), merged into the
+/// previous one when it leads to the same place.
+fn push_interval(intervals: &mut Vec<(u32, Leaf)>, start: u32, leaf: Leaf) {
+    if intervals.last().is_some_and(|(s, _)| *s == start) {
+        intervals.pop();
+    }
+    if intervals.last().map(|(_, l)| *l) != Some(leaf) {
+        intervals.push((start, leaf));
+    }
+}
+
+/// What a range of syscall numbers leads to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leaf {
+    Ret(u32),
+    Block(usize),
+}
+
+/// Binary search for the number in the accumulator among `intervals` (sorted starts, each up
+/// to the next start; the first starts at 0): returns the interval's result or jumps to its
+/// block.
+fn search(asm: &mut Asm, intervals: &[(u32, Leaf)]) {
+    if let [(_, leaf)] = intervals {
+        match *leaf {
+            Leaf::Ret(k) => asm.push(Ins::Ret(k)),
+            Leaf::Block(l) => asm.push(Ins::Ja(l)),
         }
-        asm.push(Ins::Ja(miss));
         return;
     }
-    let mid = entries.len() / 2;
+    let mid = intervals.len() / 2;
     let upper = asm.label();
     let lower = asm.label();
-    asm.push(Ins::Jge(entries[mid].0, To::Next, To::Label(lower)));
+    asm.push(Ins::Jge(intervals[mid].0, To::Next, To::Label(lower)));
     asm.push(Ins::Ja(upper));
     asm.here(lower);
-    search(asm, &entries[..mid], miss);
+    search(asm, &intervals[..mid]);
     asm.here(upper);
-    search(asm, &entries[mid..], miss);
+    search(asm, &intervals[mid..]);
 }
 
 /// The rules of one syscall: the first whose conditions all hold returns its action; none:
