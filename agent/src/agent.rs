@@ -267,6 +267,9 @@ pub async fn run(
         "running: node {} cluster {}",
         cfg.node, cfg.cluster
     ));
+    // Start-up is over: its code need not stay mapped (memtrim.rs; issue 7).
+    let released = crate::memtrim::release_startup_pages();
+    tracing::debug!(bytes = released, "released start-up pages");
     loop {
         let deadline = core
             .next_deadline()

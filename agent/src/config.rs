@@ -392,7 +392,7 @@ impl Config {
             .network
             .validate_awsvpc(&network)
             .map_err(|(field, problem)| invalid(field, problem))?;
-        tracing_subscriber::EnvFilter::try_new(&self.log)
+        crate::journal::log_filter(&self.log)
             .map_err(|e| invalid("log", format!("{:?}: {e}", self.log)))?;
         Ok(Validated {
             node,

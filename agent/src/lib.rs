@@ -41,6 +41,7 @@ pub mod images;
 pub mod journal;
 pub mod local;
 pub mod logs;
+pub mod memtrim;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;

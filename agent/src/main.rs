@@ -491,26 +491,31 @@ fn validated(arg: &ConfigArg, edit: impl FnOnce(&mut Config)) -> Result<Validate
 }
 
 fn init_tracing(filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let targets = skiff_agent::journal::log_filter(&filter).unwrap_or_else(|_| {
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+    });
+    // The level is left to the filter (the builder's own maximum would cut at INFO).
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
-        )
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr)
         .with_target(false);
     // Under systemd, journald stamps the time itself and reads a `<priority>` prefix per line.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
         let format = tracing_subscriber::fmt::format()
             .without_time()
             .with_ansi(false)
             .with_target(false);
-        builder
+        let subscriber = builder
             .with_ansi(false)
             .event_format(skiff_agent::journal::Priority(format))
-            .init();
+            .finish()
+            .with(targets);
+        tracing::subscriber::set_global_default(subscriber)
     } else {
-        builder.init();
-    }
+        tracing::subscriber::set_global_default(builder.finish().with(targets))
+    };
 }
 
 fn run_agent(a: AgentArgs) -> ExitCode {

@@ -83,16 +83,22 @@ const QUIET_TARGETS: &str =
 /// processes after their fd 2 became the container's stderr, and those lines must not end up in
 /// the container's output.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,{QUIET_TARGETS}")));
+    use tracing_subscriber::layer::SubscriberExt;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| crate::journal::log_filter(&f).ok())
+        .or_else(|| crate::journal::log_filter(&format!("warn,{QUIET_TARGETS}")).ok())
+        .unwrap_or_default();
     let Ok(log) = io::stderr().as_fd().try_clone_to_owned() else {
         return;
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
         .with_ansi(io::stderr().is_terminal())
         .with_writer(Arc::new(File::from(log)))
-        .try_init();
+        .finish()
+        .with(filter);
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// The agent's socket arrives as stdin. Move it off fd 0 and put `/dev/null` there, so nothing
@@ -130,6 +136,7 @@ fn run(state_dir: PathBuf) -> io::Result<()> {
         reaped: HashSet::new(),
         execs: HashMap::new(),
     };
+    crate::memtrim::release_startup_pages(); // idle from here on (memtrim.rs; issue 7)
     loop {
         let timeout = launcher.poll_timeout(Instant::now());
         let (sock_ready, sig_ready, output_ready) = {
