@@ -454,6 +454,96 @@ async fn bridge_cleanup_stale_after_a_crash_leaves_nothing() {
     );
 }
 
+/// Runs `f` on a thread that has entered the network namespace at `ns` (`None`: the test's).
+fn in_ns<T: Send + 'static>(
+    ns: Option<PathBuf>,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<std::io::Result<T>> {
+    std::thread::spawn(move || {
+        if let Some(ns) = ns {
+            let file = std::fs::File::open(&ns)?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        }
+        f()
+    })
+}
+
+/// A listener on `port` in the namespace `server`, ready when this returns.
+fn listen_in(server: Option<PathBuf>, port: u16) -> std::net::TcpListener {
+    in_ns(server, move || {
+        std::net::TcpListener::bind(("0.0.0.0", port))
+    })
+    .join()
+    .expect("listener thread")
+    .expect("bind")
+}
+
+/// Sends `mib` MiB over one TCP connection from the namespace `client` to `to`, read to the end
+/// by `listener`'s side; MB/s (10^6 bytes) from connect to the last byte read.
+fn throughput(listener: std::net::TcpListener, client: PathBuf, to: SocketAddr, mib: usize) -> f64 {
+    let reader = std::thread::spawn(move || -> std::io::Result<(usize, Instant)> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0;
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok((n, Instant::now())),
+                k => n += k,
+            }
+        }
+    });
+    let t0 = in_ns(Some(client), move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        let t0 = Instant::now();
+        let buf = vec![7u8; 1 << 20];
+        for _ in 0..mib {
+            s.write_all(&buf)?;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        Ok(t0)
+    })
+    .join()
+    .expect("client thread")
+    .expect("client");
+    let (n, end) = reader.join().expect("reader").expect("read");
+    assert_eq!(n, mib << 20);
+    n as f64 / (end - t0).as_secs_f64() / 1e6
+}
+
+/// Median round trip of a 1-byte request and answer over one TCP connection from `client` to
+/// `to` (`listener`'s side answers), of 2000 after 100 warm-up ones.
+fn round_trip(listener: std::net::TcpListener, client: PathBuf, to: SocketAddr) -> Duration {
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read(&mut b)? == 1 {
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let times = in_ns(Some(client), move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_nodelay(true)?;
+        let mut b = [1u8; 1];
+        let mut times = Vec::new();
+        for i in 0..2100 {
+            let t0 = Instant::now();
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+            if i >= 100 {
+                times.push(t0.elapsed());
+            }
+        }
+        Ok(times)
+    })
+    .join()
+    .expect("client thread")
+    .expect("client");
+    echo.join().expect("echo").expect("echo");
+    median(times)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -478,7 +568,10 @@ fn time_script(script: &str, undo: &str, runs: usize) -> Duration {
     median(times)
 }
 
-/// A task's network setup in each mode, median of 10 after a warm-up: `prepare_task` (task
+/// Runs of each measurement in [`measure_network_setup_none_bridge_awsvpc_against_iproute2`].
+const RUNS: usize = 30;
+
+/// A task's network setup in each mode, median of [`RUNS`] after a warm-up: `prepare_task` (task
 /// cgroup, namespace, network, rootfs, `config.json`) of a one-container task with networkMode
 /// none, bridge (one dynamic port mapping) and awsvpc (one port, on an emulated LAN), and
 /// prepare + start. The network's own share is the difference to none. Beside it, the peer:
@@ -488,23 +581,23 @@ fn time_script(script: &str, undo: &str, runs: usize) -> Duration {
 /// `cargo test --release -p skiff-agent --test runtime -- --ignored --nocapture measure_network`.
 #[tokio::test]
 #[ignore = "measurement; run explicitly"]
-async fn measure_network_setup_none_bridge_awsvpc_against_iproute2_median_of_10() {
-    if !root_or_skip("measure_network_setup_none_bridge_awsvpc_against_iproute2_median_of_10") {
+async fn measure_network_setup_none_bridge_awsvpc_against_iproute2() {
+    if !root_or_skip("measure_network_setup_none_bridge_awsvpc_against_iproute2") {
         return;
     }
     let fx = Fixture::new();
-    let net = TestNet::new();
+    let mut net = TestNet::new();
     let lan = super::awsvpc::TestLan::new();
     let (rt, mut exits) = bridge_runtime(&fx, &net).await;
     rt.enable_awsvpc(lan.config(4))
         .await
         .expect("awsvpc networking available");
-    let mut prepares = Vec::new();
-    let mut report = Vec::new();
-    for mode in [NetworkMode::None, NetworkMode::Bridge, NetworkMode::Awsvpc] {
-        let mut start = Vec::new();
-        let mut prepare = Vec::new();
-        for i in 0..11 {
+    // Round robin over the modes, so drift on the machine touches each alike.
+    let modes = [NetworkMode::None, NetworkMode::Bridge, NetworkMode::Awsvpc];
+    let mut prepare = vec![Vec::new(); 3];
+    let mut start = vec![Vec::new(); 3];
+    for i in 0..=RUNS {
+        for (m, mode) in modes.into_iter().enumerate() {
             let family = format!("m{mode:?}{i}").to_lowercase();
             let mut c = container("t", &["true"]);
             if mode != NetworkMode::None {
@@ -526,16 +619,20 @@ async fn measure_network_setup_none_bridge_awsvpc_against_iproute2_median_of_10(
             next_exit(&mut exits).await;
             rt.remove_task(&t.family).await.expect("remove");
             if i > 0 {
-                start.push(t2 - t0);
-                prepare.push(t1 - t0);
+                start[m].push(t2 - t0);
+                prepare[m].push(t1 - t0);
             }
         }
-        let (p, s) = (median(prepare), median(start));
-        prepares.push(p);
+    }
+    let mut report = Vec::new();
+    let none = median(prepare[0].clone());
+    for (m, mode) in modes.into_iter().enumerate() {
+        let p = median(prepare[m].clone());
         report.push(format!(
-            "skiff {mode:?}: prepare median {p:?}, prepare+start median {s:?}, network share \
+            "skiff {mode:?}: prepare median {p:?}, prepare+start median {:?}, network share \
              (prepare - none's) {:?}",
-            p.saturating_sub(prepares[0])
+            median(start[m].clone()),
+            p.saturating_sub(none)
         ));
     }
     let pid = std::process::id() % 100_000;
@@ -570,13 +667,79 @@ async fn measure_network_setup_none_bridge_awsvpc_against_iproute2_median_of_10(
     );
     let none_peer = format!("set -e; ip netns add {ns}; ip -n {ns} link set lo up");
     let undo = format!("ip netns del {ns}");
-    let none = time_script(&none_peer, &undo, 10);
-    let b = time_script(&bridge_peer, &bridge_undo, 10);
-    let a = time_script(&awsvpc_peer, &undo, 10);
+    let none = time_script(&none_peer, &undo, RUNS);
+    let b = time_script(&bridge_peer, &bridge_undo, RUNS);
+    let a = time_script(&awsvpc_peer, &undo, RUNS);
     report.push(format!(
         "iproute2 None (netns + lo up): median {none:?}\n\
          iproute2 Bridge (netns, veth on the bridge, address, route, nft element): median {b:?}\n\
          iproute2 Awsvpc (netns, macvlan, address, route): median {a:?}"
     ));
+
+    // The data path: TCP from a client namespace on a veth (the "LAN") into the node.
+    // Host networking: a listener in the node's namespace, reached at the node's address on
+    // the client's veth. Bridge: a task's namespace behind its port mapping, reached at the
+    // same address and the host port. awsvpc: a task's namespace on its own LAN address (the
+    // client is on the emulated LAN, whose wire is also a veth).
+    let node = net.client();
+    let client = net.client_ns();
+    let port = 5001;
+    let mut c = container("t", &["true"]);
+    c.port_mappings = vec![PortMapping {
+        container_port: port,
+        host_port: None,
+        protocol: Protocol::Tcp,
+    }];
+    let bt = task("tput-bridge", vec![c.clone()], NetworkMode::Bridge);
+    let host_port = rt.prepare_task(&bt, &fx.images(1)).await.expect("prepare")[0].host_port;
+    let at = task("tput-awsvpc", vec![c], NetworkMode::Awsvpc);
+    rt.prepare_task(&at, &fx.images(1)).await.expect("prepare");
+    let bns = Some(fx.run_dir().join("netns/tput-bridge"));
+    let ans = Some(fx.run_dir().join("netns/tput-awsvpc"));
+    let host_free = std::net::TcpListener::bind("0.0.0.0:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let paths: [(&str, Option<PathBuf>, u16, PathBuf, SocketAddr); 3] = [
+        (
+            "host",
+            None,
+            host_free,
+            client.clone(),
+            SocketAddr::from((node, host_free)),
+        ),
+        (
+            "bridge",
+            bns,
+            port,
+            client,
+            SocketAddr::from((node, host_port)),
+        ),
+        (
+            "awsvpc",
+            ans,
+            port,
+            lan.client_ns(),
+            SocketAddr::from((lan.addr(10), port)),
+        ),
+    ];
+    let mut rates = Vec::new();
+    for (what, server, bind, from, to) in paths {
+        let mut r: Vec<f64> = (0..5)
+            .map(|_| throughput(listen_in(server.clone(), bind), from.clone(), to, 256))
+            .collect();
+        r.sort_by(f64::total_cmp);
+        let rtt = round_trip(listen_in(server, bind), from, to);
+        rates.push(r[2]);
+        report.push(format!(
+            "TCP {what}: 256 MiB median of 5 {:.0} MB/s ({:.2} of host), 1-byte round trip median {rtt:?}",
+            r[2],
+            r[2] / rates[0]
+        ));
+    }
+    for t in [&bt, &at] {
+        rt.remove_task(&t.family).await.expect("remove");
+    }
     println!("{}", report.join("\n"));
 }
