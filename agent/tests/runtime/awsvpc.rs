@@ -91,7 +91,9 @@ impl Drop for TestLan {
 
 /// skiff's awsvpc links (`alias skiff awsvpc ...`) in every network namespace of the machine
 /// that a process or a bind mount (under `extra` or `/run/netns`) holds: task name → count.
-pub(crate) fn awsvpc_links(extra: &Path) -> BTreeMap<String, usize> {
+/// The skiff awsvpc links of the tasks `only` (tests run in parallel, each with its own task
+/// names), found in every network namespace of the machine.
+pub(crate) fn awsvpc_links(extra: &Path, only: &[&str]) -> BTreeMap<String, usize> {
     let mut by_inode: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut add = |p: PathBuf| {
         if let Ok(md) = std::fs::metadata(&p) {
@@ -125,7 +127,9 @@ pub(crate) fn awsvpc_links(extra: &Path) -> BTreeMap<String, usize> {
         ));
         for l in text.lines() {
             if let Some(t) = l.split("alias skiff awsvpc ").nth(1) {
-                *out.entry(t.trim().to_owned()).or_insert(0) += 1;
+                if only.contains(&t.trim()) {
+                    *out.entry(t.trim().to_owned()).or_insert(0) += 1;
+                }
             }
         }
     }
@@ -238,11 +242,14 @@ async fn awsvpc_task_has_its_own_lan_address_and_is_reached_directly() {
     })
     .await;
     assert_eq!(
-        awsvpc_links(&fx.run_dir().join("netns")),
+        awsvpc_links(&fx.run_dir().join("netns"), &["web"]),
         BTreeMap::from([("web".to_string(), 1)])
     );
     rt.remove_task(&w.family).await.expect("remove");
-    assert_eq!(awsvpc_links(&fx.run_dir().join("netns")), BTreeMap::new());
+    assert_eq!(
+        awsvpc_links(&fx.run_dir().join("netns"), &["web"]),
+        BTreeMap::new()
+    );
     assert!(!lan.arp_answers(me), "the address is gone from the LAN");
     assert_eq!(entries(&fx.run_dir().join("awsvpc")), Vec::<String>::new());
 }
@@ -292,7 +299,10 @@ async fn awsvpc_pool_exhausted_fails_the_task_by_name_and_nothing_is_half_applie
     for t in ["a", "b"] {
         rt.remove_task(&name(t)).await.expect("remove");
     }
-    assert_eq!(awsvpc_links(&fx.run_dir().join("netns")), BTreeMap::new());
+    assert_eq!(
+        awsvpc_links(&fx.run_dir().join("netns"), &["a", "b", "c"]),
+        BTreeMap::new()
+    );
 }
 
 #[tokio::test]
@@ -323,7 +333,10 @@ async fn awsvpc_cleanup_stale_after_a_crash_frees_the_address_for_one_new_holder
     let (rt, _exits) = awsvpc_runtime(&fx, &lan, 1).await;
     let removed = rt.cleanup_stale().await.expect("cleanup");
     assert!(removed.contains(&"crashed/web".to_string()), "{removed:?}");
-    assert_eq!(awsvpc_links(&fx.run_dir().join("netns")), BTreeMap::new());
+    assert_eq!(
+        awsvpc_links(&fx.run_dir().join("netns"), &["crashed", "next"]),
+        BTreeMap::new()
+    );
     assert_eq!(entries(&fx.run_dir().join("awsvpc")), Vec::<String>::new());
     assert!(!lan.arp_answers(me), "nothing holds the address");
     // The pool's one address goes to one new task, which answers alone.
@@ -339,7 +352,7 @@ async fn awsvpc_cleanup_stale_after_a_crash_frees_the_address_for_one_new_holder
     })
     .await;
     assert_eq!(
-        awsvpc_links(&fx.run_dir().join("netns")),
+        awsvpc_links(&fx.run_dir().join("netns"), &["crashed", "next"]),
         BTreeMap::from([("next".to_string(), 1)])
     );
     rt.remove_task(&n.family).await.expect("remove");
