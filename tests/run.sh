@@ -33,6 +33,8 @@ step "skiff-proto builds no_std + alloc"
 cargo check -p skiff-proto --no-default-features --locked
 step "cargo test (unit, core, runtime, end-to-end)"
 SKIFF_E2E_REQUIRED=1 cargo test --workspace --locked
+step "fuzz targets (fuzz/run.sh): libFuzzer on stable, each decoder for ${SKIFF_FUZZ_SECONDS:-5} s"
+sh fuzz/run.sh
 step "static aarch64 build (cross/build.sh), checked under qemu-user against the host build"
 SKIFF_NO_RUSTUP=1 sh cross/build.sh aarch64
 sh cross/check.sh target/cross/skiff-aarch64 target/debug/skiff

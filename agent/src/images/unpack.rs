@@ -475,7 +475,9 @@ impl Unpacker<'_> {
 }
 
 /// The normal components of an entry name: a leading `/` and `.` are dropped, `..` is refused.
-fn clean_components(raw: &[u8], name: &str) -> Result<Vec<OsString>, UnpackError> {
+/// Public for the fuzz targets (`fuzz/`) only.
+#[doc(hidden)]
+pub fn clean_components(raw: &[u8], name: &str) -> Result<Vec<OsString>, UnpackError> {
     let mut out = Vec::new();
     for component in Path::new(OsStr::from_bytes(raw)).components() {
         match component {

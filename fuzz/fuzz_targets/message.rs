@@ -1,0 +1,4 @@
+//! `skiff_fuzz::message`: see its doc in fuzz/src/lib.rs.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| skiff_fuzz::message(data));
