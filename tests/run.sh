@@ -16,10 +16,10 @@ if [ "${SKIFF_SKIP_INSTALL:-0}" != 1 ]; then
     # openssl: the CA and certificates of the mutual-TLS tests.
     # docker-registry + skopeo: the registry the pull tests start and the tool that pushes to it.
     # nftables + iproute2: bridge networking (NAT and port mappings through nft; the tests make
-    # their client namespaces with ip).
+    # their client namespaces with ip). g++: libFuzzer, built by the fuzz step (fuzz/run.sh).
     apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients busybox-static openssl \
         file qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross systemd \
-        docker-registry skopeo nftables iproute2 >/dev/null
+        docker-registry skopeo nftables iproute2 g++ >/dev/null
     rustup target add aarch64-unknown-linux-musl >/dev/null
 fi
 
