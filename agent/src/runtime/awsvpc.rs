@@ -310,28 +310,7 @@ pub(crate) fn allocated_tasks(run_dir: &Path) -> Vec<String> {
 }
 
 fn allocations(dir: &Path) -> Result<Vec<(String, Allocation)>, String> {
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
-    };
-    for e in entries.flatten() {
-        let Some(task) = e.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if task.starts_with('.') {
-            continue;
-        }
-        match fs::read(e.path())
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Allocation>(&b).ok())
-        {
-            Some(a) => out.push((task, a)),
-            None => tracing::warn!(file = %e.path().display(), "unreadable awsvpc allocation"),
-        }
-    }
-    Ok(out)
+    super::bridge::read_allocations(dir, "awsvpc")
 }
 
 /// Runs `f` with a netlink socket in the network namespace at `netns`, on a short-lived thread

@@ -457,28 +457,7 @@ impl Network {
     }
 
     fn allocations(&self) -> Result<Vec<(String, Allocation)>, String> {
-        let mut out = Vec::new();
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(format!("cannot list {}: {e}", self.dir.display())),
-        };
-        for e in entries.flatten() {
-            let Some(task) = e.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if task.starts_with('.') {
-                continue;
-            }
-            match fs::read(e.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Allocation>(&b).ok())
-            {
-                Some(a) => out.push((task, a)),
-                None => tracing::warn!(file = %e.path().display(), "unreadable network allocation"),
-            }
-        }
-        Ok(out)
+        read_allocations(&self.dir, "network")
     }
 
     fn save(&self, task: &str, a: &Allocation) -> Result<(), String> {
@@ -737,6 +716,36 @@ impl Network {
             .map(|v| v.into_iter().map(|(t, _)| t).collect())
             .unwrap_or_default()
     }
+}
+
+/// The allocation files of `dir` (one per task, named after it; dot files are temporary):
+/// a missing directory is none, an unreadable file is skipped with a warning naming `what`.
+pub(super) fn read_allocations<A: serde::de::DeserializeOwned>(
+    dir: &Path,
+    what: &str,
+) -> Result<Vec<(String, A)>, String> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+    };
+    for e in entries.flatten() {
+        let Some(task) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if task.starts_with('.') {
+            continue;
+        }
+        match fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<A>(&b).ok())
+        {
+            Some(a) => out.push((task, a)),
+            None => tracing::warn!(file = %e.path().display(), "unreadable {what} allocation"),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
