@@ -7,7 +7,7 @@
 //! broker (publishing uses `try_publish`: while offline, messages are dropped and counted; the
 //! durable outbox is a later step).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,7 @@ use skiff_proto::codec::{decode, decode_as, encode, Kind, Message};
 use skiff_proto::topic::Topic;
 use skiff_proto::{
     Command, CommandBody, Event as EventMsg, EventBody, HealthTest, Metrics, MetricsSample, Name,
-    NodeState, Reply, ReplyBody, Scope, Status, TaskDefinition,
+    NodeResources, NodeState, Reply, ReplyBody, Scope, Status, TaskDefinition,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -127,7 +127,7 @@ pub async fn run(
                         node: cfg.node.clone(),
                     }
                     .to_topic(),
-                    offline_status(&cfg.node, crate::clock::wall_ms()),
+                    labelled_offline_status(&cfg, crate::clock::wall_ms()),
                 )),
                 subscriptions: vec![
                     Topic::ClusterDesired {
@@ -217,7 +217,8 @@ pub async fn run(
         cfg.trust_keys.clone(),
         shells.state.load_trust(),
     ))
-    .with_zones(crate::zones::Zones::system());
+    .with_zones(crate::zones::Zones::system())
+    .with_node(cfg.labels.clone(), node_size());
     match core.trusted_keys() {
         keys if keys.is_empty() && !local => tracing::warn!(
             "no trusted fleet keys ([trust] keys): desired state is NOT verified; whoever can \
@@ -317,6 +318,7 @@ pub async fn run(
                     (t, stats)
                 }).collect();
                 let sample = sampler.sample(tasks, now.mono_ms, now.wall_ms);
+                out.perform(core.handle(Event::Load(load(&sample)), now), &shells);
                 let ev = Event::Metrics {
                     tasks: sample.tasks.clone(),
                     mem_total_bytes: sample.mem_total_bytes,
@@ -357,7 +359,8 @@ pub async fn run(
     }
     save_wall(&shells.state, clock.now());
     out.flush_outbox(true);
-    out.offline().await;
+    out.offline_with(labelled_offline_status(&cfg, crate::clock::wall_ms()))
+        .await;
     tracing::info!(
         dropped_while_offline = out.dropped.load(Ordering::Relaxed),
         "skiff agent stopped"
@@ -381,6 +384,32 @@ fn node_key(data_dir: &std::path::Path) -> Option<x25519_dalek::StaticSecret> {
             tracing::warn!(error = %e, "no node key: tasks with secrets can't start");
             None
         }
+    }
+}
+
+/// CPUs the agent may use (affinity and cgroup quota respected) and the node's memory.
+pub(crate) fn node_size() -> NodeResources {
+    let sys = sysinfo::System::new_with_specifics(
+        sysinfo::RefreshKind::nothing()
+            .with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram()),
+    );
+    NodeResources {
+        cpus: std::thread::available_parallelism()
+            .map_or(0, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+        mem_total_bytes: sys.map_or(0, |s| s.total_memory()),
+        cpu_pct: 0.0,
+        mem_used_bytes: 0,
+    }
+}
+
+/// The node's load in a metrics sample, for its status.
+fn load(sample: &MetricsSample) -> NodeResources {
+    NodeResources {
+        cpus: std::thread::available_parallelism()
+            .map_or(0, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+        mem_total_bytes: sample.mem_total_bytes,
+        cpu_pct: sample.cpu_pct,
+        mem_used_bytes: sample.mem_used_bytes,
     }
 }
 
@@ -413,8 +442,20 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// The retained status the broker publishes as last will, and the agent on a clean exit.
-fn offline_status(node: &Name, at_ms: u64) -> Vec<u8> {
+/// The retained status the broker publishes as last will, and the agent on a clean exit, with
+/// the node's labels and size (not its load): selectors still find an offline node, and `skiff
+/// ctl nodes` still shows what it has.
+fn labelled_offline_status(cfg: &Validated, at_ms: u64) -> Vec<u8> {
+    let size = node_size();
+    offline_status_of(&cfg.node, cfg.labels.clone(), size, at_ms)
+}
+
+fn offline_status_of(
+    node: &Name,
+    labels: BTreeMap<String, String>,
+    size: NodeResources,
+    at_ms: u64,
+) -> Vec<u8> {
     let status = Status {
         node: node.clone(),
         state: NodeState::Offline,
@@ -424,6 +465,13 @@ fn offline_status(node: &Name, at_ms: u64) -> Vec<u8> {
         at_ms,
         tasks: vec![],
         services: vec![],
+        labels,
+        resources: NodeResources {
+            cpus: size.cpus,
+            mem_total_bytes: size.mem_total_bytes,
+            cpu_pct: 0.0,
+            mem_used_bytes: 0,
+        },
     };
     encode(&Message::Status(status)).unwrap_or_default()
 }
@@ -845,13 +893,12 @@ impl Output {
     }
 
     /// Clean exit: the retained status says offline (the last will only covers unclean exits).
-    async fn offline(&self) {
+    async fn offline_with(&self, offline: Vec<u8>) {
         let Some(client) = &self.client else { return };
         let topic = Topic::Status {
             cluster: self.cluster.clone(),
             node: self.node.clone(),
         };
-        let offline = offline_status(&self.node, crate::clock::wall_ms());
         let json = self.json_mirror(&topic, &offline);
         let _ = client.try_publish(topic.to_topic(), QoS::AtLeastOnce, true, offline);
         if let Some((mirror, json, retain)) = json {

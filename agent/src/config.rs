@@ -75,6 +75,11 @@ pub struct Config {
     /// Task networking (`[network]`): bridge mode (bridge, subnet, ephemeral_ports, dns) and
     /// awsvpc mode (awsvpc_parent, awsvpc_pool, awsvpc_subnet, awsvpc_gateway).
     pub network: crate::runtime::NetworkConfig,
+    /// The node's labels (`[labels]`, e.g. `site = "north"`), reported in its status and matched
+    /// by `skiff ctl nodes --selector` and `skiff ctl deploy --selector`. Keys: 1..=63 letters,
+    /// digits, `.` `_` `-` `/`; values: 1..=63 letters, digits, `.` `_` `-`; at most 16.
+    /// `arch` defaults to the build's architecture as OCI names it (`arm64`, `amd64`, `arm`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -102,6 +107,7 @@ impl Default for Config {
             trust: crate::trust::TrustConfig::default(),
             policy_file: None,
             network: crate::runtime::NetworkConfig::default(),
+            labels: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -265,6 +271,8 @@ pub struct Validated {
     pub network: crate::runtime::BridgeConfig,
     /// awsvpc networking settings; `None`: not configured (awsvpc tasks fail to start).
     pub awsvpc: Option<crate::runtime::AwsvpcConfig>,
+    /// The labels the node reports (checked, `arch` defaulted).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -394,6 +402,7 @@ impl Config {
             .map_err(|(field, problem)| invalid(field, problem))?;
         crate::journal::log_filter(&self.log)
             .map_err(|e| invalid("log", format!("{:?}: {e}", self.log)))?;
+        let labels = crate::labels::node_labels(&self.labels).map_err(|e| invalid("labels", e))?;
         Ok(Validated {
             node,
             cluster,
@@ -418,6 +427,7 @@ impl Config {
             policy,
             network,
             awsvpc,
+            labels,
         })
     }
 }
@@ -455,6 +465,27 @@ mod tests {
         );
         assert_eq!(v.metrics_interval, Duration::from_secs(10));
         assert_eq!(v.stop_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn labels_are_checked_and_arch_defaults_to_the_build() {
+        let v = parse("").expect("defaults are valid");
+        assert_eq!(
+            v.labels.get("arch").map(String::as_str),
+            Some(crate::labels::build_arch())
+        );
+        assert_eq!(v.labels.len(), 1);
+        let v = parse("[labels]\narch = \"arm\"\nsite = \"north\"\n").expect("labels");
+        assert_eq!(v.labels.get("arch").map(String::as_str), Some("arm"));
+        assert_eq!(v.labels.get("site").map(String::as_str), Some("north"));
+        let err = parse("[labels]\nsite = \"north,south\"\n")
+            .expect_err("comma")
+            .to_string();
+        assert!(
+            err.starts_with("config field labels: site: label value") && err.contains("','"),
+            "{err}"
+        );
+        assert!(parse("[labels]\nsite = 3\n").is_err(), "values are strings");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rumqttc::{AsyncClient, QoS};
 use skiff_proto::codec::{decode, decode_as, encode, Kind, Message};
 use skiff_proto::topic::{all_nodes, Topic};
 use skiff_proto::{
-    Command, CommandBody, DesiredState, EventBody, Name, NodeState, ReplyBody, Status,
+    Command, CommandBody, DesiredState, EventBody, Name, NodeState, ReplyBody, Scope, Status,
     TaskDefinition, TaskState,
 };
 use tokio::time::Instant;
@@ -29,6 +29,9 @@ mod keys;
 pub use keys::{keygen, seal, trust_update, TrustChange};
 mod endpoints;
 pub use endpoints::endpoints;
+pub mod fleet;
+mod top;
+pub use top::{top, TopOptions};
 
 /// Why a console command failed; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -90,11 +93,30 @@ struct Session {
     inbound: tokio::sync::mpsc::Receiver<Inbound>,
     pending: VecDeque<(String, Vec<u8>, bool)>,
     broker: String,
+    /// Subscriptions at QoS 0 ([`Session::open_reader`]), made again after a reconnect.
+    reading: Vec<String>,
 }
 
 impl Session {
     /// Connects and subscribes; returns once the subscriptions are acknowledged.
     async fn open(target: &Target, subscriptions: Vec<String>) -> Result<Session, CtlError> {
+        Session::open_as(target, subscriptions, false).await
+    }
+
+    /// [`Session::open`] with the subscriptions at QoS 0, for reading the fleet: a broker
+    /// queues only so many QoS 1 messages per client (mosquitto's `max_queued_messages`, 1000
+    /// by default; EMQX's `max_mqueue_len`) and drops the rest, so the retained statuses of a
+    /// 10,000-node fleet arrive whole only at QoS 0. Loss is then possible only when the
+    /// connection drops, as with any console's clean session.
+    async fn open_reader(target: &Target, subscriptions: Vec<String>) -> Result<Session, CtlError> {
+        Session::open_as(target, subscriptions, true).await
+    }
+
+    async fn open_as(
+        target: &Target,
+        subscriptions: Vec<String>,
+        qos0: bool,
+    ) -> Result<Session, CtlError> {
         let scheme = if target.tls.is_some() {
             "mqtts"
         } else {
@@ -112,7 +134,11 @@ impl Session {
                 broker: target.broker.clone(),
                 keepalive: Duration::from_secs(30),
                 last_will: None,
-                subscriptions: subscriptions.clone(),
+                subscriptions: if qos0 {
+                    Vec::new()
+                } else {
+                    subscriptions.clone()
+                },
             },
             tls,
         );
@@ -121,12 +147,18 @@ impl Session {
             inbound: conn.inbound,
             pending: VecDeque::new(),
             broker,
+            reading: if qos0 {
+                subscriptions.clone()
+            } else {
+                Vec::new()
+            },
         };
         let deadline = Instant::now() + target.timeout;
         loop {
             match tokio::time::timeout_at(deadline, s.inbound.recv()).await {
                 Ok(Some(Inbound::Subscribed)) => return Ok(s),
                 Ok(Some(Inbound::Connected)) if subscriptions.is_empty() => return Ok(s),
+                Ok(Some(Inbound::Connected)) => s.subscribe_reading(),
                 Ok(Some(Inbound::Disconnected(reason))) => {
                     return Err(CtlError::Unreachable {
                         broker: s.broker,
@@ -164,9 +196,25 @@ impl Session {
                 Ok(Some(Inbound::Disconnected(reason))) => {
                     eprintln!("skiff ctl: broker connection lost ({reason}); reconnecting");
                 }
+                Ok(Some(Inbound::Connected)) => self.subscribe_reading(),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return None,
             }
+        }
+    }
+
+    /// Makes the QoS 0 subscriptions (on connecting, and again after a reconnect: the session
+    /// is clean).
+    fn subscribe_reading(&self) {
+        if self.reading.is_empty() {
+            return;
+        }
+        let filters = self
+            .reading
+            .iter()
+            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtMostOnce));
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            eprintln!("skiff ctl: cannot subscribe: {e}");
         }
     }
 
@@ -207,6 +255,51 @@ impl Session {
         }
     }
 
+    /// Publishes many messages at QoS 1, [`PUBLISH_WINDOW`] at a time, each window waiting for
+    /// its acknowledgements: a fleet's worth of documents without a round trip each.
+    async fn publish_all(
+        &mut self,
+        msgs: Vec<(String, Vec<u8>)>,
+        retain: bool,
+        timeout: Duration,
+    ) -> Result<(), CtlError> {
+        for window in msgs.chunks(PUBLISH_WINDOW) {
+            for (topic, payload) in window {
+                self.client
+                    .publish(topic, QoS::AtLeastOnce, retain, payload.clone())
+                    .await
+                    .map_err(|e| CtlError::Failed(format!("cannot publish to {topic}: {e}")))?;
+            }
+            let deadline = Instant::now() + timeout;
+            let mut acked = 0;
+            while acked < window.len() {
+                match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
+                    Ok(Some(Inbound::PubAck)) => acked += 1,
+                    Ok(Some(Inbound::Publish {
+                        topic,
+                        payload,
+                        retained,
+                        ..
+                    })) => self.pending.push_back((topic, payload, retained)),
+                    Ok(Some(Inbound::Disconnected(reason))) => {
+                        return Err(CtlError::Unreachable {
+                            broker: self.broker.clone(),
+                            reason,
+                        })
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        return Err(CtlError::Timeout(format!(
+                            "the broker acknowledged {acked} of {} messages",
+                            window.len()
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Retained messages that arrive within a short quiet period after subscribing.
     async fn retained(&mut self, quiet: Duration, cap: Duration) -> Vec<(String, Vec<u8>)> {
         let end = Instant::now() + cap;
@@ -224,6 +317,10 @@ impl Session {
         out
     }
 }
+
+/// Publishes in flight at once in [`Session::publish_all`]: below the client's request channel
+/// (256), so sending never waits on the event loop while it waits on us.
+const PUBLISH_WINDOW: usize = 64;
 
 fn desired_topic(cluster: &Name, node: Option<&Name>) -> String {
     match node {
@@ -314,51 +411,18 @@ async fn edit(
         None => all_nodes(&target.cluster, "events"),
     };
     let statuses = all_nodes(&target.cluster, "status");
-    let mut s = Session::open(target, vec![topic.clone(), events, statuses]).await?;
+    let mut s = Session::open_reader(target, vec![topic.clone(), events, statuses]).await?;
     let retained = s.retained(Duration::from_millis(300), target.timeout).await;
-    let mut previous: Option<DesiredState> = None;
-    let mut previous_bytes: Option<Vec<u8>> = None;
-    let mut online: BTreeSet<Name> = BTreeSet::new();
-    for (t, payload) in &retained {
-        if *t == topic {
-            match decode_as(Kind::DesiredState, payload) {
-                Ok(Message::DesiredState(d)) => {
-                    previous = Some(d);
-                    previous_bytes = Some(payload.clone());
-                }
-                Ok(_) => {}
-                Err(e) => eprintln!("skiff ctl: ignoring the unreadable document on {topic}: {e}"),
-            }
-        } else if let Ok(Message::Status(st)) = decode(payload) {
-            if st.state == NodeState::Online {
-                online.insert(st.node);
-            }
-        }
-    }
-    target.check_base(&topic, previous.as_ref())?;
-    let old_tasks = previous
-        .as_ref()
-        .map(|d| d.tasks.clone())
-        .unwrap_or_default();
-    let mut tasks = old_tasks.clone();
-    change(&mut tasks)?;
-    let version = previous
-        .as_ref()
-        .map_or(0, |d| d.version)
-        .saturating_add(1)
-        .max(crate::clock::wall_ms() / 1000);
-    let mut doc = DesiredState {
-        version,
-        cluster: target.cluster.clone(),
-        node: node.clone(),
-        tasks,
-        signature: None,
-    };
-    target.sign(&mut doc)?;
-    let bytes =
-        encode(&Message::DesiredState(doc)).map_err(|e| CtlError::BadInput(e.to_string()))?;
-    s.publish(&topic, bytes, true, target.timeout).await?;
-    println!("published desired state version {version} to {topic}");
+    let doc = Edit::from_retained(topic, node.clone(), &retained);
+    let online: BTreeSet<Name> = retained_statuses(&retained)
+        .filter(|st| st.state == NodeState::Online)
+        .map(|st| st.node)
+        .collect();
+    target.check_base(&doc.topic, doc.previous.as_ref())?;
+    let version = doc.next_version().max(crate::clock::wall_ms() / 1000);
+    let bytes = doc.document(target, version, change)?;
+    s.publish(&doc.topic, bytes, true, target.timeout).await?;
+    println!("published desired state version {version} to {}", doc.topic);
     if !wait {
         return Ok(());
     }
@@ -373,7 +437,12 @@ async fn edit(
         );
         return Ok(());
     }
-    let outcome = await_outcome(&mut s, version, &expect, target.timeout).await;
+    let scope = if node.is_some() {
+        Scope::Node
+    } else {
+        Scope::Cluster
+    };
+    let outcome = await_outcome(&mut s, version, scope, &expect, target.timeout).await;
     let mut rejected = Vec::new();
     for n in &expect {
         match outcome.get(n) {
@@ -387,35 +456,7 @@ async fn edit(
     }
     if !rejected.is_empty() {
         if node.is_some() {
-            // Put back what the node runs, so the broker never retains a refused document.
-            let mut restore = DesiredState {
-                version: version + 1,
-                cluster: target.cluster.clone(),
-                node,
-                tasks: old_tasks,
-                signature: None,
-            };
-            target.sign(&mut restore)?;
-            match previous_bytes {
-                // The previous document as it was, signature and all: the node ignores a
-                // document it runs already, and a signature the node refused is not reused.
-                Some(bytes) => {
-                    s.publish(&topic, bytes, true, target.timeout).await?;
-                    eprintln!(
-                        "restored the previous desired state document (version {})",
-                        previous.as_ref().map_or(0, |d| d.version)
-                    );
-                }
-                None => {
-                    if let Ok(bytes) = encode(&Message::DesiredState(restore)) {
-                        s.publish(&topic, bytes, true, target.timeout).await?;
-                        eprintln!(
-                            "restored the previous desired state as version {}",
-                            version + 1
-                        );
-                    }
-                }
-            }
+            doc.restore(&mut s, target, version).await?;
         }
         return Err(CtlError::Rejected(format!(
             "desired state rejected: {}",
@@ -428,43 +469,383 @@ async fn edit(
     Ok(())
 }
 
-/// Waits for each expected node's `applied` / `rejected` event for `version`.
+/// The statuses among retained messages.
+fn retained_statuses(retained: &[(String, Vec<u8>)]) -> impl Iterator<Item = Status> + '_ {
+    retained.iter().filter_map(|(t, p)| {
+        if !matches!(Topic::parse(t), Some(Topic::Status { .. })) {
+            return None;
+        }
+        match decode(p) {
+            Ok(Message::Status(st)) => Some(st),
+            _ => None,
+        }
+    })
+}
+
+/// One desired-state document being replaced: its topic and what the broker retains there now.
+struct Edit {
+    topic: String,
+    node: Option<Name>,
+    previous: Option<DesiredState>,
+    previous_bytes: Option<Vec<u8>>,
+}
+
+impl Edit {
+    /// The document retained on the cluster's (`node` None) or the node's desired topic.
+    fn from_retained(topic: String, node: Option<Name>, retained: &[(String, Vec<u8>)]) -> Edit {
+        let mut edit = Edit {
+            topic,
+            node,
+            previous: None,
+            previous_bytes: None,
+        };
+        if let Some((_, payload)) = retained.iter().find(|(t, _)| *t == edit.topic) {
+            match decode_as(Kind::DesiredState, payload) {
+                Ok(Message::DesiredState(d)) => {
+                    edit.previous = Some(d);
+                    edit.previous_bytes = Some(payload.clone());
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!(
+                    "skiff ctl: ignoring the unreadable document on {}: {e}",
+                    edit.topic
+                ),
+            }
+        }
+        edit
+    }
+
+    /// The lowest version the new document may have.
+    fn next_version(&self) -> u64 {
+        self.previous
+            .as_ref()
+            .map_or(0, |d| d.version)
+            .saturating_add(1)
+    }
+
+    fn old_tasks(&self) -> Vec<TaskDefinition> {
+        self.previous
+            .as_ref()
+            .map(|d| d.tasks.clone())
+            .unwrap_or_default()
+    }
+
+    /// The new document, encoded: `change` made to the previous tasks, signed with `--sign-key`.
+    fn document(
+        &self,
+        target: &Target,
+        version: u64,
+        change: impl FnOnce(&mut Vec<TaskDefinition>) -> Result<(), CtlError>,
+    ) -> Result<Vec<u8>, CtlError> {
+        let mut tasks = self.old_tasks();
+        change(&mut tasks)?;
+        let mut doc = DesiredState {
+            version,
+            cluster: target.cluster.clone(),
+            node: self.node.clone(),
+            tasks,
+            signature: None,
+        };
+        target.sign(&mut doc)?;
+        encode(&Message::DesiredState(doc)).map_err(|e| CtlError::BadInput(e.to_string()))
+    }
+
+    /// After a node refused `version`: what it runs goes back on the topic, so the broker never
+    /// retains a refused document.
+    fn restoration(&self, target: &Target, version: u64) -> Result<Vec<u8>, CtlError> {
+        match &self.previous_bytes {
+            // The previous document as it was, signature and all: the node ignores a document
+            // it runs already, and a signature the node refused is not reused.
+            Some(bytes) => Ok(bytes.clone()),
+            None => self.document(target, version + 1, |tasks| {
+                tasks.clear();
+                Ok(())
+            }),
+        }
+    }
+
+    async fn restore(
+        &self,
+        s: &mut Session,
+        target: &Target,
+        version: u64,
+    ) -> Result<(), CtlError> {
+        let bytes = self.restoration(target, version)?;
+        s.publish(&self.topic, bytes, true, target.timeout).await?;
+        match &self.previous {
+            Some(p) => eprintln!(
+                "restored the previous desired state document (version {})",
+                p.version
+            ),
+            None => eprintln!(
+                "restored the previous desired state as version {}",
+                version + 1
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Waits for each expected node's answer to `version` of the `scope` document: its `applied` /
+/// `rejected` event, or a status reporting the version.
 async fn await_outcome(
     s: &mut Session,
     version: u64,
+    scope: Scope,
     expect: &BTreeSet<Name>,
     timeout: Duration,
 ) -> BTreeMap<Name, Result<(), String>> {
-    let deadline = Instant::now() + timeout;
-    let mut outcome = BTreeMap::new();
-    while outcome.len() < expect.len() {
+    let mut progress = fleet::Progress::new(version, Some(scope), expect.clone());
+    await_progress(s, &mut progress, Instant::now() + timeout, |_, _, _| {}).await;
+    progress
+        .outcome
+        .into_iter()
+        .map(|(n, o)| match o {
+            fleet::Outcome::Applied => (n, Ok(())),
+            fleet::Outcome::Rejected(reason) => (n, Err(reason)),
+        })
+        .collect()
+}
+
+/// Follows the nodes' events and status until every expected node applied or rejected the
+/// version, or the deadline; `answer` is told each node's answer as it comes.
+async fn await_progress(
+    s: &mut Session,
+    progress: &mut fleet::Progress,
+    deadline: Instant,
+    mut answer: impl FnMut(&fleet::Progress, &Name, &fleet::Outcome),
+) {
+    while !progress.done() {
         let Some((topic, payload, _)) = s.next(deadline).await else {
             break;
         };
-        if !matches!(Topic::parse(&topic), Some(Topic::Events { .. })) {
-            continue;
-        }
-        let Ok(Message::Event(ev)) = decode(&payload) else {
-            continue;
+        let got = match (Topic::parse(&topic), decode(&payload)) {
+            (Some(Topic::Events { .. }), Ok(Message::Event(ev))) => progress.event(&ev),
+            (Some(Topic::Status { .. }), Ok(Message::Status(st))) => progress.status(&st),
+            _ => None,
         };
-        if !expect.contains(&ev.node) {
-            continue;
-        }
-        match ev.body {
-            EventBody::DesiredApplied { version: v, .. } if v == version => {
-                outcome.insert(ev.node, Ok(()));
-            }
-            EventBody::DesiredRejected {
-                version: Some(v),
-                reason,
-                ..
-            } if v == version => {
-                outcome.insert(ev.node, Err(reason));
-            }
-            _ => {}
+        if let Some((node, outcome)) = got {
+            answer(progress, &node, &outcome);
         }
     }
-    outcome
+}
+
+/// Where `skiff ctl deploy` puts a desired state.
+#[derive(Debug, Clone)]
+pub enum DeployTo {
+    /// The cluster's document: every node.
+    Cluster,
+    /// Each node whose status labels match: its own document.
+    Selector(crate::labels::Selector),
+    /// These nodes' own documents.
+    Nodes(Vec<Name>),
+}
+
+/// `skiff ctl deploy`: adds or replaces tasks in the cluster's desired state or in the
+/// documents of the nodes chosen by label or by name (from the nodes' retained status), all
+/// with one version, and follows the nodes' answers (events and the versions in their
+/// status) until each online target applied or rejected it, or `wait` passed. Offline targets
+/// get their document when they connect; they are listed, not waited for. A node that rejects
+/// its document gets its previous one back, as with `apply`.
+pub async fn deploy(
+    target: &Target,
+    defs: Vec<TaskDefinition>,
+    to: DeployTo,
+    wait: Option<Duration>,
+) -> Result<(), CtlError> {
+    let desired = match &to {
+        DeployTo::Cluster => desired_topic(&target.cluster, None),
+        _ => all_nodes(&target.cluster, "desired"),
+    };
+    let subscriptions = vec![
+        desired,
+        all_nodes(&target.cluster, "status"),
+        all_nodes(&target.cluster, "events"),
+    ];
+    let mut s = Session::open_reader(target, subscriptions).await?;
+    let retained = s.retained(Duration::from_millis(300), target.timeout).await;
+    let nodes: BTreeMap<Name, Status> = retained_statuses(&retained)
+        .map(|st| (st.node.clone(), st))
+        .collect();
+    let online = |n: &Name| {
+        nodes
+            .get(n)
+            .is_some_and(|st| st.state != NodeState::Offline)
+    };
+    let chosen: Vec<Name> = match &to {
+        DeployTo::Cluster => Vec::new(),
+        DeployTo::Selector(sel) => {
+            let chosen: Vec<Name> = nodes
+                .values()
+                .filter(|st| sel.matches(&st.labels))
+                .map(|st| st.node.clone())
+                .collect();
+            if chosen.is_empty() {
+                return Err(CtlError::Failed(format!(
+                    "no node of cluster {} matches --selector {sel} ({} nodes reported)",
+                    target.cluster,
+                    nodes.len()
+                )));
+            }
+            chosen
+        }
+        DeployTo::Nodes(list) => list.clone(),
+    };
+    let docs: Vec<Edit> = match &to {
+        DeployTo::Cluster => vec![Edit::from_retained(
+            desired_topic(&target.cluster, None),
+            None,
+            &retained,
+        )],
+        _ => chosen
+            .iter()
+            .map(|n| {
+                let topic = desired_topic(&target.cluster, Some(n));
+                Edit::from_retained(topic, Some(n.clone()), &retained)
+            })
+            .collect(),
+    };
+    for doc in &docs {
+        target.check_base(&doc.topic, doc.previous.as_ref())?;
+    }
+    let version = docs
+        .iter()
+        .map(Edit::next_version)
+        .fold(crate::clock::wall_ms() / 1000, u64::max);
+    let mut out = Vec::with_capacity(docs.len());
+    for doc in &docs {
+        let bytes = doc.document(target, version, |tasks| {
+            for def in &defs {
+                match tasks.iter_mut().find(|t| t.family == def.family) {
+                    Some(t) => *t = def.clone(),
+                    None => tasks.push(def.clone()),
+                }
+            }
+            Ok(())
+        })?;
+        out.push((doc.topic.clone(), bytes));
+    }
+    s.publish_all(out, true, target.timeout).await?;
+    let expect: BTreeSet<Name> = match &to {
+        DeployTo::Cluster => {
+            println!(
+                "published desired state version {version} to {}",
+                docs.iter().map(|d| d.topic.as_str()).collect::<String>()
+            );
+            nodes
+                .values()
+                .filter(|st| st.state == NodeState::Online)
+                .map(|st| st.node.clone())
+                .collect()
+        }
+        _ => {
+            println!(
+                "published desired state version {version} to {} node(s): {}",
+                chosen.len(),
+                list_brief(&chosen)
+            );
+            let (up, down): (Vec<&Name>, Vec<&Name>) = chosen.iter().partition(|n| online(n));
+            for n in down {
+                let state = nodes
+                    .get(n)
+                    .map_or("has not reported", |st| display::node_state_label(st.state));
+                println!("{n}: {state}; applies version {version} when it connects");
+            }
+            up.into_iter().cloned().collect()
+        }
+    };
+    let Some(wait) = wait else {
+        return Ok(());
+    };
+    if expect.is_empty() {
+        println!("no target node is online; nodes apply it when they connect");
+        return Ok(());
+    }
+    let cluster_wide = matches!(to, DeployTo::Cluster);
+    let scope = if cluster_wide {
+        Scope::Cluster
+    } else {
+        Scope::Node
+    };
+    let mut progress = fleet::Progress::new(version, Some(scope), expect);
+    let every_answer = progress.expect.len() <= 20;
+    let mut printed = Instant::now();
+    await_progress(
+        &mut s,
+        &mut progress,
+        Instant::now() + wait,
+        |p, node, outcome| {
+            if let fleet::Outcome::Rejected(reason) = outcome {
+                eprintln!("{node}: rejected version {version}: {reason}");
+            }
+            if every_answer || p.done() || printed.elapsed() >= Duration::from_secs(1) {
+                println!("{}", p.line());
+                printed = Instant::now();
+            }
+        },
+    )
+    .await;
+    if !every_answer && !progress.done() {
+        println!("{}", progress.line());
+    }
+    let rejected: Vec<String> = progress
+        .rejected()
+        .map(|(n, r)| format!("{n}: {r}"))
+        .collect();
+    if !rejected.is_empty() && !cluster_wide {
+        let restore: Vec<(String, Vec<u8>)> = docs
+            .iter()
+            .filter(|d| {
+                d.node.as_ref().is_some_and(|n| {
+                    progress
+                        .outcome
+                        .get(n)
+                        .is_some_and(|o| *o != fleet::Outcome::Applied)
+                })
+            })
+            .map(|d| Ok((d.topic.clone(), d.restoration(target, version)?)))
+            .collect::<Result<_, CtlError>>()?;
+        let count = restore.len();
+        s.publish_all(restore, true, target.timeout).await?;
+        eprintln!("restored the previous desired state of the {count} node(s) that rejected it");
+    }
+    let waiting: Vec<Name> = progress.waiting().cloned().collect();
+    if !rejected.is_empty() {
+        return Err(CtlError::Rejected(format!(
+            "version {version} rejected by {} node(s): {}{}",
+            rejected.len(),
+            rejected.join("; "),
+            if waiting.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} node(s) did not answer: {}",
+                    waiting.len(),
+                    list_brief(&waiting)
+                )
+            }
+        )));
+    }
+    if !waiting.is_empty() {
+        return Err(CtlError::Timeout(format!(
+            "{} node(s) did not apply version {version} within {} s: {}",
+            waiting.len(),
+            wait.as_secs(),
+            list_brief(&waiting)
+        )));
+    }
+    Ok(())
+}
+
+/// Up to 10 names, then how many more.
+fn list_brief(names: &[Name]) -> String {
+    let mut s: Vec<&str> = names.iter().take(10).map(Name::as_str).collect();
+    let more = names.len().saturating_sub(10);
+    let more = format!("and {more} more");
+    if names.len() > 10 {
+        s.push(&more);
+    }
+    s.join(", ")
 }
 
 /// `skiff ctl desired`: prints the current desired-state document (as JSON).
@@ -503,7 +884,7 @@ pub(crate) async fn node_statuses(
         Some(n) => node_topics(target, n).0,
         None => all_nodes(&target.cluster, "status"),
     };
-    let mut s = Session::open(target, vec![topic]).await?;
+    let mut s = Session::open_reader(target, vec![topic]).await?;
     let retained = s.retained(Duration::from_millis(300), target.timeout).await;
     let mut nodes: Vec<Status> = retained
         .iter()
@@ -517,15 +898,32 @@ pub(crate) async fn node_statuses(
     Ok(nodes)
 }
 
-/// `skiff ctl nodes`: the cluster's nodes from their retained status.
-pub async fn nodes(target: &Target, json: bool) -> Result<(), CtlError> {
-    let nodes = node_statuses(target, None).await?;
+/// Which nodes `skiff ctl nodes` lists, in which order.
+#[derive(Debug, Clone, Default)]
+pub struct NodesQuery {
+    pub filter: fleet::NodeFilter,
+    pub sort: fleet::SortKey,
+    pub reverse: bool,
+}
+
+/// `skiff ctl nodes`: the cluster's nodes from their retained status (one subscription, no
+/// request per node), filtered and sorted.
+pub async fn nodes(target: &Target, query: &NodesQuery, json: bool) -> Result<(), CtlError> {
+    let mut nodes = node_statuses(target, None).await?;
+    let reported = nodes.len();
+    nodes.retain(|st| query.filter.keep(st));
+    fleet::sort_nodes(&mut nodes, query.sort, query.reverse);
     if json {
         for n in &nodes {
             println!("{}", serde_json::to_string(n).unwrap_or_default());
         }
-    } else if nodes.is_empty() {
+    } else if reported == 0 {
         println!("no nodes have reported in cluster {}", target.cluster);
+    } else if nodes.is_empty() {
+        println!(
+            "none of the {reported} nodes of cluster {} matches",
+            target.cluster
+        );
     } else {
         print!("{}", display::nodes_table(&nodes, crate::clock::wall_ms()));
     }
@@ -1017,6 +1415,8 @@ mod tests {
                 })
                 .collect(),
             services: vec![],
+            labels: Default::default(),
+            resources: Default::default(),
         })
     }
 

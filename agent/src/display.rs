@@ -308,29 +308,129 @@ pub fn metrics(m: &Metrics) -> Vec<String> {
 }
 
 /// A table of node statuses, for `skiff ctl nodes`. Desired-state versions are wide enough for
-/// the unix seconds `skiff ctl apply` uses.
+/// the unix seconds `skiff ctl apply` uses. SEEN: time since the node's last status report;
+/// CPU: use at that report over the node's CPUs; MEM: used over total; TASKS: active over all.
 pub fn nodes_table(nodes: &[Status], now_ms: u64) -> String {
+    let name_w = nodes
+        .iter()
+        .map(|s| s.node.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
+    let labels: Vec<String> = nodes.iter().map(|s| labels(&s.labels)).collect();
+    let labels_w = labels.iter().map(String::len).max().unwrap_or(0).max(6);
     let mut out = format!(
-        "{:<20} {:<8} {:<9} {:>10} {:>10} {:>6} {:>8}  {}\n",
-        "NODE", "STATE", "VERSION", "CLUSTER", "NODE-DS", "TASKS", "AGE", "RUNNING"
+        "{:<name_w$} {:<8} {:>5} {:<9} {:>10} {:>10} {:>8} {:>11} {:>7}  {:<labels_w$}  {}\n",
+        "NODE",
+        "STATE",
+        "SEEN",
+        "VERSION",
+        "CLUSTER",
+        "NODE-DS",
+        "CPU",
+        "MEM",
+        "TASKS",
+        "LABELS",
+        "RUNNING"
     );
-    for s in nodes {
-        let state = node_state_label(s.state);
+    for (s, labels) in nodes.iter().zip(labels) {
         let running: Vec<String> = s.tasks.iter().map(task_brief).collect();
-        let age = now_ms.saturating_sub(s.at_ms) / 1000;
-        out.push_str(&format!(
-            "{:<20} {:<8} {:<9} {:>10} {:>10} {:>6} {:>7}s  {}\n",
+        let (active, all) = crate::ctl::fleet::task_counts(s);
+        let line = format!(
+            "{:<name_w$} {:<8} {:>5} {:<9} {:>10} {:>10} {:>8} {:>11} {:>7}  {:<labels_w$}  {}",
             s.node.as_str(),
-            state,
+            node_state_label(s.state),
+            age(now_ms.saturating_sub(s.at_ms)),
             s.agent_version,
             s.cluster_version,
             s.node_version,
-            s.tasks.len(),
-            age,
+            cpu(s),
+            mem(s),
+            format!("{active}/{all}"),
+            labels,
             running.join(" ")
-        ));
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
+}
+
+/// `arch=arm64,site=north`, or `-`.
+pub fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `45s`, `12m`, `3h`, `9d`.
+pub fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=99 => format!("{s}s"),
+        100..=5999 => format!("{}m", s / 60),
+        6000..=359_999 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// `512B`, `1.5K`, `412M`, `1.9G`: short sizes for tables.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || v >= 10.0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+/// `23%/4`: CPU use over the node's CPUs (`-` for the use of an offline node).
+pub fn cpu(s: &Status) -> String {
+    cpu_of(s.state, s.resources.cpu_pct, s.resources.cpus)
+}
+
+/// [`cpu`] from figures that may come from a newer metrics sample (`skiff ctl top`).
+pub fn cpu_of(state: NodeState, cpu_pct: f32, cpus: u32) -> String {
+    let cpus = if cpus == 0 {
+        "?".to_string()
+    } else {
+        cpus.to_string()
+    };
+    if state == NodeState::Offline {
+        format!("-/{cpus}")
+    } else {
+        format!("{cpu_pct:.0}%/{cpus}")
+    }
+}
+
+/// `412M/1.9G`: memory used over total (`-` for what is not known).
+pub fn mem(s: &Status) -> String {
+    mem_of(
+        s.state,
+        s.resources.mem_used_bytes,
+        s.resources.mem_total_bytes,
+    )
+}
+
+/// [`mem`] from figures that may come from a newer metrics sample (`skiff ctl top`).
+pub fn mem_of(state: NodeState, used: u64, total: u64) -> String {
+    let total = if total == 0 { "?".into() } else { size(total) };
+    if state == NodeState::Offline {
+        format!("-/{total}")
+    } else {
+        format!("{}/{total}", size(used))
+    }
 }
 
 /// Each node's services, for `skiff ctl services`: one row per service (`NODE SERVICE`), then
@@ -506,6 +606,8 @@ mod tests {
             at_ms: 1_000_000,
             tasks: vec![],
             services: vec![],
+            labels: Default::default(),
+            resources: Default::default(),
         }
     }
 
@@ -517,12 +619,23 @@ mod tests {
             task("web.2", TaskState::Running, Health::Unhealthy),
             task("cron", TaskState::Stopped, Health::Unknown),
         ];
+        a.labels = [("arch", "arm64"), ("site", "north")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        a.resources = skiff_proto::NodeResources {
+            cpus: 4,
+            mem_total_bytes: 2 << 30,
+            cpu_pct: 23.4,
+            mem_used_bytes: 412 << 20,
+        };
+        let mut d = status("pi-4", NodeState::Offline);
+        d.resources.cpus = 2;
         let t = nodes_table(
             &[
                 a,
                 status("pi-2", NodeState::Draining),
                 status("pi-3", NodeState::Drained),
-                status("pi-4", NodeState::Offline),
+                d,
             ],
             4_000_000,
         );
@@ -536,7 +649,41 @@ mod tests {
         assert!(lines[2].contains(" DRAINING "), "{t}");
         assert!(lines[3].contains(" DRAINED "), "{t}");
         assert!(lines[4].contains(" offline "), "{t}");
-        assert!(lines[1].contains("3000s"), "{t}");
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cols[..10],
+            [
+                "pi-1",
+                "online",
+                "50m",
+                "0.1.0",
+                "0",
+                "7",
+                "23%/4",
+                "412M/2.0G",
+                "2/3",
+                "arch=arm64,site=north"
+            ],
+            "{t}"
+        );
+        // Nodes without labels or a known size; an offline node's use is not known.
+        let cols: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(cols[6..10], ["0%/?", "0B/?", "0/0", "-"], "{t}");
+        let cols: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(cols[6..8], ["-/2", "-/?"], "{t}");
+    }
+
+    #[test]
+    fn short_sizes_and_ages() {
+        assert_eq!(size(0), "0B");
+        assert_eq!(size(1023), "1023B");
+        assert_eq!(size(1536), "1.5K");
+        assert_eq!(size(412 << 20), "412M");
+        assert_eq!(size(1_932_735_283), "1.8G");
+        assert_eq!(age(45_000), "45s");
+        assert_eq!(age(720_000), "12m");
+        assert_eq!(age(3 * 3_600_000), "3h");
+        assert_eq!(age(9 * 86_400_000), "9d");
     }
 
     fn deployment(

@@ -20,10 +20,12 @@
 //! - [`identity`]: the node's X25519 key pair, made once on first boot (`skiff node init`).
 //! - [`notify`]: systemd notifications (`READY=1`, watchdog, `STOPPING=1`, status lines).
 //! - [`journal`]: log lines with syslog priorities for journald.
+//! - [`labels`]: node labels (`[labels]`) and the selectors `skiff ctl` matches them with.
 //! - [`secrets`]: sealed secrets: values encrypted to the node's X25519 key (`skiff ctl seal`),
 //!   opened in memory right before a container starts.
 //! - [`trust`]: signed desired state: fleet keys (ed25519), what is signed, verification and
 //!   key rotation (pure; the core holds the trusted set).
+//!   a fake container runtime) for scale tests.
 //! - [`tls`]: TLS to the broker: the `[broker_tls]` PEM files as a rustls (ring) client
 //!   configuration, and the client certificate's CN (the node id).
 //! - [`wire`]: wire messages as files (`skiff task encode` / `decode`).
@@ -39,6 +41,7 @@ pub mod ecs;
 pub mod identity;
 pub mod images;
 pub mod journal;
+pub mod labels;
 pub mod local;
 pub mod logs;
 pub mod memtrim;

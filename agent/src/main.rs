@@ -164,6 +164,45 @@ enum TrustCmd {
     },
 }
 
+/// Which nodes `skiff ctl nodes` and `top` show, in which order.
+#[derive(Debug, Args)]
+struct NodeViewArgs {
+    /// Only nodes in these states (comma-separated): online, offline, draining, drained.
+    #[arg(long, value_name = "STATE,...")]
+    state: Option<String>,
+    /// Only nodes whose labels match all of `k=v,k2=v2` (exact values).
+    #[arg(long, value_name = "K=V,...")]
+    selector: Option<String>,
+    /// Order: name, seen (longest silent first), cpu, mem or tasks (most first).
+    #[arg(long, default_value = "name")]
+    sort: String,
+    /// Reverse the order.
+    #[arg(long)]
+    reverse: bool,
+}
+
+impl NodeViewArgs {
+    fn query(&self) -> Result<ctl::NodesQuery, CtlError> {
+        let bad = CtlError::BadInput;
+        Ok(ctl::NodesQuery {
+            filter: ctl::fleet::NodeFilter {
+                states: match &self.state {
+                    Some(s) => ctl::fleet::parse_states(s).map_err(bad)?,
+                    None => Vec::new(),
+                },
+                selector: self.selector.as_deref().map(selector).transpose()?,
+            },
+            sort: self.sort.parse().map_err(bad)?,
+            reverse: self.reverse,
+        })
+    }
+}
+
+fn selector(s: &str) -> Result<skiff_agent::labels::Selector, CtlError> {
+    s.parse()
+        .map_err(|e| CtlError::BadInput(format!("--selector {s:?}: {e}")))
+}
+
 #[derive(Debug, Subcommand)]
 enum CtlCmd {
     /// Make a fleet signing key pair: DIR/NAME.key (private, 0600) and DIR/NAME.pub.
@@ -226,12 +265,62 @@ enum CtlCmd {
     },
     /// List the cluster's nodes from their retained status.
     ///
-    /// DRAINING and DRAINED stand out; each task is shown with its state and, when it has
-    /// health checks, its health.
+    /// One subscription to the retained statuses (no request per node). Columns: state
+    /// (online, offline from the last will, DRAINING, DRAINED), SEEN (time since the node's
+    /// last status report), agent version, applied desired-state versions, CPU (use over the
+    /// node's CPUs), MEM (used over total), TASKS (active over all), LABELS, and each task with
+    /// its state and, when it has health checks, its health.
     Nodes {
-        /// One JSON object per node.
+        /// One JSON object per node (its status).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        view: NodeViewArgs,
+    },
+    /// A live view of the cluster: nodes with state, CPU, memory, tasks, and a totals line.
+    ///
+    /// Follows the nodes' status and metrics. On a terminal each frame replaces the last and
+    /// `q` or Ctrl-C quits; otherwise one frame is printed per refresh, without escape codes.
+    Top {
+        /// Seconds between frames.
+        #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+        interval: f64,
+        /// Exit after N frames.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        view: NodeViewArgs,
+    },
+    /// Add or replace tasks in the desired state of the cluster or of nodes chosen by label or
+    /// name, and follow the nodes as they apply it.
+    ///
+    /// --cluster-wide: the cluster's document; --selector / --nodes: each chosen node's own
+    /// document (nodes chosen from the labels in their retained status), all with one version.
+    /// Prints `3/5 nodes applied version V` as nodes report it (events and the versions in
+    /// their status) and each rejection with its reason; a node that rejects gets its previous
+    /// document back. Ends when every online target answered or after --timeout; offline
+    /// targets get the document when they connect. Exit code 1 if any node rejected, 75 if
+    /// any did not answer.
+    #[command(group(clap::ArgGroup::new("targets").required(true).args(["cluster_wide", "selector", "nodes"])))]
+    Deploy {
+        /// Task-definition files (ECS JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Every node of the cluster (the cluster's desired state).
+        #[arg(long)]
+        cluster_wide: bool,
+        /// The nodes whose labels match all of `k=v,k2=v2` (exact values).
+        #[arg(long, value_name = "K=V,...")]
+        selector: Option<String>,
+        /// These nodes (comma-separated).
+        #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Seconds to wait for the nodes to apply it.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        timeout: u64,
+        /// Don't wait for the nodes to apply it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Each node's services and their deployments.
     ///
@@ -661,7 +750,51 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
                 let (nodes, change) = trust_change(cmd)?;
                 ctl::trust_update(&target, nodes, change).await
             }
-            CtlCmd::Nodes { json } => ctl::nodes(&target, json).await,
+            CtlCmd::Nodes { json, view } => ctl::nodes(&target, &view.query()?, json).await,
+            CtlCmd::Top {
+                interval,
+                count,
+                view,
+            } => {
+                let q = view.query()?;
+                if !(0.1..=3600.0).contains(&interval) {
+                    return Err(CtlError::BadInput(format!(
+                        "--interval {interval}: expected 0.1..=3600 seconds"
+                    )));
+                }
+                let opts = ctl::TopOptions {
+                    interval: Duration::from_secs_f64(interval),
+                    count,
+                    filter: q.filter,
+                    sort: q.sort,
+                    reverse: q.reverse,
+                };
+                ctl::top(&target, opts).await
+            }
+            CtlCmd::Deploy {
+                files,
+                cluster_wide,
+                selector: sel,
+                nodes,
+                timeout,
+                no_wait,
+            } => {
+                let to = if cluster_wide {
+                    ctl::DeployTo::Cluster
+                } else if let Some(s) = sel {
+                    ctl::DeployTo::Selector(selector(&s)?)
+                } else {
+                    ctl::DeployTo::Nodes(
+                        nodes
+                            .iter()
+                            .map(|n| name("--nodes", n))
+                            .collect::<Result<_, _>>()?,
+                    )
+                };
+                let defs = ctl::read_task_files(&files)?;
+                let wait = (!no_wait).then(|| Duration::from_secs(timeout.max(1)));
+                ctl::deploy(&target, defs, to, wait).await
+            }
             CtlCmd::Services { node: n, json } => ctl::services(&target, node(n)?, json).await,
             CtlCmd::Endpoints {
                 name: svc,

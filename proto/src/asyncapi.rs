@@ -94,7 +94,9 @@ at most 131072 bytes in all. Postcard is not self-describing: struct fields foll
 in the order of each schema's `required` list (every field is listed there, in the order of \
 the Rust types in proto/src/types.rs; `properties` are sorted by name), integers are varints \
 (signed ones zigzag), f32 is 4 bytes little-endian, an Option is a 0 or 1 byte then the \
-value, a sequence or string is its varint length then the items, an enum is the varint index \
+value, a sequence or string is its varint length then the items, a map (an object with \
+`additionalProperties`, such as a status's `labels`) is its varint length then each key and \
+value in key order, an enum is the varint index \
 of its variant in the schema's `x-postcard-variants` list then the variant's data. The schemas below are the serde \
 data model of those bodies; receivers reject unknown kinds, unknown protocol majors, trailing \
 bytes and broken bounds by name.\n\n\

@@ -6,6 +6,7 @@
 //! is generated from them (a new enum also goes in `asyncapi::schemas`' variant list); after a
 //! change, `SKIFF_BLESS=1 cargo test -p skiff-proto --test asyncapi` regenerates it.
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -668,6 +669,25 @@ pub struct Status {
     pub at_ms: u64,
     pub tasks: Vec<TaskStatus>,
     pub services: Vec<ServiceStatus>,
+    /// The node's labels (agent config `[labels]`; `arch` defaults to the build's): what
+    /// `skiff ctl nodes --selector` and `skiff ctl deploy --selector` match. Also in the last
+    /// will, so an offline node keeps them.
+    pub labels: BTreeMap<String, String>,
+    /// The node's CPUs and memory, and their use at the last metrics sample before this report.
+    pub resources: NodeResources,
+}
+
+/// A node's size and load, as its status reports them; 0 where not known (a last will has the
+/// size, not the load).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct NodeResources {
+    /// CPUs the agent may use (`available_parallelism`: affinity and cgroup quota respected).
+    pub cpus: u32,
+    pub mem_total_bytes: u64,
+    /// Node CPU use, 0..=100 (% of all its CPUs), as [`MetricsSample::cpu_pct`].
+    pub cpu_pct: f32,
+    pub mem_used_bytes: u64,
 }
 
 /// A service on the node, as ECS's `describe-services` shows it.

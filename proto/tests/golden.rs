@@ -231,6 +231,16 @@ fn samples() -> Vec<Message> {
                     },
                 ],
             }],
+            labels: [("arch", "arm64"), ("site", "north")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            resources: NodeResources {
+                cpus: 4,
+                mem_total_bytes: 4 << 30,
+                cpu_pct: 12.5,
+                mem_used_bytes: 900 << 20,
+            },
         }),
         Message::Event(Event {
             node: n("pi-1"),

@@ -5,6 +5,7 @@
 //! Needs root, `mosquitto`, `mosquitto-clients` and `busybox-static` (`tests/run.sh` installs
 //! them). Without them each test prints SKIPPED, unless SKIFF_E2E_REQUIRED is set (CI).
 
+mod fleet;
 mod harness;
 mod images;
 mod mirror;

@@ -164,6 +164,9 @@ pub enum Event {
         /// The check's output or why it failed (bounded by the shells).
         output: String,
     },
+    /// The node's load at a metrics sample: reported in the status, which is published again
+    /// when the load moved (see [`LOAD_REPORT_CPU_STEP`]).
+    Load(skiff_proto::NodeResources),
     /// A metrics sample of the node's tasks (drives auto scaling).
     Metrics {
         tasks: Vec<TaskSample>,
@@ -503,6 +506,27 @@ pub struct Core {
     zones: crate::zones::Zones,
     /// What desired state may ask of this node.
     policy: crate::policy::Policy,
+    /// The node's labels, reported in its status.
+    labels: BTreeMap<String, String>,
+    /// The node's size and load as last sampled, and as the last status reported them.
+    load: skiff_proto::NodeResources,
+    reported_load: skiff_proto::NodeResources,
+}
+
+/// A status is published again when the node's CPU use moved by this many points, or its memory
+/// use by 1/[`LOAD_REPORT_MEM_DIVISOR`] of the total, since the last status: `skiff ctl nodes`
+/// shows a fleet's load from the retained statuses alone, at most one status per metrics
+/// sample, none while the load holds.
+pub const LOAD_REPORT_CPU_STEP: f32 = 10.0;
+pub const LOAD_REPORT_MEM_DIVISOR: u64 = 20;
+
+/// Whether the load moved enough since `reported` for a new status.
+fn load_moved(reported: &skiff_proto::NodeResources, now: &skiff_proto::NodeResources) -> bool {
+    let mem_step = (now.mem_total_bytes / LOAD_REPORT_MEM_DIVISOR).max(1);
+    (reported.cpu_pct - now.cpu_pct).abs() >= LOAD_REPORT_CPU_STEP
+        || reported.mem_used_bytes.abs_diff(now.mem_used_bytes) >= mem_step
+        || reported.mem_total_bytes != now.mem_total_bytes
+        || reported.cpus != now.cpus
 }
 
 impl Core {
@@ -527,7 +551,21 @@ impl Core {
             trust: crate::trust::Trust::default(),
             zones: crate::zones::Zones::none(),
             policy: crate::policy::Policy::default(),
+            labels: BTreeMap::new(),
+            load: skiff_proto::NodeResources::default(),
+            reported_load: skiff_proto::NodeResources::default(),
         }
+    }
+
+    /// The node's labels and size (CPUs, memory), reported in its status.
+    pub fn with_node(
+        mut self,
+        labels: BTreeMap<String, String>,
+        size: skiff_proto::NodeResources,
+    ) -> Core {
+        self.labels = labels;
+        self.load = size;
+        self
     }
 
     /// The node's local policy bounding what tasks may ask for (the default one otherwise).
@@ -681,6 +719,12 @@ impl Core {
                 ok,
                 output,
             } => self.on_health_result(&task, &container, ok, output, now, &mut out),
+            Event::Load(load) => {
+                self.load = load;
+                if load_moved(&self.reported_load, &load) {
+                    out.push(Action::Status(self.status(now)));
+                }
+            }
             Event::Metrics {
                 tasks,
                 mem_total_bytes,
@@ -701,6 +745,9 @@ impl Core {
         }
         if self.status_key() != before && !matches!(out.last(), Some(Action::Status(_))) {
             out.push(Action::Status(self.status(now)));
+        }
+        if out.iter().any(|a| matches!(a, Action::Status(_))) {
+            self.reported_load = self.load;
         }
         out.extend(endpoints::changes(self, &before));
         out
@@ -842,6 +889,8 @@ impl Core {
                 .iter()
                 .map(|(name, s)| s.status(name, &self.tasks))
                 .collect(),
+            labels: self.labels.clone(),
+            resources: self.load,
         }
     }
 
@@ -978,12 +1027,15 @@ impl Core {
     }
 
     /// The status report without its timestamp: what decides whether a new report is due.
+    /// The load is left out: it has its own threshold ([`LOAD_REPORT_CPU_STEP`]).
     fn status_key(&self) -> Status {
-        self.status(Time {
+        let mut key = self.status(Time {
             wall_trusted: false,
             mono_ms: 0,
             wall_ms: 0,
-        })
+        });
+        key.resources = skiff_proto::NodeResources::default();
+        key
     }
 
     fn on_payload(

@@ -1459,3 +1459,42 @@ fn batch_progress_survives_a_restart_without_repeating_completed_runs() {
     assert_eq!(runs, 3);
     assert_eq!(c.phase(&n("job")), Some(Phase::Stopped));
 }
+
+#[test]
+fn status_reports_labels_and_load_and_again_only_when_the_load_moved() {
+    let size = skiff_proto::NodeResources {
+        cpus: 4,
+        mem_total_bytes: 1000,
+        cpu_pct: 0.0,
+        mem_used_bytes: 0,
+    };
+    let labels: BTreeMap<String, String> = [("site".to_string(), "north".to_string())].into();
+    let mut c = core().with_node(labels.clone(), size);
+    let st = last_status(&c.handle(Event::Connected, at(0))).expect("status on connect");
+    assert_eq!(st.labels, labels);
+    assert_eq!(st.resources, size);
+    let load = |cpu_pct: f32, mem_used_bytes: u64| {
+        Event::Load(skiff_proto::NodeResources {
+            cpu_pct,
+            mem_used_bytes,
+            ..size
+        })
+    };
+    // 5 points of CPU and 4 % of memory: not worth a status.
+    assert!(last_status(&c.handle(load(5.0, 40), at(10))).is_none());
+    // 10 points since the last report: a status with the new figures.
+    let st = last_status(&c.handle(load(10.0, 40), at(20))).expect("cpu moved");
+    assert_eq!(
+        (st.resources.cpu_pct, st.resources.mem_used_bytes),
+        (10.0, 40)
+    );
+    // Compared with what was reported, not with the previous sample.
+    assert!(last_status(&c.handle(load(14.0, 80), at(30))).is_none());
+    let st = last_status(&c.handle(load(14.0, 90), at(40))).expect("memory moved 5 %");
+    assert_eq!(st.resources.mem_used_bytes, 90);
+    // A status for another reason carries the current load and resets the reference.
+    assert!(last_status(&c.handle(load(23.0, 90), at(50))).is_none());
+    let st = last_status(&apply(&mut c, 1, vec![], at(60))).expect("applied");
+    assert_eq!(st.resources.cpu_pct, 23.0);
+    assert!(last_status(&c.handle(load(30.0, 90), at(70))).is_none());
+}

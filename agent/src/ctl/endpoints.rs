@@ -164,6 +164,8 @@ mod tests {
                 })
                 .collect(),
             services: vec![],
+            labels: Default::default(),
+            resources: Default::default(),
         }
     }
 
