@@ -904,15 +904,21 @@ pub struct NodesQuery {
     pub filter: fleet::NodeFilter,
     pub sort: fleet::SortKey,
     pub reverse: bool,
+    /// Only the first this many of that order.
+    pub limit: Option<usize>,
 }
 
 /// `skiff ctl nodes`: the cluster's nodes from their retained status (one subscription, no
-/// request per node), filtered and sorted.
+/// request per node), filtered, sorted and limited.
 pub async fn nodes(target: &Target, query: &NodesQuery, json: bool) -> Result<(), CtlError> {
     let mut nodes = node_statuses(target, None).await?;
     let reported = nodes.len();
     nodes.retain(|st| query.filter.keep(st));
     fleet::sort_nodes(&mut nodes, query.sort, query.reverse);
+    let kept = nodes.len();
+    if let Some(limit) = query.limit {
+        nodes.truncate(limit);
+    }
     if json {
         for n in &nodes {
             println!("{}", serde_json::to_string(n).unwrap_or_default());
@@ -926,6 +932,9 @@ pub async fn nodes(target: &Target, query: &NodesQuery, json: bool) -> Result<()
         );
     } else {
         print!("{}", display::nodes_table(&nodes, crate::clock::wall_ms()));
+        if kept > nodes.len() {
+            println!("... and {} more (--limit)", kept - nodes.len());
+        }
     }
     Ok(())
 }
@@ -968,7 +977,7 @@ pub async fn watch(target: &Target, opts: WatchOptions) -> Result<(), CtlError> 
             subs.push(leaf_topic(leaf));
         }
     }
-    let mut s = Session::open(target, subs).await?;
+    let mut s = Session::open_reader(target, subs).await?;
     let end = opts.duration.map(|d| Instant::now() + d);
     let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let mut seen = 0u64;

@@ -179,6 +179,9 @@ struct NodeViewArgs {
     /// Reverse the order.
     #[arg(long)]
     reverse: bool,
+    /// Show only the first N nodes of that order (`top`'s totals still count all).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
 }
 
 impl NodeViewArgs {
@@ -194,6 +197,7 @@ impl NodeViewArgs {
             },
             sort: self.sort.parse().map_err(bad)?,
             reverse: self.reverse,
+            limit: self.limit,
         })
     }
 }
@@ -267,7 +271,7 @@ enum CtlCmd {
     ///
     /// One subscription to the retained statuses (no request per node). Columns: state
     /// (online, offline from the last will, DRAINING, DRAINED), SEEN (time since the node's
-    /// last status report), agent version, applied desired-state versions, CPU (use over the
+    /// last status report; after a last will, since the node connected), agent version, applied desired-state versions, CPU (use over the
     /// node's CPUs), MEM (used over total), TASKS (active over all), LABELS, and each task with
     /// its state and, when it has health checks, its health.
     Nodes {
@@ -768,6 +772,7 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
                     filter: q.filter,
                     sort: q.sort,
                     reverse: q.reverse,
+                    limit: q.limit,
                 };
                 ctl::top(&target, opts).await
             }

@@ -105,6 +105,8 @@ fn deploy_and_nodes_by_selector_reach_exactly_the_labelled_nodes() {
     let sorted = nodes_json(&a, &broker, &["--sort", "name", "--reverse"]);
     let order: Vec<&str> = sorted.iter().map(|s| s.node.as_str()).collect();
     assert_eq!(order, ["fl-c", "fl-b", "fl-a"]);
+    let first = nodes_json(&a, &broker, &["--sort", "name", "--limit", "2"]);
+    assert_eq!(names(&first), ["fl-a", "fl-b"].map(String::from).into());
     let bad = a.ctl(&broker, &["nodes", "--selector", "site"]);
     assert_eq!(bad.status.code(), Some(65), "{}", text(&bad.stderr));
     assert!(

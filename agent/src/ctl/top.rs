@@ -27,6 +27,8 @@ pub struct TopOptions {
     pub filter: NodeFilter,
     pub sort: SortKey,
     pub reverse: bool,
+    /// Rows shown (the first of that order); the totals count every node.
+    pub limit: Option<usize>,
 }
 
 /// The cluster as `top` knows it: each node's last status, and its load from the newest of
@@ -134,7 +136,8 @@ fn frame(view: &View, opts: &TopOptions, cluster: &Name, now_ms: u64) -> String 
         "{:<name_w$} {:<8} {:>5} {:>8} {:>11} {:>7}  LABELS\n",
         "NODE", "STATE", "SEEN", "CPU", "MEM", "TASKS"
     ));
-    for st in &rows {
+    let shown = opts.limit.unwrap_or(usize::MAX);
+    for st in rows.iter().take(shown) {
         let (active, all) = fleet::task_counts(st);
         out.push_str(&format!(
             "{:<name_w$} {:<8} {:>5} {:>8} {:>11} {:>7}  {}\n",
@@ -146,6 +149,9 @@ fn frame(view: &View, opts: &TopOptions, cluster: &Name, now_ms: u64) -> String 
             format!("{active}/{all}"),
             display::labels(&st.labels),
         ));
+    }
+    if rows.len() > shown {
+        out.push_str(&format!("... and {} more\n", rows.len() - shown));
     }
     out
 }
@@ -320,6 +326,7 @@ mod tests {
             filter: NodeFilter::default(),
             sort: SortKey::Cpu,
             reverse: false,
+            limit: None,
         }
     }
 
@@ -405,5 +412,14 @@ mod tests {
         let f = frame(&v, &o, &n("demo"), 8_000);
         assert!(f.contains("nodes 1: 0 online"), "{f}");
         assert_eq!(f.lines().count(), 4, "{f}");
+        // A limit shortens the list, not the totals.
+        let mut o = opts();
+        o.limit = Some(1);
+        let f = frame(&v, &o, &n("demo"), 8_000);
+        let lines: Vec<&str> = f.lines().collect();
+        assert!(lines[1].starts_with("nodes 3: 2 online"), "{f}");
+        assert_eq!(lines.len(), 5, "{f}");
+        assert!(lines[3].starts_with("a "), "{f}");
+        assert_eq!(lines[4], "... and 2 more", "{f}");
     }
 }
