@@ -442,6 +442,48 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// How an agent connects: its node id as client id, its offline status as last will, and the
+/// topics every agent subscribes to (`skiff sim` connects its simulated nodes the same way).
+pub(crate) fn connect_options(
+    node: &Name,
+    cluster: &Name,
+    broker: crate::config::BrokerUrl,
+    keepalive: Duration,
+) -> mqtt::ConnectOptions {
+    let cluster = cluster.clone();
+    let node = node.clone();
+    mqtt::ConnectOptions {
+        client_id: node.to_string(),
+        broker,
+        keepalive,
+        last_will: Some((
+            Topic::Status {
+                cluster: cluster.clone(),
+                node: node.clone(),
+            }
+            .to_topic(),
+            offline_status(&node, crate::clock::wall_ms()),
+        )),
+        subscriptions: vec![
+            Topic::ClusterDesired {
+                cluster: cluster.clone(),
+            }
+            .to_topic(),
+            Topic::NodeDesired {
+                cluster: cluster.clone(),
+                node: node.clone(),
+            }
+            .to_topic(),
+            Topic::Cmd { cluster, node }.to_topic(),
+        ],
+    }
+}
+
+/// The retained status the broker publishes as last will, and the agent on a clean exit.
+pub(crate) fn offline_status(node: &Name, at_ms: u64) -> Vec<u8> {
+    offline_status_of(node, BTreeMap::new(), NodeResources::default(), at_ms)
+}
+
 /// The retained status the broker publishes as last will, and the agent on a clean exit, with
 /// the node's labels and size (not its load): selectors still find an offline node, and `skiff
 /// ctl nodes` still shows what it has.
@@ -450,7 +492,7 @@ fn labelled_offline_status(cfg: &Validated, at_ms: u64) -> Vec<u8> {
     offline_status_of(&cfg.node, cfg.labels.clone(), size, at_ms)
 }
 
-fn offline_status_of(
+pub(crate) fn offline_status_of(
     node: &Name,
     labels: BTreeMap<String, String>,
     size: NodeResources,
@@ -611,7 +653,7 @@ fn answer(payload: &[u8], logs: &Logs, state: &StateStore) -> Reply {
 
 /// Publishing (broker mode) or printing (local mode).
 #[derive(Debug)]
-struct Output {
+pub(crate) struct Output {
     client: Option<AsyncClient>,
     node: Name,
     cluster: Name,
@@ -625,6 +667,28 @@ struct Output {
 }
 
 impl Output {
+    /// A publisher for one node (`skiff sim` makes one per simulated node): `client` None
+    /// publishes nothing, `print` prints events instead (local mode).
+    pub(crate) fn new(
+        client: Option<AsyncClient>,
+        node: Name,
+        cluster: Name,
+        print: bool,
+        outbox: Outbox,
+        mirror: MirrorJson,
+    ) -> Output {
+        Output {
+            client,
+            node,
+            cluster,
+            seq: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            print,
+            outbox: std::sync::Mutex::new(outbox),
+            mirror,
+        }
+    }
+
     fn perform(&self, actions: Vec<Action>, shells: &Shells) {
         // Durable writes first and synchronously: nothing is published (status, events) that a
         // power cut right after could take back. They are rare (a document applied, a run
@@ -700,7 +764,7 @@ impl Output {
         }
     }
 
-    fn event(&self, body: EventBody) {
+    pub(crate) fn event(&self, body: EventBody) {
         // Local mode prints every event on stdout instead; the log keeps the problems.
         let problem = matches!(
             body,
@@ -726,7 +790,7 @@ impl Output {
         self.queue(EntryKind::Event, &Message::Event(ev));
     }
 
-    fn metrics(&self, samples: Vec<MetricsSample>) {
+    pub(crate) fn metrics(&self, samples: Vec<MetricsSample>) {
         let m = Metrics {
             node: self.node.clone(),
             samples,
@@ -828,7 +892,7 @@ impl Output {
     }
 
     /// The broker connection changed.
-    fn connection(&self, up: bool) {
+    pub(crate) fn connection(&self, up: bool) {
         if up {
             let sends = self.outbox().connected();
             self.send(sends);
@@ -845,7 +909,7 @@ impl Output {
     }
 
     /// A PUBACK arrived.
-    fn acked(&self) {
+    pub(crate) fn acked(&self) {
         let sends = self.outbox().acked();
         self.send(sends);
     }
@@ -857,7 +921,7 @@ impl Output {
         }
     }
 
-    fn reply(&self, reply: Reply) {
+    pub(crate) fn reply(&self, reply: Reply) {
         let topic = Topic::Reply {
             cluster: self.cluster.clone(),
             node: self.node.clone(),
@@ -865,7 +929,7 @@ impl Output {
         self.publish(topic, &Message::Reply(reply), false);
     }
 
-    fn publish(&self, topic: Topic, msg: &Message, retain: bool) {
+    pub(crate) fn publish(&self, topic: Topic, msg: &Message, retain: bool) {
         let Some(client) = &self.client else { return };
         let bytes = match encode(msg) {
             Ok(b) => b,
@@ -893,7 +957,7 @@ impl Output {
     }
 
     /// Clean exit: the retained status says offline (the last will only covers unclean exits).
-    async fn offline_with(&self, offline: Vec<u8>) {
+    pub(crate) async fn offline_with(&self, offline: Vec<u8>) {
         let Some(client) = &self.client else { return };
         let topic = Topic::Status {
             cluster: self.cluster.clone(),

@@ -25,6 +25,7 @@
 //!   opened in memory right before a container starts.
 //! - [`trust`]: signed desired state: fleet keys (ed25519), what is signed, verification and
 //!   key rotation (pure; the core holds the trusted set).
+//! - [`sim`]: `skiff sim`, many simulated agents in one process (the real core and MQTT shell,
 //!   a fake container runtime) for scale tests.
 //! - [`tls`]: TLS to the broker: the `[broker_tls]` PEM files as a rustls (ring) client
 //!   configuration, and the client certificate's CN (the node id).
@@ -52,6 +53,7 @@ pub mod outbox;
 pub mod policy;
 pub mod runtime;
 pub mod secrets;
+pub mod sim;
 pub mod store;
 pub mod tls;
 pub mod trust;

@@ -49,6 +49,50 @@ enum Cmd {
     Node(NodeCmd),
     /// Print a task's run history on this device.
     History(HistoryArgs),
+    /// Simulate N agents in one process against a broker (scale tests): the real core and
+    /// MQTT shell, containers faked in memory.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// How many nodes to simulate (1..=100000).
+    #[arg(long)]
+    nodes: u32,
+    /// Broker URL: mqtt://host[:port] (plain TCP).
+    #[arg(long, env = "SKIFF_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Cluster the nodes join.
+    #[arg(long, env = "SKIFF_CLUSTER", default_value = "default")]
+    cluster: String,
+    /// Node ids are {prefix}{index:05}: sim-00001, sim-00002...
+    #[arg(long, default_value = "sim-")]
+    prefix: String,
+    /// Seconds between metrics messages of each node (1..=3600).
+    #[arg(long, default_value_t = 10)]
+    metrics_interval: u64,
+    /// Tasks each node runs from the start, as restored from saved state (0..=64).
+    #[arg(long, default_value_t = 0)]
+    tasks_per_node: u32,
+    /// Connections started per second.
+    #[arg(long, default_value_t = 500)]
+    ramp: u32,
+    /// MQTT keep-alive of each node, seconds (at least 5).
+    #[arg(long, default_value_t = 30)]
+    keepalive: u64,
+    /// Also publish these kinds as JSON (`status`, `events`, `metrics`; comma-separated), as
+    /// the agent's `[mirror_json]` does.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    mirror_json: Vec<String>,
+    /// A label every node reports (`key=value`; repeatable); `arch` is `arm64` unless given.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Spread the nodes over N sites: node i gets the label `site=site-{(i-1) % N + 1}`.
+    #[arg(long, default_value_t = 0)]
+    sites: u32,
+    /// Log filter (RUST_LOG syntax); `info` shows progress, `debug` every node's events.
+    #[arg(long, default_value = "info,skiff_agent::agent=warn")]
+    log: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -561,6 +605,77 @@ fn main() -> ExitCode {
         Cmd::Logs(l) => run_logs(l),
         Cmd::Node(n) => run_node(n),
         Cmd::History(h) => run_history(h),
+        Cmd::Sim(s) => run_sim(s),
+    }
+}
+
+fn run_sim(a: SimArgs) -> ExitCode {
+    let cfg = (|| -> Result<skiff_agent::sim::SimConfig, String> {
+        let broker = match BrokerUrl::parse_with_transport(&a.broker) {
+            Ok((b, Transport::Tcp)) => b,
+            Ok((_, Transport::Tls)) => {
+                return Err(format!(
+                    "--broker {:?}: skiff sim speaks plain mqtt:// only",
+                    a.broker
+                ))
+            }
+            Err(e) => return Err(format!("--broker {e}")),
+        };
+        let mut mirror = skiff_agent::config::MirrorJson::default();
+        for kind in &a.mirror_json {
+            match kind.trim() {
+                "status" => mirror.status = true,
+                "events" => mirror.events = true,
+                "metrics" => mirror.metrics = true,
+                other => {
+                    return Err(format!(
+                        "--mirror-json {other:?}: not one of status, events, metrics"
+                    ))
+                }
+            }
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &a.labels {
+            let Some((k, v)) = l.split_once('=') else {
+                return Err(format!("--label {l:?}: not key=value"));
+            };
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let cfg = skiff_agent::sim::SimConfig {
+            nodes: a.nodes,
+            broker,
+            cluster: a
+                .cluster
+                .parse()
+                .map_err(|e| format!("--cluster {:?}: {e}", a.cluster))?,
+            prefix: a.prefix.clone(),
+            metrics_interval: Duration::from_secs(a.metrics_interval),
+            tasks_per_node: a.tasks_per_node,
+            ramp: a.ramp,
+            keepalive: Duration::from_secs(a.keepalive),
+            mirror,
+            labels,
+            sites: a.sites,
+        };
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    })();
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
+    init_tracing(&a.log);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_OS, format!("cannot start the async runtime: {e}")),
+    };
+    match rt.block_on(skiff_agent::sim::run(cfg, shutdown_signal())) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e @ skiff_agent::sim::SimError::FileLimit { .. }) => fail(EXIT_OS, e),
+        Err(e) => fail(EXIT_CONFIG, e),
     }
 }
 

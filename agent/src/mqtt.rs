@@ -103,6 +103,9 @@ pub fn connect_tls(opts: ConnectOptions, tls: Option<Arc<rustls::ClientConfig>>)
                 }
                 Ok(MqttEvent::Incoming(Packet::SubAck(_))) => Some(Inbound::Subscribed),
                 Ok(MqttEvent::Incoming(Packet::PubAck(_))) => Some(Inbound::PubAck),
+                // We asked to disconnect (a clean stop) and DISCONNECT is flushed: polling on
+                // would connect again. Ending here closes `inbound`, which tells the owner.
+                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => Some(Inbound::Publish {
                     topic: p.topic,
                     payload: p.payload.to_vec(),

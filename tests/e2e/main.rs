@@ -15,6 +15,7 @@ mod policy;
 mod secrets;
 mod services;
 mod ship;
+mod sim;
 mod skeleton;
 mod tls;
 mod trust;
