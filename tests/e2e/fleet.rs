@@ -10,7 +10,7 @@ use std::time::Duration;
 use skiff_proto::codec::Message;
 use skiff_proto::{NodeState, Status, TaskState};
 
-use crate::harness::{task_file, wait_for, Agent, Broker, Sub};
+use crate::harness::{task_file, wait_for, Agent, Broker, Sub, SKIFF};
 use crate::require_env;
 
 const T: Duration = Duration::from_secs(30);
@@ -275,4 +275,110 @@ fn deploy_and_nodes_by_selector_reach_exactly_the_labelled_nodes() {
         offline[0].labels.get("tier").map(String::as_str),
         Some("edge")
     );
+}
+
+/// A fleet with more retained statuses than a broker queues QoS 1 messages per client
+/// (mosquitto's `max_queued_messages`, 1000 by default): `ctl nodes` still lists every node,
+/// because the console reads the fleet at QoS 0.
+#[test]
+fn nodes_lists_a_fleet_larger_than_the_brokers_qos1_queue() {
+    require_env!();
+    const NODES: usize = 1500;
+    let broker = Broker::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut conn = skiff_agent::mqtt::connect(skiff_agent::mqtt::ConnectOptions {
+            client_id: "fleet-publisher".into(),
+            broker: skiff_agent::config::BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: broker.port,
+            },
+            keepalive: Duration::from_secs(30),
+            last_will: None,
+            subscriptions: Vec::new(),
+        });
+        let deadline = tokio::time::Instant::now() + T;
+        while !matches!(
+            next(&mut conn.inbound, deadline).await,
+            skiff_agent::mqtt::Inbound::Connected
+        ) {}
+        // In windows, reading the acknowledgements between them: the client's event loop
+        // stops while its channel to us is full.
+        let statuses: Vec<(String, Vec<u8>)> = (0..NODES)
+            .map(|i| {
+                let node = format!("big-{i:04}");
+                let status = Status {
+                    node: node.parse().expect("name"),
+                    state: NodeState::Online,
+                    agent_version: "0.1.0".into(),
+                    cluster_version: 0,
+                    node_version: 0,
+                    at_ms: 0,
+                    tasks: vec![],
+                    services: vec![],
+                    labels: [("half".to_string(), format!("h{}", i % 2))].into(),
+                    resources: Default::default(),
+                };
+                let bytes = skiff_proto::codec::encode(&Message::Status(status)).expect("encode");
+                (format!("skiff/v1/{CLUSTER}/nodes/{node}/status"), bytes)
+            })
+            .collect();
+        for window in statuses.chunks(50) {
+            for (topic, bytes) in window {
+                conn.client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, true, bytes.clone())
+                    .await
+                    .expect("publish");
+            }
+            let mut acked = 0;
+            while acked < window.len() {
+                if matches!(
+                    next(&mut conn.inbound, deadline).await,
+                    skiff_agent::mqtt::Inbound::PubAck
+                ) {
+                    acked += 1;
+                }
+            }
+        }
+    });
+    let nodes = |args: &[&str]| -> Vec<Status> {
+        let out = std::process::Command::new(SKIFF)
+            .args([
+                "ctl",
+                "--broker",
+                &broker.url(),
+                "--cluster",
+                CLUSTER,
+                "nodes",
+                "--json",
+            ])
+            .args(args)
+            .output()
+            .expect("run skiff ctl");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect()
+    };
+    assert_eq!(nodes(&[]).len(), NODES);
+    let half = nodes(&["--selector", "half=h1"]);
+    assert_eq!(half.len(), NODES / 2);
+    assert!(half
+        .iter()
+        .all(|s| s.labels.get("half").map(String::as_str) == Some("h1")));
+}
+
+/// The publisher's next event, within the deadline.
+async fn next(
+    inbound: &mut tokio::sync::mpsc::Receiver<skiff_agent::mqtt::Inbound>,
+    deadline: tokio::time::Instant,
+) -> skiff_agent::mqtt::Inbound {
+    tokio::time::timeout_at(deadline, inbound.recv())
+        .await
+        .expect("the broker answers in time")
+        .expect("publisher connection open")
 }
