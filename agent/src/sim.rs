@@ -830,3 +830,216 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_proto::codec::encode;
+    use skiff_proto::TaskState;
+
+    fn config() -> SimConfig {
+        SimConfig {
+            nodes: 10,
+            broker: BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: 1883,
+            },
+            cluster: "c".parse().expect("name"),
+            prefix: "sim-".into(),
+            metrics_interval: Duration::from_secs(10),
+            tasks_per_node: 0,
+            ramp: 100,
+            keepalive: Duration::from_secs(30),
+            mirror: MirrorJson::default(),
+            labels: BTreeMap::new(),
+            sites: 0,
+        }
+    }
+
+    fn flag_of(cfg: &SimConfig) -> &'static str {
+        match cfg.validate() {
+            Err(SimError::Invalid { flag, .. }) => flag,
+            other => panic!("expected an invalid flag, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_flag() {
+        assert!(config().validate().is_ok());
+        type Edit = fn(&mut SimConfig);
+        let cases: [(&str, Edit); 8] = [
+            ("--nodes", |c| c.nodes = 0),
+            ("--nodes", |c| c.nodes = MAX_NODES + 1),
+            ("--ramp", |c| c.ramp = 0),
+            ("--metrics-interval", |c| {
+                c.metrics_interval = Duration::ZERO
+            }),
+            ("--tasks-per-node", |c| c.tasks_per_node = 65),
+            ("--keepalive", |c| c.keepalive = Duration::from_secs(1)),
+            ("--prefix", |c| c.prefix = "no/slash".into()),
+            ("--label", |c| {
+                c.labels.insert("bad key!".into(), "v".into());
+            }),
+        ];
+        for (flag, edit) in cases {
+            let mut cfg = config();
+            edit(&mut cfg);
+            assert_eq!(flag_of(&cfg), flag);
+        }
+        // The longest id counts: 64 characters with the index.
+        let mut cfg = config();
+        cfg.prefix = "p".repeat(59);
+        assert!(cfg.validate().is_ok());
+        cfg.prefix = "p".repeat(60);
+        assert_eq!(flag_of(&cfg), "--prefix");
+    }
+
+    #[test]
+    fn nodes_are_named_and_labelled_per_index() {
+        assert_eq!(node_name("sim-", 7).expect("name").as_str(), "sim-00007");
+        let mut cfg = config();
+        cfg.sites = 10;
+        cfg.labels.insert("env".into(), "test".into());
+        let l1 = node_labels(&cfg, 1);
+        assert_eq!(l1.get("arch").map(String::as_str), Some("arm64"));
+        assert_eq!(l1.get("env").map(String::as_str), Some("test"));
+        assert_eq!(l1.get("site").map(String::as_str), Some("site-1"));
+        assert_eq!(node_labels(&cfg, 10)["site"], "site-10");
+        assert_eq!(node_labels(&cfg, 11)["site"], "site-1");
+        cfg.labels.insert("arch".into(), "arm".into());
+        assert_eq!(node_labels(&cfg, 1)["arch"], "arm");
+    }
+
+    /// Feeds `events` (and what the fake runtime answers) to the core, as a node's loop does.
+    fn drive(
+        core: &mut Core,
+        fake: &mut FakeRuntime,
+        out: &Output,
+        counters: &Counters,
+        events: Vec<Event>,
+    ) {
+        let cluster: Name = "c".parse().expect("name");
+        let mut pending: VecDeque<Event> = events.into();
+        let clock = Clock::default();
+        while let Some(ev) = pending.pop_front() {
+            let actions = core.handle(ev, clock.now());
+            perform(actions, &cluster, out, fake, &mut pending, counters);
+        }
+    }
+
+    #[test]
+    fn a_simulated_node_applies_desired_state_reports_and_stops() {
+        let node: Name = "sim-00001".parse().expect("name");
+        let cluster: Name = "c".parse().expect("name");
+        let out = Output::new(
+            None,
+            node.clone(),
+            cluster.clone(),
+            false,
+            Outbox::open(None, OUTBOX_BYTES).expect("outbox"),
+            MirrorJson::default(),
+        );
+        let mut core = Core::new(CoreConfig {
+            node: node.clone(),
+            cluster: cluster.clone(),
+            agent_version: VERSION.into(),
+            stop_grace_ms: 10_000,
+        })
+        .pulling_missing_images(true)
+        .with_node(node_labels(&config(), 1), fake_size());
+        let mut fake = FakeRuntime::new(1);
+        let counters = Counters::default();
+        let mut cfg = config();
+        cfg.tasks_per_node = 2;
+        drive(
+            &mut core,
+            &mut fake,
+            &out,
+            &counters,
+            vec![
+                Event::Started,
+                Event::Restored {
+                    cluster: None,
+                    node: restored_tasks(&cfg, &node).map(Box::new),
+                    finished: vec![],
+                    services: vec![],
+                    last_wall_ms: None,
+                    images: Catalog::new(),
+                },
+            ],
+        );
+        // A cluster document, as it arrives on the cluster's desired topic.
+        let web = sim_task("web").expect("task");
+        let doc = DesiredState {
+            version: 7,
+            cluster: cluster.clone(),
+            node: None,
+            tasks: vec![web],
+            signature: None,
+        };
+        let payload = encode(&Message::DesiredState(doc)).expect("encode");
+        let topic = Topic::ClusterDesired {
+            cluster: cluster.clone(),
+        }
+        .to_topic();
+        let (ev, reply) = route(&topic, payload, &out).expect("routed to the core");
+        assert!(reply.is_none());
+        drive(&mut core, &mut fake, &out, &counters, vec![ev]);
+        let status = core.status(Clock::default().now());
+        assert_eq!(status.cluster_version, 7);
+        assert_eq!(status.node_version, 1);
+        let running: Vec<&str> = status
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(running, ["sim-task-1", "sim-task-2", "web"]);
+        assert_eq!(status.labels["arch"], "arm64");
+        assert_eq!(counters.applied.load(Ordering::Relaxed), 2);
+        assert_eq!(fake.running.len(), 3);
+
+        // Metrics: the node's figures within bounds, one sample per running task.
+        for _ in 0..100 {
+            let s = fake.sample(&core, 1);
+            assert!((1.0..=90.0).contains(&s.cpu_pct), "{}", s.cpu_pct);
+            assert!(s.mem_used_bytes <= s.mem_total_bytes);
+            assert_eq!(s.tasks.len(), 3);
+            assert!(s
+                .tasks
+                .iter()
+                .all(|t| t.mem_bytes >= 8 << 20 && t.mem_bytes < 72 << 20));
+        }
+
+        // Shutdown: every container signalled and exited, every task removed.
+        drive(&mut core, &mut fake, &out, &counters, vec![Event::Shutdown]);
+        assert!(core.is_idle());
+        assert!(fake.running.is_empty());
+    }
+
+    #[test]
+    fn commands_are_answered_or_routed() {
+        let out = Output::new(
+            None,
+            "n".parse().expect("name"),
+            "c".parse().expect("name"),
+            false,
+            Outbox::open(None, OUTBOX_BYTES).expect("outbox"),
+            MirrorJson::default(),
+        );
+        let cmd = |body| encode(&Message::Command(Command { id: 5, body })).expect("encode");
+        let topic = "skiff/v1/c/nodes/n/cmd";
+        assert!(matches!(
+            route(topic, cmd(CommandBody::Drain), &out),
+            Some((Event::Drain { .. }, Some(5)))
+        ));
+        assert!(matches!(
+            route(topic, cmd(CommandBody::Activate), &out),
+            Some((Event::Activate, Some(5)))
+        ));
+        // Answered here (nothing for the core), garbage included.
+        assert!(route(topic, cmd(CommandBody::Ping), &out).is_none());
+        assert!(route(topic, b"garbage".to_vec(), &out).is_none());
+        assert!(route("skiff/v1/c/elsewhere", vec![], &out).is_none());
+    }
+}
