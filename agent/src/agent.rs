@@ -116,38 +116,35 @@ pub async fn run(
 
     let local = matches!(mode, Mode::Local(_));
     let conn = match &mode {
-        Mode::Broker => Some(mqtt::connect_tls(
-            mqtt::ConnectOptions {
-                client_id: cfg.node.to_string(),
-                broker: cfg.broker.clone(),
-                keepalive: cfg.keepalive,
-                last_will: Some((
-                    Topic::Status {
-                        cluster: cfg.cluster.clone(),
-                        node: cfg.node.clone(),
-                    }
-                    .to_topic(),
-                    labelled_offline_status(&cfg, crate::clock::wall_ms()),
-                )),
-                subscriptions: vec![
-                    Topic::ClusterDesired {
-                        cluster: cfg.cluster.clone(),
-                    }
-                    .to_topic(),
-                    Topic::NodeDesired {
-                        cluster: cfg.cluster.clone(),
-                        node: cfg.node.clone(),
-                    }
-                    .to_topic(),
-                    Topic::Cmd {
-                        cluster: cfg.cluster.clone(),
-                        node: cfg.node.clone(),
-                    }
-                    .to_topic(),
-                ],
-            },
-            cfg.broker_tls.as_ref().map(|t| t.client.clone()),
-        )),
+        Mode::Broker => {
+            let mut opts =
+                connect_options(&cfg.node, &cfg.cluster, cfg.broker.clone(), cfg.keepalive);
+            if let Some((_, will)) = opts.last_will.as_mut() {
+                *will = labelled_offline_status(&cfg, crate::clock::wall_ms());
+            }
+            // The queue's offers are acknowledged once decided and saved; the session stays
+            // at the broker so an offer not acknowledged when the agent died comes back to it.
+            let session = if cfg.queue.enabled {
+                opts.subscriptions
+                    .push(Topic::shared_queue_filter(&cfg.cluster));
+                mqtt::SessionOptions {
+                    persistent: true,
+                    held_topic: Some(
+                        Topic::Queue {
+                            cluster: cfg.cluster.clone(),
+                        }
+                        .to_topic(),
+                    ),
+                }
+            } else {
+                mqtt::SessionOptions::default()
+            };
+            Some(mqtt::connect_session(
+                opts,
+                cfg.broker_tls.as_ref().map(|t| t.client.clone()),
+                session,
+            ))
+        }
         Mode::Local(_) => None,
     };
     let (client, mut inbound) = match conn {
@@ -218,7 +215,8 @@ pub async fn run(
         shells.state.load_trust(),
     ))
     .with_zones(crate::zones::Zones::system())
-    .with_node(cfg.labels.clone(), node_size());
+    .with_node(cfg.labels.clone(), node_size())
+    .with_queue_capacity(queue_capacity(&cfg.queue, &node_size()));
     match core.trusted_keys() {
         keys if keys.is_empty() && !local => tracing::warn!(
             "no trusted fleet keys ([trust] keys): desired state is NOT verified; whoever can \
@@ -244,6 +242,9 @@ pub async fn run(
 
     tracing::info!(node = %cfg.node, cluster = %cfg.cluster, version = VERSION, "skiff agent starting");
     out.perform(core.handle(Event::Started, clock.now()), &shells);
+    let mut queue_events = Vec::new();
+    core.restore_queue(saved.queue, &mut queue_events);
+    out.perform(queue_events, &shells);
     let restored = Event::Restored {
         cluster: saved.cluster.map(Box::new),
         node: saved.node.map(Box::new),
@@ -303,12 +304,31 @@ pub async fn run(
                     Inbound::Disconnected(_) => notify.status("running: broker unreachable, reconnecting"),
                     _ => {}
                 }
+                let (msg, held) = match msg {
+                    Inbound::Publish { topic, payload, retained, ack } => {
+                        (Inbound::Publish { topic, payload, retained, ack: None }, ack)
+                    }
+                    other => (other, None),
+                };
+                if held.is_some() {
+                    crash_point("queue-receive");
+                }
                 if let Some((ev, reply_to)) = handle_inbound(msg, &cfg, &shells, &out).await {
                     out.perform(core.handle(ev, clock.now()), &shells);
                     if let Some(id) = reply_to {
                         let state = core.node_state();
                         out.reply(Reply { id, body: ReplyBody::NodeState { state } });
                     }
+                }
+                if let (Some(token), Some(client)) = (held, &out.client) {
+                    // Decided and saved (saves run first): the events about it go to disk
+                    // too before the broker forgets the offer (a lost hand-back would leave
+                    // the console waiting).
+                    if let Err(e) = out.outbox().persist_events() {
+                        tracing::warn!(error = %e, "cannot write the outbox; queue events may be lost at a restart");
+                    }
+                    crash_point("queue-decided");
+                    token.ack(client);
                 }
             }
             _ = metrics_tick.tick() => {
@@ -384,6 +404,25 @@ fn node_key(data_dir: &std::path::Path) -> Option<x25519_dalek::StaticSecret> {
             tracing::warn!(error = %e, "no node key: tasks with secrets can't start");
             None
         }
+    }
+}
+
+/// What queued copies may use: the configured figures, else the node's CPUs and memory.
+fn queue_capacity(q: &crate::config::QueueConfig, size: &NodeResources) -> crate::core::Capacity {
+    crate::core::Capacity {
+        cpu_units: q.cpu_units.unwrap_or(u64::from(size.cpus.max(1)) * 1024),
+        memory_mib: q.memory_mib.unwrap_or(size.mem_total_bytes >> 20),
+        max_tasks: q.max_tasks,
+    }
+}
+
+/// Test hook for the crash windows of the cluster queue: with `SKIFF_TEST_CRASH_AT` set to
+/// `queue-receive` (an offer arrived, nothing decided) or `queue-decided` (decided and saved,
+/// not yet acknowledged to the broker) the agent aborts there, as a power cut would stop it.
+fn crash_point(at: &str) {
+    if std::env::var_os("SKIFF_TEST_CRASH_AT").is_some_and(|v| v == at) {
+        tracing::error!(at, "SKIFF_TEST_CRASH_AT: aborting");
+        std::process::abort();
     }
 }
 
@@ -484,9 +523,8 @@ pub(crate) fn offline_status(node: &Name, at_ms: u64) -> Vec<u8> {
     offline_status_of(node, BTreeMap::new(), NodeResources::default(), at_ms)
 }
 
-/// The retained status the broker publishes as last will, and the agent on a clean exit, with
-/// the node's labels and size (not its load): selectors still find an offline node, and `skiff
-/// ctl nodes` still shows what it has.
+/// [`offline_status`] with the node's labels and size (not its load): selectors still find an
+/// offline node, and `skiff ctl nodes` still shows what it has.
 fn labelled_offline_status(cfg: &Validated, at_ms: u64) -> Vec<u8> {
     let size = node_size();
     offline_status_of(&cfg.node, cfg.labels.clone(), size, at_ms)
@@ -551,6 +589,10 @@ async fn handle_inbound(
             }),
             Some(Topic::NodeDesired { .. }) => ev(Event::DesiredPayload {
                 scope: Scope::Node,
+                payload,
+                images: shells.catalog().await,
+            }),
+            Some(Topic::Queue { .. }) => ev(Event::RunOffer {
                 payload,
                 images: shells.catalog().await,
             }),
@@ -701,6 +743,7 @@ impl Output {
                     | Action::RecordRun(_)
                     | Action::SaveServices(_)
                     | Action::SaveTrust(_)
+                    | Action::SaveQueue(_)
             )
         });
         for save in saves {
@@ -709,6 +752,7 @@ impl Output {
                 Action::SaveFinished(f) => shells.state.save_finished(f),
                 Action::RecordRun(r) => shells.state.append_run(r),
                 Action::SaveTrust(t) => shells.state.save_trust(t),
+                Action::SaveQueue(q) => shells.state.save_queue(q),
                 Action::SaveServices(s) => shells.state.save_services(s),
                 _ => Ok(()),
             };
@@ -720,6 +764,7 @@ impl Output {
                     Action::SaveFinished(_) => "finished tasks".into(),
                     Action::RecordRun(r) => format!("run history of {}", r.task),
                     Action::SaveTrust(t) => format!("trusted keys version {}", t.version),
+                    Action::SaveQueue(_) => "cluster queue claims".into(),
                     Action::SaveServices(_) => "services (scaled counts, rollbacks)".into(),
                     _ => String::new(),
                 };
@@ -759,7 +804,8 @@ impl Output {
                 | Action::SaveFinished(_)
                 | Action::RecordRun(_)
                 | Action::SaveServices(_)
-                | Action::SaveTrust(_) => {}
+                | Action::SaveTrust(_)
+                | Action::SaveQueue(_) => {}
             }
         }
     }
@@ -770,6 +816,7 @@ impl Output {
             body,
             EventBody::DesiredRejected { .. }
                 | EventBody::TrustRejected { .. }
+                | EventBody::QueueRejected { .. }
                 | EventBody::TaskFailed { .. }
                 | EventBody::StateNotSaved { .. }
         );

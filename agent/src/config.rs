@@ -80,6 +80,38 @@ pub struct Config {
     /// digits, `.` `_` `-` `/`; values: 1..=63 letters, digits, `.` `_` `-`; at most 16.
     /// `arch` defaults to the build's architecture as OCI names it (`arm64`, `amd64`, `arm`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The cluster task queue (`[queue]`: enabled, cpu_units, memory_mib, max_tasks): copies
+    /// of tasks sent to the cluster with `skiff ctl run --cluster`, taken by one node with room.
+    pub queue: QueueConfig,
+}
+
+/// What this node takes from the cluster queue (`[queue]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Take copies from the queue (subscribes `$share/skiff/skiff/v1/{cluster}/queue` and keeps
+    /// the MQTT session at the broker across disconnects). Default true.
+    pub enabled: bool,
+    /// CPU units (1024 = one CPU) all running tasks may reserve together (task `cpu`, else the
+    /// sum of its containers'); a copy that would go over is handed back. Default: the CPUs the
+    /// agent may use × 1024. 1..=1048576.
+    pub cpu_units: Option<u64>,
+    /// MiB all running tasks may reserve together (task `memory`, else the sum of its
+    /// containers' `memoryReservation` or `memory`). Default: the node's memory. 1..=16777216.
+    pub memory_mib: Option<u64>,
+    /// Queued copies running at once. Default 8, 1..=64.
+    pub max_tasks: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            enabled: true,
+            cpu_units: None,
+            memory_mib: None,
+            max_tasks: 8,
+        }
+    }
 }
 
 impl Default for Config {
@@ -108,6 +140,7 @@ impl Default for Config {
             policy_file: None,
             network: crate::runtime::NetworkConfig::default(),
             labels: std::collections::BTreeMap::new(),
+            queue: QueueConfig::default(),
         }
     }
 }
@@ -273,6 +306,8 @@ pub struct Validated {
     pub awsvpc: Option<crate::runtime::AwsvpcConfig>,
     /// The labels the node reports (checked, `arch` defaulted).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The cluster queue (ranges checked; `None` figures are the node's own).
+    pub queue: QueueConfig,
 }
 
 impl Config {
@@ -403,6 +438,13 @@ impl Config {
         crate::journal::log_filter(&self.log)
             .map_err(|e| invalid("log", format!("{:?}: {e}", self.log)))?;
         let labels = crate::labels::node_labels(&self.labels).map_err(|e| invalid("labels", e))?;
+        if let Some(v) = self.queue.cpu_units {
+            range("queue.cpu_units", v, 1, 1 << 20)?;
+        }
+        if let Some(v) = self.queue.memory_mib {
+            range("queue.memory_mib", v, 1, 1 << 24)?;
+        }
+        range("queue.max_tasks", u64::from(self.queue.max_tasks), 1, 64)?;
         Ok(Validated {
             node,
             cluster,
@@ -428,6 +470,7 @@ impl Config {
             network,
             awsvpc,
             labels,
+            queue: self.queue,
         })
     }
 }

@@ -29,6 +29,8 @@ mod keys;
 pub use keys::{keygen, seal, trust_update, TrustChange};
 mod endpoints;
 pub use endpoints::endpoints;
+mod run;
+pub use run::{run_cluster, RunOptions};
 pub mod fleet;
 mod top;
 pub use top::{top, TopOptions};
@@ -169,6 +171,7 @@ impl Session {
                     topic,
                     payload,
                     retained,
+                    ..
                 })) => s.pending.push_back((topic, payload, retained)),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
@@ -192,6 +195,7 @@ impl Session {
                     topic,
                     payload,
                     retained,
+                    ..
                 })) => return Some((topic, payload, retained)),
                 Ok(Some(Inbound::Disconnected(reason))) => {
                     eprintln!("skiff ctl: broker connection lost ({reason}); reconnecting");
@@ -238,6 +242,7 @@ impl Session {
                     topic,
                     payload,
                     retained,
+                    ..
                 })) => self.pending.push_back((topic, payload, retained)),
                 Ok(Some(Inbound::Disconnected(reason))) => {
                     return Err(CtlError::Unreachable {
@@ -1034,6 +1039,7 @@ fn json_line(topic: &str, msg: &Message) -> String {
         Message::Metrics(m) => ("metrics", serde_json::to_value(m)),
         Message::Command(m) => ("command", serde_json::to_value(m)),
         Message::Reply(m) => ("reply", serde_json::to_value(m)),
+        Message::RunRequest(m) => ("run_request", serde_json::to_value(m)),
     };
     serde_json::json!({ "topic": topic, "kind": kind, "message": body.unwrap_or_default() })
         .to_string()

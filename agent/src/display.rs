@@ -190,6 +190,31 @@ pub fn event_body(b: &EventBody) -> String {
             let list: Vec<String> = endpoints.iter().map(endpoint).collect();
             format!("{task}: endpoints {}", list.join(", "))
         }
+        EventBody::QueueClaimed { request, attempt } => {
+            format!("{request}: claimed from the cluster queue (offer {attempt})")
+        }
+        EventBody::QueueHandedBack {
+            request,
+            attempt,
+            reason,
+        } => format!("{request}: handed back to the cluster queue (offer {attempt}): {reason}"),
+        EventBody::QueueRejected {
+            request,
+            attempt,
+            reason,
+        } => match request {
+            Some(r) => format!("{r}: REJECTED queued task (offer {attempt}): {reason}"),
+            None => format!("REJECTED a cluster-queue message: {reason}"),
+        },
+        EventBody::QueueFinished {
+            request,
+            ok,
+            reason,
+            ..
+        } => {
+            let how = if *ok { "succeeded" } else { "FAILED" };
+            format!("{request}: queued task {how}: {reason}")
+        }
     }
 }
 

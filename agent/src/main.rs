@@ -152,7 +152,12 @@ struct AgentArgs {
 #[derive(Debug, Args)]
 struct CtlArgs {
     /// Broker URL: mqtt://host[:port] or, with TLS, mqtts://host[:port] (port 8883).
-    #[arg(long, env = "SKIFF_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    #[arg(
+        long,
+        global = true,
+        env = "SKIFF_BROKER",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
     broker: String,
     /// With mqtts://: CA certificate(s) the broker's certificate must chain to (PEM; default:
     /// the public web roots).
@@ -166,7 +171,7 @@ struct CtlArgs {
     #[arg(long, global = true, env = "SKIFF_KEY", value_name = "FILE")]
     key: Option<PathBuf>,
     /// Cluster name.
-    #[arg(long, env = "SKIFF_CLUSTER", default_value = "default")]
+    #[arg(long, global = true, env = "SKIFF_CLUSTER", default_value = "default")]
     cluster: String,
     /// Seconds to wait for the broker and for nodes to answer.
     #[arg(long, default_value_t = 10)]
@@ -293,6 +298,30 @@ enum CtlCmd {
         /// Don't wait for the nodes to apply it.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Run copies of a task on the cluster: each copy goes to the cluster queue and is taken
+    /// by one node with room for it (its `[queue]` capacity); a node without room hands it back
+    /// and it is offered again. Follows the copies to their end and prints where each ran;
+    /// exits non-zero when a copy failed, was refused or was not placed.
+    ///
+    /// The task runs once (restart policy) or as a batch job (`skiff.batch`); services and
+    /// schedules belong in desired state (`apply`).
+    Run {
+        /// Task-definition file (ECS JSON).
+        file: PathBuf,
+        /// Copies to run, each on one node (1..=1000).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Offers of one copy before it is reported unplaced. Default: twice the nodes online,
+        /// at least 3.
+        #[arg(long)]
+        max_offers: Option<u32>,
+        /// Offer the copies and return at once (copies handed back are then not offered again).
+        #[arg(long)]
+        detach: bool,
+        /// Seconds to follow the copies.
+        #[arg(long, default_value_t = 3600)]
+        wait_secs: u64,
     },
     /// Remove a task from the desired state (its containers are stopped and deleted).
     Stop {
@@ -853,6 +882,24 @@ fn run_ctl(c: CtlArgs) -> ExitCode {
             } => {
                 let defs = ctl::read_task_files(&files)?;
                 ctl::apply(&target, defs, node(n)?, !no_wait).await
+            }
+            CtlCmd::Run {
+                file,
+                count,
+                max_offers,
+                detach,
+                wait_secs,
+            } => {
+                let def = ctl::read_task_files(&[file])?
+                    .pop()
+                    .ok_or_else(|| CtlError::BadInput("no task definition".into()))?;
+                let opts = ctl::RunOptions {
+                    count,
+                    max_offers,
+                    detach,
+                    timeout: Duration::from_secs(wait_secs),
+                };
+                ctl::run_cluster(&target, def, opts).await
             }
             CtlCmd::Stop {
                 task,

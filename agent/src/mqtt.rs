@@ -1,6 +1,10 @@
 //! The broker shell: one rumqttc connection, polled in its own task, turned into [`Inbound`]
 //! messages on a channel. Reconnects with capped exponential backoff (rumqttc's `poll` retries
-//! immediately otherwise) and re-subscribes on every connection (clean sessions).
+//! immediately otherwise) and re-subscribes on every connection. Clean sessions, unless
+//! [`SessionOptions::persistent`]: then the broker keeps the session (subscriptions, QoS 1
+//! messages not yet acknowledged) across disconnects and restarts, and publishes on the
+//! [`SessionOptions::held_topic`] are acknowledged by the owner ([`AckToken`]) once it has
+//! made what it decided durable, not on receipt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,9 @@ pub enum Inbound {
         topic: String,
         payload: Vec<u8>,
         retained: bool,
+        /// On the held topic: acknowledge it (after acting on it) with [`AckToken::ack`].
+        /// Every other message is acknowledged on receipt.
+        ack: Option<AckToken>,
     },
     /// A QoS 1 publish was acknowledged.
     PubAck,
@@ -41,6 +48,30 @@ pub enum Inbound {
 pub struct Connection {
     pub client: AsyncClient,
     pub inbound: mpsc::Receiver<Inbound>,
+}
+
+/// Acknowledges one held QoS 1 message to the broker. Dropping it without `ack` leaves the
+/// message with the broker's session, which delivers it again after a reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckToken(rumqttc::Publish);
+
+impl AckToken {
+    /// Sends the PUBACK (queued on the client; not sent if the connection is gone, and then
+    /// the broker delivers the message again).
+    pub fn ack(self, client: &AsyncClient) {
+        if let Err(e) = client.try_ack(&self.0) {
+            tracing::warn!(error = %e, "cannot acknowledge a message; the broker will send it again");
+        }
+    }
+}
+
+/// Session options beyond [`ConnectOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Keep the session at the broker (MQTT `clean_session = false`).
+    pub persistent: bool,
+    /// Publishes on this topic are acknowledged by the owner (see [`Inbound::Publish`]).
+    pub held_topic: Option<String>,
 }
 
 /// Options for [`connect`].
@@ -62,6 +93,15 @@ pub fn connect(opts: ConnectOptions) -> Connection {
 /// certificate is checked against the configured roots and for the host name (or IP address)
 /// of the broker URL.
 pub fn connect_tls(opts: ConnectOptions, tls: Option<Arc<rustls::ClientConfig>>) -> Connection {
+    connect_session(opts, tls, SessionOptions::default())
+}
+
+/// [`connect_tls`] with session options.
+pub fn connect_session(
+    opts: ConnectOptions,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    session: SessionOptions,
+) -> Connection {
     let mut mo = MqttOptions::new(opts.client_id, opts.broker.host.clone(), opts.broker.port);
     if let Some(config) = tls {
         mo.set_transport(rumqttc::Transport::tls_with_config(
@@ -69,7 +109,9 @@ pub fn connect_tls(opts: ConnectOptions, tls: Option<Arc<rustls::ClientConfig>>)
         ));
     }
     mo.set_keep_alive(opts.keepalive);
-    mo.set_clean_session(true);
+    mo.set_clean_session(!session.persistent);
+    let held = session.held_topic;
+    mo.set_manual_acks(held.is_some());
     mo.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
     mo.set_request_channel_capacity(256);
     if let Some((topic, payload)) = opts.last_will {
@@ -106,13 +148,35 @@ pub fn connect_tls(opts: ConnectOptions, tls: Option<Arc<rustls::ClientConfig>>)
                 // We asked to disconnect (a clean stop) and DISCONNECT is flushed: polling on
                 // would connect again. Ending here closes `inbound`, which tells the owner.
                 Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-                Ok(MqttEvent::Incoming(Packet::Publish(p))) => Some(Inbound::Publish {
-                    topic: p.topic,
-                    payload: p.payload.to_vec(),
-                    retained: p.retain,
-                }),
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    let is_held = held.as_deref() == Some(p.topic.as_str());
+                    let ack = if held.is_none() {
+                        None
+                    } else if is_held && p.qos != QoS::AtMostOnce {
+                        let mut token = p.clone();
+                        token.payload = Default::default();
+                        Some(AckToken(token))
+                    } else {
+                        // Manual acks are on for the connection: the rest right away.
+                        if let Err(e) = sub_client.try_ack(&p) {
+                            tracing::debug!(error = %e, "cannot acknowledge a message");
+                        }
+                        None
+                    };
+                    Some(Inbound::Publish {
+                        topic: p.topic,
+                        payload: p.payload.to_vec(),
+                        retained: p.retain,
+                        ack,
+                    })
+                }
                 Ok(_) => None,
                 Err(e) => {
+                    // What rumqttc kept to send again (unacknowledged publishes, requests made
+                    // while down) is dropped, persistent session or not: the outbox owns the
+                    // delivery of events and metrics and matches PUBACKs in order, which replays
+                    // from the client would upset; status is published again on connect.
+                    eventloop.pending.clear();
                     let msg = e.to_string();
                     let first = !reported_down;
                     reported_down = true;

@@ -246,12 +246,23 @@ impl Outbox {
     /// flush; metrics only every [`METRICS_FLUSH_EVERY`] (a power cut may cost that much of
     /// them), because each small synchronous append costs the flash a few 4 KiB blocks.
     pub fn flush(&mut self, metrics_too: bool) -> io::Result<()> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
         if self.connected {
             return Ok(());
         }
+        self.append_pending(metrics_too)
+    }
+
+    /// Writes the events not on disk yet now, connected or not: for events whose loss in a
+    /// crash would leave someone waiting (the cluster queue's decisions). At a restart they are
+    /// sent again (at least once; consoles deduplicate).
+    pub fn persist_events(&mut self) -> io::Result<()> {
+        self.append_pending(false)
+    }
+
+    fn append_pending(&mut self, metrics_too: bool) -> io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let pending_event = self
             .queue
             .iter()
@@ -557,6 +568,29 @@ mod tests {
             !dir.path().join("queue").exists(),
             "emptied once everything is acknowledged"
         );
+    }
+
+    #[test]
+    fn events_persisted_while_connected_are_sent_again_after_a_crash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ob = Outbox::open(Some(dir.path().into()), 1 << 20).expect("open");
+        ob.connected();
+        assert_eq!(
+            seqs(&ob.push(EntryKind::Event, event(7))),
+            [7],
+            "sent at once"
+        );
+        ob.flush(false).expect("flush");
+        assert!(
+            !dir.path().join("queue").exists(),
+            "a plain flush skips while connected"
+        );
+        ob.persist_events().expect("persist");
+        drop(ob); // the agent dies before the PUBACK
+        let mut again = Outbox::open(Some(dir.path().into()), 1 << 20).expect("reopen");
+        assert_eq!(seqs(&again.connected()), [7]);
+        again.acked();
+        assert!(!dir.path().join("queue").exists());
     }
 
     #[test]

@@ -636,7 +636,8 @@ fn perform(
             | Action::SaveFinished(_)
             | Action::RecordRun(_)
             | Action::SaveServices(_)
-            | Action::SaveTrust(_) => {}
+            | Action::SaveTrust(_)
+            | Action::SaveQueue(_) => {}
         }
     }
 }

@@ -7,6 +7,7 @@
 //! {data_dir}/state/finished.bin          tasks that ran to their end and must not run again
 //! {data_dir}/state/history/{task}.log    run history: length-prefixed records, append-only
 //! {data_dir}/state/trust.bin             keys added / retired by trust updates (`trust.rs`)
+//! {data_dir}/state/queue.bin             cluster-queue copies claimed, offers decided
 //! ```
 //!
 //! Whole files are replaced atomically (temp file, fsync, rename, fsync of the directory), so a
@@ -38,6 +39,8 @@ const FINISHED_VERSION: u8 = 3;
 const TRUST_VERSION: u8 = 1;
 /// Format version of `services.bin`.
 const SERVICES_VERSION: u8 = 1;
+/// Format version of `queue.bin`.
+const QUEUE_VERSION: u8 = 1;
 
 /// What a previous run of the agent left.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,6 +52,8 @@ pub struct Saved {
     pub services: Vec<crate::core::ServiceMemo>,
     /// The last wall time known to be good.
     pub last_wall_ms: Option<u64>,
+    /// Cluster-queue claims and decided offers.
+    pub queue: crate::core::QueueMemo,
 }
 
 /// What went wrong writing or reading the state.
@@ -136,6 +141,16 @@ impl StateStore {
                 _ => self.set_aside(&path, "unknown format version"),
             }
         }
+        let path = self.dir.join("queue.bin");
+        if let Some(bytes) = self.read_whole(&path) {
+            match bytes.split_first() {
+                Some((&QUEUE_VERSION, body)) => match postcard::from_bytes(body) {
+                    Ok(q) => saved.queue = q,
+                    Err(e) => self.set_aside(&path, &e.to_string()),
+                },
+                _ => self.set_aside(&path, "unknown format version"),
+            }
+        }
         if let Some(bytes) = self.read_whole(&self.dir.join("wall")) {
             saved.last_wall_ms = bytes.as_slice().try_into().ok().map(u64::from_le_bytes);
         }
@@ -206,6 +221,18 @@ impl StateStore {
             })?,
         );
         write_atomic(&self.dir.join("services.bin"), &bytes)
+    }
+
+    /// Saves the cluster queue's claims and decided offers.
+    pub fn save_queue(&self, queue: &crate::core::QueueMemo) -> Result<(), StateError> {
+        let mut bytes = vec![QUEUE_VERSION];
+        bytes.extend(
+            postcard::to_allocvec(queue).map_err(|e| StateError::Encode {
+                what: "queue",
+                reason: e.to_string(),
+            })?,
+        );
+        write_atomic(&self.dir.join("queue.bin"), &bytes)
     }
 
     /// Saves the changes applied trust updates made to the configured keys.

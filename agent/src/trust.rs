@@ -42,6 +42,8 @@ use zeroize::Zeroizing;
 pub const DESIRED_CONTEXT: &[u8] = b"skiff-desired-v1\0";
 /// Signed-bytes prefix of a trust update.
 pub const TRUST_CONTEXT: &[u8] = b"skiff-trust-v1\0";
+/// Domain separation for run requests (the cluster queue).
+pub const RUN_CONTEXT: &[u8] = b"skiff-run-v1\0";
 /// First word of a public key line.
 pub const PUBLIC_KEY_TAG: &str = "skiff-ed25519";
 /// Most keys a node trusts at once.
@@ -285,6 +287,13 @@ impl SigningKey {
         Ok(())
     }
 
+    /// Sets `req.signature` (replacing any).
+    pub fn sign_run(&self, req: &mut skiff_proto::RunRequest) -> Result<(), String> {
+        let bytes = run_signed_bytes(req)?;
+        req.signature = Some(self.sign(&bytes));
+        Ok(())
+    }
+
     /// Sets `update.signature` (replacing any).
     pub fn sign_trust(&self, update: &mut TrustUpdate) -> Result<(), String> {
         let bytes = trust_signed_bytes(update)?;
@@ -386,6 +395,15 @@ pub fn trust_signed_bytes(update: &TrustUpdate) -> Result<Vec<u8>, String> {
         ..update.clone()
     };
     signed_bytes(TRUST_CONTEXT, &unsigned)
+}
+
+/// The bytes a run request's signature covers.
+pub fn run_signed_bytes(req: &skiff_proto::RunRequest) -> Result<Vec<u8>, String> {
+    let unsigned = skiff_proto::RunRequest {
+        signature: None,
+        ..req.clone()
+    };
+    signed_bytes(RUN_CONTEXT, &unsigned)
 }
 
 fn signed_bytes(context: &[u8], body: &impl Serialize) -> Result<Vec<u8>, String> {
@@ -508,6 +526,14 @@ impl Trust {
             desired_signed_bytes(doc),
             doc.signature.as_ref(),
         )
+    }
+
+    /// Checks a run request's signature (always Ok when no key is trusted).
+    pub fn verify_run(&self, req: &skiff_proto::RunRequest) -> Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.check("run request", run_signed_bytes(req), req.signature.as_ref())
     }
 
     /// Checks a trust update for this node and returns the state after it. `in_use`: the

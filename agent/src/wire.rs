@@ -77,6 +77,7 @@ pub fn decode_file(path: &Path) -> Result<String, WireFileError> {
         Message::Metrics(m) => serde_json::to_value(m)?,
         Message::Command(m) => serde_json::to_value(m)?,
         Message::Reply(m) => serde_json::to_value(m)?,
+        Message::RunRequest(m) => serde_json::to_value(m)?,
     };
     let out = serde_json::json!({ "kind": msg.kind().name(), "message": body });
     Ok(serde_json::to_string_pretty(&out)?)

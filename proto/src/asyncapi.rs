@@ -136,12 +136,14 @@ fn every_topic() -> Vec<Topic> {
             cluster: c(),
             node: n()
         },
+        Topic::Queue { cluster: c() },
     ]
 }
 
 fn address(topic: &Topic, suffix: &str) -> String {
     match topic {
         Topic::ClusterDesired { .. } => format!("{ROOT}/{{cluster}}/desired"),
+        Topic::Queue { .. } => format!("{ROOT}/{{cluster}}/queue"),
         _ => format!("{ROOT}/{{cluster}}/nodes/{{node}}/{}{suffix}", topic.leaf()),
     }
 }
@@ -172,6 +174,7 @@ fn message_name(kind: Kind) -> &'static str {
         Kind::Metrics => "Metrics",
         Kind::Command => "Command",
         Kind::Reply => "Reply",
+        Kind::RunRequest => "RunRequest",
     }
 }
 
@@ -181,7 +184,7 @@ fn channel(topic: &Topic, address: &str, message: &str, id: &str) -> Value {
         "cluster".into(),
         json!({"description": "The cluster (the agent's `cluster`): a name of 1 to 64 characters from [A-Za-z0-9_.-]."}),
     );
-    if !matches!(topic, Topic::ClusterDesired { .. }) {
+    if !matches!(topic, Topic::ClusterDesired { .. } | Topic::Queue { .. }) {
         params.insert(
             "node".into(),
             json!({"description": "The node id (the agent's `node_id`, its MQTT client id)."}),
@@ -209,6 +212,13 @@ fn channel(topic: &Topic, address: &str, message: &str, id: &str) -> Value {
         }
         Topic::Cmd { .. } => "Imperative requests to the node; answered on `reply` with the id.",
         Topic::Reply { .. } => "Answers to commands, matched by id.",
+        Topic::Queue { .. } => {
+            "Tasks for any one node of the cluster (`skiff ctl run`). Agents subscribe \
+             with the shared subscription `$share/skiff/skiff/v1/{cluster}/queue`, so the broker \
+             gives each copy to one of them; that node claims it (event QueueClaimed, then \
+             QueueFinished) or, without room, hands it back (QueueHandedBack) and the console \
+             offers it again. Not retained."
+        }
     };
     let description = if id.ends_with("Json") {
         format!(
@@ -299,6 +309,7 @@ pub fn schemas() -> Value {
     add::<Metrics>(&mut generator);
     add::<Command>(&mut generator);
     add::<Reply>(&mut generator);
+    add::<RunRequest>(&mut generator);
     let mut defs = generator.take_definitions(true);
     // The schemas list unit variants apart from the others; postcard numbers them in
     // declaration order, which serde knows.

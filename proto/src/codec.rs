@@ -36,17 +36,19 @@ pub enum Kind {
     Metrics = 4,
     Command = 5,
     Reply = 6,
+    RunRequest = 7,
 }
 
 impl Kind {
     /// All kinds, for fixtures and docs.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::DesiredState,
         Kind::Status,
         Kind::Event,
         Kind::Metrics,
         Kind::Command,
         Kind::Reply,
+        Kind::RunRequest,
     ];
 
     /// The kind for a header byte.
@@ -63,6 +65,7 @@ impl Kind {
             Kind::Metrics => "metrics",
             Kind::Command => "command",
             Kind::Reply => "reply",
+            Kind::RunRequest => "run_request",
         }
     }
 }
@@ -83,6 +86,7 @@ pub enum Message {
     Metrics(Metrics),
     Command(Command),
     Reply(Reply),
+    RunRequest(RunRequest),
 }
 
 impl Message {
@@ -95,6 +99,7 @@ impl Message {
             Message::Metrics(_) => Kind::Metrics,
             Message::Command(_) => Kind::Command,
             Message::Reply(_) => Kind::Reply,
+            Message::RunRequest(_) => Kind::RunRequest,
         }
     }
 }
@@ -266,6 +271,12 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         Kind::Metrics => Message::Metrics(body(kind, b)?),
         Kind::Command => Message::Command(body(kind, b)?),
         Kind::Reply => Message::Reply(body(kind, b)?),
+        Kind::RunRequest => {
+            let r: RunRequest = body(kind, b)?;
+            r.validate()
+                .map_err(|error| DecodeError::Bounds { kind, error })?;
+            Message::RunRequest(r)
+        }
     };
     Ok(msg)
 }
@@ -314,6 +325,11 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
         Message::Metrics(m) => encode_body(kind, m),
         Message::Command(m) => encode_body(kind, m),
         Message::Reply(m) => encode_body(kind, m),
+        Message::RunRequest(r) => {
+            r.validate()
+                .map_err(|error| EncodeError::Bounds { kind, error })?;
+            encode_body(kind, r)
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub fn to_json(msg: &Message) -> serde_json::Result<Vec<u8>> {
         Message::Metrics(m) => serde_json::to_vec(m),
         Message::Command(m) => serde_json::to_vec(m),
         Message::Reply(m) => serde_json::to_vec(m),
+        Message::RunRequest(m) => serde_json::to_vec(m),
     }
 }
 

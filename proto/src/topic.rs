@@ -27,6 +27,9 @@ pub enum Topic {
     Cmd { cluster: Name, node: Name },
     /// `.../nodes/{node}/reply`.
     Reply { cluster: Name, node: Name },
+    /// `skiff/v1/{cluster}/queue`: tasks for any one node of the cluster (not retained; agents
+    /// subscribe through [`Topic::shared_queue_filter`]).
+    Queue { cluster: Name },
 }
 
 impl Topic {
@@ -34,6 +37,7 @@ impl Topic {
     pub fn to_topic(&self) -> String {
         match self {
             Topic::ClusterDesired { cluster } => format!("{ROOT}/{cluster}/desired"),
+            Topic::Queue { cluster } => format!("{ROOT}/{cluster}/queue"),
             Topic::NodeDesired { cluster, node } => node_topic(cluster, node, "desired"),
             Topic::Status { cluster, node } => node_topic(cluster, node, "status"),
             Topic::Events { cluster, node } => node_topic(cluster, node, "events"),
@@ -50,6 +54,7 @@ impl Topic {
         let cluster: Name = parts.next()?.parse().ok()?;
         match (parts.next()?, parts.next(), parts.next(), parts.next()) {
             ("desired", None, None, None) => Some(Topic::ClusterDesired { cluster }),
+            ("queue", None, None, None) => Some(Topic::Queue { cluster }),
             ("nodes", Some(node), Some(leaf), None) => {
                 let node: Name = node.parse().ok()?;
                 Some(match leaf {
@@ -94,6 +99,7 @@ impl Topic {
             Topic::Metrics { .. } => "metrics",
             Topic::Cmd { .. } => "cmd",
             Topic::Reply { .. } => "reply",
+            Topic::Queue { .. } => "queue",
         }
     }
 
@@ -106,6 +112,7 @@ impl Topic {
             Topic::Metrics { .. } => Kind::Metrics,
             Topic::Cmd { .. } => Kind::Command,
             Topic::Reply { .. } => Kind::Reply,
+            Topic::Queue { .. } => Kind::RunRequest,
         }
     }
 
@@ -121,9 +128,10 @@ impl Topic {
     /// Who publishes on it.
     pub fn publisher(&self) -> Publisher {
         match self {
-            Topic::ClusterDesired { .. } | Topic::NodeDesired { .. } | Topic::Cmd { .. } => {
-                Publisher::Console
-            }
+            Topic::ClusterDesired { .. }
+            | Topic::NodeDesired { .. }
+            | Topic::Cmd { .. }
+            | Topic::Queue { .. } => Publisher::Console,
             Topic::Status { .. }
             | Topic::Events { .. }
             | Topic::Metrics { .. }
@@ -138,6 +146,25 @@ impl Topic {
             Topic::Status { .. } | Topic::Events { .. } | Topic::Metrics { .. }
         )
         .then(|| format!("{}{JSON_MIRROR_SUFFIX}", self.to_topic()))
+    }
+}
+
+/// Shared-subscription group of the agents of a cluster on its queue topic.
+pub const QUEUE_SHARE_GROUP: &str = "skiff";
+
+impl Topic {
+    /// What an agent subscribes to for its cluster's queue: `$share/skiff/skiff/v1/{cluster}/queue`
+    /// (MQTT 5 shared subscriptions, which mosquitto, EMQX, HiveMQ and AWS IoT Core also
+    /// accept from 3.1.1 clients): the broker gives each message to one subscriber of the
+    /// group.
+    pub fn shared_queue_filter(cluster: &Name) -> String {
+        format!(
+            "$share/{QUEUE_SHARE_GROUP}/{}",
+            Topic::Queue {
+                cluster: cluster.clone()
+            }
+            .to_topic()
+        )
     }
 }
 
@@ -184,9 +211,10 @@ mod tests {
                 node: nd.clone(),
             },
             Topic::Reply {
-                cluster: c,
+                cluster: c.clone(),
                 node: nd,
             },
+            Topic::Queue { cluster: c },
         ];
         for t in all {
             let s = t.to_topic();

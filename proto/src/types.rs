@@ -67,6 +67,50 @@ pub struct TrustUpdate {
     pub signature: Option<Signature>,
 }
 
+/// A task for the cluster, not for one node (topic `queue`, QoS 1, not retained; consoles
+/// publish, agents take it through the shared subscription `$share/skiff/{topic}`): the one
+/// node the broker hands it to runs it if it has room, or hands it back to the console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RunRequest {
+    pub cluster: Name,
+    /// Unique per copy (`skiff ctl run` makes `{family}-{random}-{copy}`): the task's name on
+    /// the node that runs it, and what a node remembers to never run a copy twice.
+    pub id: Name,
+    /// Offers of this copy so far, from 1 (a console re-offers a copy handed back).
+    pub attempt: u32,
+    /// Wall-clock time of the offer, ms since the Unix epoch.
+    pub issued_ms: u64,
+    /// Runs once (restart policy) or as a batch job; not a service or a schedule.
+    pub task: TaskDefinition,
+    /// By a fleet key; required by nodes that trust any key (covers every other field).
+    pub signature: Option<Signature>,
+}
+
+impl RunRequest {
+    /// Bounds of the task and what a queued task may be.
+    pub fn validate(&self) -> Result<(), BoundError> {
+        self.task.validate().map_err(|e| BoundError {
+            field: alloc::format!("task ({}).{}", self.task.family, e.field),
+            what: e.what,
+        })?;
+        for e in &self.task.extensions {
+            let what = match e {
+                TaskExtension::Service(_) => "a service",
+                TaskExtension::Schedule(_) => "a schedule",
+                TaskExtension::Batch(_) | TaskExtension::Volumes(_) => continue,
+            };
+            return Err(bound_err(
+                "task",
+                alloc::format!(
+                    "a queued task runs once or as a batch job, not {what}: put it in desired state"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A task definition: ECS's model, the fields skiff supports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -962,6 +1006,28 @@ pub enum EventBody {
     EndpointsChanged {
         task: Name,
         endpoints: Vec<Endpoint>,
+    },
+    /// This node took a copy from the cluster queue; it runs as task `request`.
+    QueueClaimed { request: Name, attempt: u32 },
+    /// This node had no room for a queued copy and handed it back (the console offers it again).
+    QueueHandedBack {
+        request: Name,
+        attempt: u32,
+        reason: String,
+    },
+    /// A queued copy was refused (other cluster, unsigned or forged): no node of the cluster
+    /// would run it.
+    QueueRejected {
+        request: Option<Name>,
+        attempt: u32,
+        reason: String,
+    },
+    /// A queued copy this node claimed ran to its end.
+    QueueFinished {
+        request: Name,
+        ok: bool,
+        exit: Option<ExitInfo>,
+        reason: String,
     },
 }
 

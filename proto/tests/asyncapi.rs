@@ -127,10 +127,11 @@ fn every_topic_and_kind_is_described_and_every_reference_resolves() {
         "skiff/v1/{cluster}/nodes/{node}/metrics",
         "skiff/v1/{cluster}/nodes/{node}/metrics.json",
         "skiff/v1/{cluster}/nodes/{node}/reply",
+        "skiff/v1/{cluster}/queue",
     ] {
         assert!(addresses.contains(&a), "{a} missing from {addresses:?}");
     }
-    assert_eq!(channels.len(), 10);
+    assert_eq!(channels.len(), 11);
     // Each channel has exactly one operation, with the MQTT QoS and retain flag.
     let ops = doc["operations"].as_object().expect("operations");
     assert_eq!(ops.len(), channels.len());

@@ -283,6 +283,32 @@ fn samples() -> Vec<Message> {
                 data: b"hello\n".to_vec(),
             },
         }),
+        Message::RunRequest(RunRequest {
+            cluster: n("demo"),
+            id: n("report-3fa9c1-1"),
+            attempt: 2,
+            issued_ms: 1_764_000_000_456,
+            task: TaskDefinition {
+                family: n("report"),
+                restart_policy: RestartPolicy::Never,
+                extensions: vec![
+                    TaskExtension::Batch(Batch {
+                        completions: 1,
+                        retries: 2,
+                        timeout_secs: Some(600),
+                    }),
+                    TaskExtension::Volumes(vec![Volume {
+                        name: n("data"),
+                        host_path: None,
+                    }]),
+                ],
+                ..task()
+            },
+            signature: Some(Signature {
+                key_id: n("fleet-1"),
+                bytes: vec![7; 64],
+            }),
+        }),
     ]
 }
 

@@ -375,11 +375,30 @@ impl Agent {
         self.spawn();
     }
 
+    /// Starts the agent process again with extra environment variables (e.g. the
+    /// `SKIFF_TEST_CRASH_AT` hook).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "the agent is still running");
+        self.spawn_with(env);
+    }
+
+    /// The agent exited on its own (crashed): its status, once it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let st = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(st)
+    }
+
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, env: &[(&str, &str)]) {
         let mut child = Command::new(SKIFF)
             .args(["agent", "--config"])
             .arg(self.dir.path().join("agent.toml"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

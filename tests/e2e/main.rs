@@ -12,6 +12,7 @@ mod mirror;
 mod networking;
 mod offline;
 mod policy;
+mod queue;
 mod secrets;
 mod services;
 mod ship;

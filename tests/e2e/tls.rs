@@ -99,6 +99,7 @@ fn tls_broker(pki: &Path) -> Broker {
             "pattern read skiff/v1/{CLUSTER}/desired\n\
              pattern read skiff/v1/{CLUSTER}/nodes/%u/desired\n\
              pattern read skiff/v1/{CLUSTER}/nodes/%u/cmd\n\
+             pattern read skiff/v1/{CLUSTER}/queue\n\
              pattern write skiff/v1/{CLUSTER}/nodes/%u/status\n\
              pattern write skiff/v1/{CLUSTER}/nodes/%u/events\n\
              pattern write skiff/v1/{CLUSTER}/nodes/%u/metrics\n\
@@ -193,6 +194,24 @@ fn mutual_tls_node_id_from_certificate_acl_and_refusals() {
         _ => None,
     });
     assert_eq!(exit.code, 0);
+
+    // The cluster queue through the documented ACL: the node takes the copy from its shared
+    // subscription and the console sees it through.
+    let job = crate::harness::task_file(
+        files.path(),
+        "tlsjob",
+        r#"{"family":"tlsjob","containerDefinitions":[{"name":"main","image":"busybox","command":["true"]}]}"#,
+    );
+    let out = agent.ctl(
+        &broker,
+        &["run", job.to_str().expect("utf8"), "--wait-secs", "60"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("succeeded on tls-pi-1"),
+        "ctl run over TLS: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Another CA's certificate (claiming the same CN) and no certificate at all are refused.
     let desired = format!("skiff/v1/{CLUSTER}/nodes/tls-pi-1/desired");

@@ -24,10 +24,13 @@ pub mod cron;
 mod deps;
 mod endpoints;
 mod health;
+mod queue;
 mod service;
 mod signed;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_queue;
 #[cfg(test)]
 mod tests_service;
 #[cfg(test)]
@@ -43,6 +46,7 @@ use skiff_proto::{
     Status, StopReason, TaskDefinition, TaskExtension, TaskSample, TaskState, TaskStatus,
 };
 
+pub use queue::{reservation, Capacity, QueueMemo};
 pub use service::ServiceMemo;
 use service::{ServiceLink, ServiceRec};
 
@@ -184,6 +188,9 @@ pub enum Event {
     Shutdown,
     /// Time passed (a deadline from [`Core::next_deadline`] may have expired).
     Tick,
+    /// An offer from the cluster queue (a `RunRequest` payload): claimed, handed back or
+    /// refused; the decision is saved (`SaveQueue`) before any event about it.
+    RunOffer { payload: Vec<u8>, images: Catalog },
 }
 
 /// Something the shells must do.
@@ -224,6 +231,8 @@ pub enum Action {
     },
     /// Durably save the trusted-key changes (replaces the previous state).
     SaveTrust(crate::trust::TrustState),
+    /// Durably save the queue's claims and decided offers (replaces the previous state).
+    SaveQueue(QueueMemo),
 }
 
 /// Where a task is in its lifecycle.
@@ -506,6 +515,8 @@ pub struct Core {
     zones: crate::zones::Zones,
     /// What desired state may ask of this node.
     policy: crate::policy::Policy,
+    /// Copies claimed from the cluster queue.
+    queue: queue::QueueState,
     /// The node's labels, reported in its status.
     labels: BTreeMap<String, String>,
     /// The node's size and load as last sampled, and as the last status reported them.
@@ -551,6 +562,7 @@ impl Core {
             trust: crate::trust::Trust::default(),
             zones: crate::zones::Zones::none(),
             policy: crate::policy::Policy::default(),
+            queue: queue::QueueState::default(),
             labels: BTreeMap::new(),
             load: skiff_proto::NodeResources::default(),
             reported_load: skiff_proto::NodeResources::default(),
@@ -631,6 +643,7 @@ impl Core {
         let before = self.status_key();
         let finished_before = self.finished();
         let memos_before = self.service_memos();
+        let queue_before = self.queue_memo();
         match event {
             Event::Started => {
                 out.push(Action::Event(EventBody::AgentStarted {
@@ -732,8 +745,10 @@ impl Core {
             Event::Drain { batch_deadline_ms } => self.on_drain(batch_deadline_ms, now, &mut out),
             Event::Activate => self.on_activate(now, &mut out),
             Event::TrustUpdate(update) => self.on_trust_update(&update, &mut out),
+            Event::RunOffer { payload, images } => self.on_offer(&payload, &images, now, &mut out),
         }
         self.drive_services(now, &mut out);
+        self.settle_claims(now, &mut out);
         self.check_drained(&mut out);
         let finished = self.finished();
         if finished != finished_before {
@@ -742,6 +757,10 @@ impl Core {
         let memos = self.service_memos();
         if memos != memos_before {
             out.push(Action::SaveServices(memos));
+        }
+        let queue = self.queue_memo();
+        if queue != queue_before {
+            out.push(Action::SaveQueue(queue));
         }
         if self.status_key() != before && !matches!(out.last(), Some(Action::Status(_))) {
             out.push(Action::Status(self.status(now)));
@@ -1171,6 +1190,9 @@ impl Core {
             for t in &doc.tasks {
                 all.insert(t.family.clone(), t);
             }
+        }
+        for t in self.claimed_defs() {
+            all.insert(t.family.clone(), t);
         }
         all
     }
