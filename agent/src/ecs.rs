@@ -821,14 +821,6 @@ fn parse_task(obj: &Map<String, Value>, base: &str) -> Result<TaskDefinition, Ta
             }
         }
     }
-    if has(|e| matches!(e, TaskExtension::Schedule(_)))
-        && has(|e| matches!(e, TaskExtension::Batch(_)))
-    {
-        return Err(invalid(
-            base,
-            "\"schedule\" and \"batch\" together are not supported yet",
-        ));
-    }
     let mut def = TaskDefinition {
         family,
         revision,
@@ -2650,8 +2642,19 @@ mod tests {
         assert!(err(task(json!({"schedule": {}}))).contains("needs \"cron\" or \"rate\""));
         assert!(err(task(json!({"batch": {"completions": 0}}))).contains("batch.completions"));
         assert!(err(task(json!({"batch": {"tries": 1}}))).contains("unknown batch field"));
-        assert!(err(task(json!({"batch": {}, "schedule": {"rate": 5}})))
-            .contains("together are not supported yet"));
+        // Each firing runs the batch job.
+        let both = ok(task(
+            json!({"batch": {"completions": 2, "retries": 1}, "schedule": {"rate": 5}}),
+        ));
+        assert!(both
+            .extensions
+            .iter()
+            .any(|e| matches!(e, TaskExtension::Batch(_))));
+        assert!(both
+            .extensions
+            .iter()
+            .any(|e| matches!(e, TaskExtension::Schedule(_))));
+        assert_eq!(ok(to_ecs_json(&both)), both);
     }
 
     #[test]

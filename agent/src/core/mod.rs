@@ -459,6 +459,13 @@ impl TaskRec {
         }));
     }
 
+    /// A scheduled batch task's firing starts a new job: its completions and failures count
+    /// from zero.
+    fn new_job(&mut self) {
+        self.batch_done = 0;
+        self.batch_failures = 0;
+    }
+
     /// Starting, running, or waiting to restart: it holds (or will hold) a place.
     fn is_live(&self) -> bool {
         matches!(
@@ -1357,8 +1364,11 @@ impl Core {
         let Some(t) = self.tasks.get_mut(name) else {
             return;
         };
-        let idle =
-            matches!(t.phase, Phase::Stopped | Phase::Failed | Phase::Backoff) && !t.start_pending;
+        // A scheduled batch job waiting to retry a failed run is still running its job.
+        let retrying = t.phase == Phase::Backoff && batch_of(&t.def).is_some();
+        let idle = matches!(t.phase, Phase::Stopped | Phase::Failed | Phase::Backoff)
+            && !t.start_pending
+            && !retrying;
         if self.drain.is_some() {
             out.push(Action::Event(EventBody::ScheduleSkipped {
                 task: name.clone(),
@@ -1370,6 +1380,7 @@ impl Core {
             t.restarts = t
                 .restarts
                 .saturating_add(u32::from(t.last_exit.is_some() || t.failure.is_some()));
+            t.new_job();
             return self.launch(name, now, out);
         }
         match overlap {
@@ -1777,6 +1788,7 @@ impl Core {
             };
             if std::mem::take(&mut st.fire_pending) {
                 t.restarts = t.restarts.saturating_add(1);
+                t.new_job();
                 self.launch(name, now, out);
             }
             return;

@@ -960,6 +960,47 @@ fn a_rate_schedule_runs_every_period_and_not_at_apply() {
 }
 
 #[test]
+fn each_firing_of_a_scheduled_batch_runs_the_whole_job() {
+    let mut c = core();
+    let mut t = scheduled(
+        "etl",
+        ScheduleSpec::Rate { every_secs: 60 },
+        OverlapPolicy::Forbid,
+        MissedRunPolicy::Skip,
+    );
+    t.extensions.push(TaskExtension::Batch(Batch {
+        completions: 2,
+        retries: 1,
+        timeout_secs: None,
+    }));
+    apply(&mut c, 1, vec![t], at(0));
+    // Firing 1: two completions, one after the other, then it waits for the next firing.
+    assert_eq!(starts(&c.handle(Event::Tick, at(60_000))), ["etl"]);
+    assert_eq!(starts(&complete_run(&mut c, "etl", at(61_000))), ["etl"]);
+    let a = complete_run(&mut c, "etl", at(62_000));
+    assert!(starts(&a).is_empty(), "{a:?}");
+    assert_eq!(c.phase(&n("etl")), Some(Phase::Stopped));
+    // Firing 2 counts from zero: a failure is retried after a backoff, and a firing that comes
+    // while the job waits to retry is skipped (overlap forbid), not a fresh start.
+    assert_eq!(starts(&c.handle(Event::Tick, at(120_000))), ["etl"]);
+    run(&mut c, "etl", at(120_100));
+    exit(&mut c, "etl", "main", 1, at(120_200));
+    removed(&mut c, "etl", at(120_300));
+    assert_eq!(c.phase(&n("etl")), Some(Phase::Backoff));
+    let a = c.handle(Event::Tick, at(180_000));
+    assert_eq!(skipped(&a).len(), 1, "{a:?}");
+    // (The retry was due long before: the tick at 180 s also relaunches it.)
+    assert_eq!(starts(&a), ["etl"]);
+    assert_eq!(starts(&complete_run(&mut c, "etl", at(181_000))), ["etl"]);
+    let a = complete_run(&mut c, "etl", at(182_000));
+    assert!(
+        starts(&a).is_empty(),
+        "done: 2 completions after 1 retry: {a:?}"
+    );
+    assert_eq!(c.phase(&n("etl")), Some(Phase::Stopped));
+}
+
+#[test]
 fn cron_fires_on_the_minute_and_overlap_forbid_skips() {
     let mut c = core();
     apply(
