@@ -272,6 +272,10 @@ pub async fn run(
     // Start-up is over: its code need not stay mapped (memtrim.rs; issue 7).
     let released = crate::memtrim::release_startup_pages();
     tracing::debug!(bytes = released, "released start-up pages");
+    // Container work (starts, stops, execs) maps code the idle loop does not run: released
+    // again once it has been quiet for a while.
+    let mut work_seen = runtime.requests_sent();
+    let mut release_at: Option<tokio::time::Instant> = None;
     loop {
         let deadline = core
             .next_deadline()
@@ -367,6 +371,16 @@ pub async fn run(
             }
             _ = sleep_until(deadline) => out.perform(core.handle(Event::Tick, clock.now()), &shells),
             _ = watchdog.tick(), if notify.watchdog_interval().is_some() => notify.watchdog(),
+            _ = sleep_until(release_at), if release_at.is_some() => {
+                release_at = None;
+                let bytes = crate::memtrim::release_startup_pages();
+                tracing::debug!(bytes, "released pages after container work");
+            }
+        }
+        let work = runtime.requests_sent();
+        if work != work_seen {
+            work_seen = work;
+            release_at = Some(tokio::time::Instant::now() + crate::memtrim::RELEASE_AFTER_WORK);
         }
         if draining_to_exit && !stopping && core.node_state() == NodeState::Drained {
             stopping = true;

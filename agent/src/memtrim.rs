@@ -13,6 +13,11 @@
 //! cached). What stays resident afterwards is the code the process actually keeps using, and the
 //! page cache may drop the rest under memory pressure without touching the process.
 //!
+//! Container work does the same on a smaller scale: a burst of starts maps libcontainer's and
+//! the runtime's paths, which the idle loop never runs. Both processes release again once they
+//! have been quiet for [`RELEASE_AFTER_WORK`] after such work (the launcher after its last
+//! request or reaped child, the agent after its last request to the launcher).
+//!
 //! Only mappings that are not writable and hold no private (anonymous) pages are released: for
 //! those, dropping the mapping cannot lose data. Writable data, the heap, stacks and relocated
 //! read-only data (RELRO of a static-pie build, copied on write at start) are never touched.
@@ -21,6 +26,11 @@
 #![allow(unsafe_code)]
 
 use std::os::unix::fs::MetadataExt;
+
+/// Quiet time after container work (starting, stopping, exec'ing) before a process releases its
+/// executable's pages again: that work maps libcontainer's and the runtime's code paths, which
+/// then stay resident although the idle loop does not run them.
+pub const RELEASE_AFTER_WORK: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// One mapping of the executable that may be released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -137,8 +137,16 @@ fn run(state_dir: PathBuf) -> io::Result<()> {
         execs: HashMap::new(),
     };
     crate::memtrim::release_startup_pages(); // idle from here on (memtrim.rs; issue 7)
+                                             // After a burst of container work, the code it ran is released again once quiet.
+    let mut release_at: Option<Instant> = None;
     loop {
-        let timeout = launcher.poll_timeout(Instant::now());
+        let now = Instant::now();
+        if release_at.is_some_and(|at| at <= now) {
+            release_at = None;
+            let bytes = crate::memtrim::release_startup_pages();
+            tracing::debug!(bytes, "released pages after container work");
+        }
+        let timeout = earliest(launcher.poll_timeout(now), until(release_at, now));
         let (sock_ready, sig_ready, output_ready) = {
             let mut fds = vec![
                 PollFd::new(launcher.sock.as_fd(), PollFlags::POLLIN),
@@ -175,6 +183,9 @@ fn run(state_dir: PathBuf) -> io::Result<()> {
             launcher.reap()?;
         }
         launcher.kill_overdue_execs(Instant::now());
+        if sock_ready || sig_ready {
+            release_at = Some(Instant::now() + crate::memtrim::RELEASE_AFTER_WORK);
+        }
         if sock_ready {
             match read_frame_blocking::<Request>(&mut &launcher.sock)? {
                 Some(req) => launcher.handle(req)?,
@@ -187,6 +198,24 @@ fn run(state_dir: PathBuf) -> io::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// A poll timeout until `at` (none without one), rounded up so the loop does not wake early and
+/// spin.
+fn until(at: Option<Instant>, now: Instant) -> PollTimeout {
+    at.map_or(PollTimeout::NONE, |at| {
+        let ms = at.saturating_duration_since(now).as_micros().div_ceil(1000);
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+    })
+}
+
+/// The shorter of two poll timeouts (`NONE`, -1, is forever: not the smaller).
+fn earliest(a: PollTimeout, b: PollTimeout) -> PollTimeout {
+    match (a.is_none(), b.is_none()) {
+        (true, _) => b,
+        (_, true) => a,
+        _ => a.min(b),
     }
 }
 
@@ -644,6 +673,23 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("inner detail")]
     struct Inner;
+
+    #[test]
+    fn the_earliest_timeout_treats_none_as_forever() {
+        let ms = |n: i32| PollTimeout::try_from(n).expect("ms");
+        assert_eq!(earliest(PollTimeout::NONE, ms(5)), ms(5));
+        assert_eq!(earliest(ms(7), PollTimeout::NONE), ms(7));
+        assert_eq!(earliest(ms(7), ms(5)), ms(5));
+        assert_eq!(
+            earliest(PollTimeout::NONE, PollTimeout::NONE),
+            PollTimeout::NONE
+        );
+        let now = Instant::now();
+        assert_eq!(until(None, now), PollTimeout::NONE);
+        assert_eq!(until(Some(now), now), ms(0));
+        let later = now + std::time::Duration::from_micros(1500);
+        assert_eq!(until(Some(later), now), ms(2), "rounded up");
+    }
 
     #[test]
     fn error_chain() {

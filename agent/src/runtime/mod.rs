@@ -1217,6 +1217,12 @@ impl Runtime {
 
     /// CPU and memory of the task's cgroup, hierarchical over its containers: a few small file
     /// reads. `None` if the task has no cgroup.
+    /// Requests sent to the launcher so far (start, signal, delete, exec...): a count that
+    /// moves when container work happens, for the agent's idle page release (`memtrim.rs`).
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.seq.load(Ordering::Relaxed)
+    }
+
     pub fn task_stats(&self, task: &Name) -> Option<TaskStats> {
         self.inner
             .layout
