@@ -650,7 +650,7 @@ impl Core {
         let before = self.status_key();
         let finished_before = self.finished();
         let memos_before = self.service_memos();
-        let queue_before = self.queue_memo();
+        let queue_changes = self.queue.changes;
         match event {
             Event::Started => {
                 out.push(Action::Event(EventBody::AgentStarted {
@@ -765,9 +765,8 @@ impl Core {
         if memos != memos_before {
             out.push(Action::SaveServices(memos));
         }
-        let queue = self.queue_memo();
-        if queue != queue_before {
-            out.push(Action::SaveQueue(queue));
+        if self.queue.changes != queue_changes {
+            out.push(Action::SaveQueue(self.queue_memo()));
         }
         if self.status_key() != before && !matches!(out.last(), Some(Action::Status(_))) {
             out.push(Action::Status(self.status(now)));

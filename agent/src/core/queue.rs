@@ -70,10 +70,14 @@ pub(super) struct QueueState {
     decided: VecDeque<(Name, u32)>,
     /// None: no limit (tests; a node with the queue off never gets offers).
     capacity: Option<Capacity>,
+    /// Bumped by every change of the durable part: `Core::handle` saves when it moved, without
+    /// building and comparing memos on every event.
+    pub changes: u64,
 }
 
 impl QueueState {
     fn decide(&mut self, id: &Name, attempt: u32) {
+        self.changes += 1;
         if self.decided.len() >= MAX_REMEMBERED {
             self.decided.pop_front();
         }
@@ -125,6 +129,7 @@ impl Core {
     /// copies with everything else). Claims are checked again as offers are.
     pub fn restore_queue(&mut self, memo: QueueMemo, out: &mut Vec<Action>) {
         self.queue.decided = memo.decided.into_iter().collect();
+        let mut dropped = false;
         for req in memo.claims {
             if let Err(reason) = self
                 .trust
@@ -138,9 +143,13 @@ impl Core {
                     reason: format!("saved claim not run: {reason}"),
                 }));
                 self.queue.decide(&req.id, req.attempt);
+                dropped = true;
                 continue;
             }
             self.queue.claims.insert(req.id.clone(), Claim::new(req));
+        }
+        if dropped {
+            out.push(Action::SaveQueue(self.queue.memo())); // what was dropped stays dropped
         }
     }
 
@@ -215,6 +224,7 @@ impl Core {
             attempt,
         }));
         self.queue.claims.insert(id.clone(), Claim::new(req));
+        self.queue.changes += 1;
         let def = self.queue.claims.get(&id).map(|c| Arc::new(c.def.clone()));
         if let Some(def) = def {
             self.start_new(def, now, out);

@@ -279,3 +279,38 @@ fn a_claim_saved_before_a_crash_runs_once_after_the_restart() {
         "{a:?}"
     );
 }
+
+#[test]
+fn a_saved_claim_the_node_no_longer_trusts_is_reported_and_dropped() {
+    let key = crate::trust::SigningKey::generate().expect("key").0;
+    let memo = QueueMemo {
+        claims: vec![request("old-1", 1, None)], // unsigned, saved before keys were configured
+        decided: vec![],
+    };
+    let mut c = core().trusting(crate::trust::Trust::new(
+        vec![key.public().clone()],
+        Default::default(),
+    ));
+    let mut out = Vec::new();
+    c.restore_queue(memo, &mut out);
+    assert!(
+        matches!(&queue_events(&out)[..], [EventBody::QueueFinished { ok: false, reason, .. }]
+            if reason.starts_with("saved claim not run: unsigned")),
+        "{out:?}"
+    );
+    let saved = saved_queue(&out).expect("the drop is saved");
+    assert!(saved.claims.is_empty());
+    assert_eq!(saved.decided, vec![(n("old-1"), 1)]);
+    let a = c.handle(
+        Event::Restored {
+            cluster: None,
+            node: None,
+            finished: vec![],
+            services: vec![],
+            last_wall_ms: None,
+            images: catalog(),
+        },
+        at(0),
+    );
+    assert!(starts(&a).is_empty(), "{a:?}");
+}
