@@ -462,15 +462,19 @@ fn awsvpc_tasks_are_reached_at_their_own_lan_address_and_leave_nothing_behind() 
         let out = agent.ctl(&broker, &["stop", family, "--node", &agent.node]);
         assert!(out.status.success(), "stop {family} failed");
     }
-    crate::harness::wait_for("no awsvpc link left", T, || {
-        awsvpc_links(&netns).is_empty().then_some(())
-    });
+    // The runtime deletes the link, then the allocation file: wait for both.
     let alloc = agent.run_dir().join("awsvpc");
-    let left: Vec<_> = std::fs::read_dir(&alloc)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .collect();
+    let allocations = || -> Vec<_> {
+        std::fs::read_dir(&alloc)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect()
+    };
+    crate::harness::wait_for("no awsvpc link and no allocation left", T, || {
+        (awsvpc_links(&netns).is_empty() && allocations().is_empty()).then_some(())
+    });
+    let left = allocations();
     assert!(left.is_empty(), "allocations left: {left:?}");
     for last in [10, 11] {
         assert!(
