@@ -234,30 +234,12 @@ impl Session {
             .publish(topic, QoS::AtLeastOnce, retain, payload)
             .await
             .map_err(|e| CtlError::Failed(format!("cannot publish to {topic}: {e}")))?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
-                Ok(Some(Inbound::PubAck)) => return Ok(()),
-                Ok(Some(Inbound::Publish {
-                    topic,
-                    payload,
-                    retained,
-                    ..
-                })) => self.pending.push_back((topic, payload, retained)),
-                Ok(Some(Inbound::Disconnected(reason))) => {
-                    return Err(CtlError::Unreachable {
-                        broker: self.broker.clone(),
-                        reason,
-                    })
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    return Err(CtlError::Timeout(format!(
-                        "the broker did not acknowledge {topic}"
-                    )))
-                }
+        self.await_acks(1, timeout).await.map_err(|e| match e {
+            AckWait::Lost(e) => e,
+            AckWait::Short(_) => {
+                CtlError::Timeout(format!("the broker did not acknowledge {topic}"))
             }
-        }
+        })
     }
 
     /// Publishes many messages at QoS 1, [`PUBLISH_WINDOW`] at a time, each window waiting for
@@ -275,31 +257,40 @@ impl Session {
                     .await
                     .map_err(|e| CtlError::Failed(format!("cannot publish to {topic}: {e}")))?;
             }
-            let deadline = Instant::now() + timeout;
-            let mut acked = 0;
-            while acked < window.len() {
-                match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
-                    Ok(Some(Inbound::PubAck)) => acked += 1,
-                    Ok(Some(Inbound::Publish {
-                        topic,
-                        payload,
-                        retained,
-                        ..
-                    })) => self.pending.push_back((topic, payload, retained)),
-                    Ok(Some(Inbound::Disconnected(reason))) => {
-                        return Err(CtlError::Unreachable {
-                            broker: self.broker.clone(),
-                            reason,
-                        })
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        return Err(CtlError::Timeout(format!(
-                            "the broker acknowledged {acked} of {} messages",
-                            window.len()
-                        )))
-                    }
+            self.await_acks(window.len(), timeout)
+                .await
+                .map_err(|e| match e {
+                    AckWait::Lost(e) => e,
+                    AckWait::Short(acked) => CtlError::Timeout(format!(
+                        "the broker acknowledged {acked} of {} messages",
+                        window.len()
+                    )),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Waits for `n` PUBACKs within `timeout`, keeping the messages that arrive meanwhile.
+    async fn await_acks(&mut self, n: usize, timeout: Duration) -> Result<(), AckWait> {
+        let deadline = Instant::now() + timeout;
+        let mut acked = 0;
+        while acked < n {
+            match tokio::time::timeout_at(deadline, self.inbound.recv()).await {
+                Ok(Some(Inbound::PubAck)) => acked += 1,
+                Ok(Some(Inbound::Publish {
+                    topic,
+                    payload,
+                    retained,
+                    ..
+                })) => self.pending.push_back((topic, payload, retained)),
+                Ok(Some(Inbound::Disconnected(reason))) => {
+                    return Err(AckWait::Lost(CtlError::Unreachable {
+                        broker: self.broker.clone(),
+                        reason,
+                    }))
                 }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return Err(AckWait::Short(acked)),
             }
         }
         Ok(())
@@ -331,6 +322,14 @@ impl Session {
 /// Publishes in flight at once in [`Session::publish_all`]: below the client's request channel
 /// (256), so sending never waits on the event loop while it waits on us.
 const PUBLISH_WINDOW: usize = 64;
+
+/// Why [`Session::await_acks`] returned early.
+enum AckWait {
+    /// The connection broke.
+    Lost(CtlError),
+    /// Fewer acknowledgements than asked for (this many) before the timeout.
+    Short(usize),
+}
 
 fn desired_topic(cluster: &Name, node: Option<&Name>) -> String {
     match node {

@@ -52,6 +52,21 @@ fn saved_queue(actions: &[Action]) -> Option<QueueMemo> {
     })
 }
 
+/// The `Restored` of an agent start that saved nothing but the queue (restored before it).
+fn restart(c: &mut Core) -> Vec<Action> {
+    c.handle(
+        Event::Restored {
+            cluster: None,
+            node: None,
+            finished: vec![],
+            services: vec![],
+            last_wall_ms: None,
+            images: catalog(),
+        },
+        at(0),
+    )
+}
+
 fn small() -> Capacity {
     Capacity {
         cpu_units: 2048,
@@ -261,17 +276,7 @@ fn a_claim_saved_before_a_crash_runs_once_after_the_restart() {
     let mut out = Vec::new();
     c.restore_queue(memo, &mut out);
     assert!(out.is_empty(), "{out:?}");
-    let a = c.handle(
-        Event::Restored {
-            cluster: None,
-            node: None,
-            finished: vec![],
-            services: vec![],
-            last_wall_ms: None,
-            images: catalog(),
-        },
-        at(0),
-    );
+    let a = restart(&mut c);
     assert_eq!(starts(&a), vec!["c-1"]);
     let a = offer(&mut c, &req, at(5));
     assert!(
@@ -301,16 +306,6 @@ fn a_saved_claim_the_node_no_longer_trusts_is_reported_and_dropped() {
     let saved = saved_queue(&out).expect("the drop is saved");
     assert!(saved.claims.is_empty());
     assert_eq!(saved.decided, vec![(n("old-1"), 1)]);
-    let a = c.handle(
-        Event::Restored {
-            cluster: None,
-            node: None,
-            finished: vec![],
-            services: vec![],
-            last_wall_ms: None,
-            images: catalog(),
-        },
-        at(0),
-    );
+    let a = restart(&mut c);
     assert!(starts(&a).is_empty(), "{a:?}");
 }
