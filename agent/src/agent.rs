@@ -89,6 +89,7 @@ pub async fn run(
         run_dir: cfg.run_dir.clone(),
         cgroup_parent: cfg.cgroup_parent.to_string(),
         launcher_exe: PathBuf::from("/proc/self/exe"),
+        userns: cfg.userns,
     })
     .await?;
     if let Err(e) = runtime.enable_bridge(cfg.network.clone()).await {

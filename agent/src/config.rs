@@ -83,6 +83,34 @@ pub struct Config {
     /// The cluster task queue (`[queue]`: enabled, cpu_units, memory_mib, max_tasks): copies
     /// of tasks sent to the cluster with `skiff ctl run --cluster`, taken by one node with room.
     pub queue: QueueConfig,
+    /// User-namespace remapping of containers (`[userns]`: enabled, base, size): root in a
+    /// container is an unprivileged host uid.
+    pub userns: UsernsConfig,
+}
+
+/// `[userns]`: containers run in user namespaces of their own, with container ids `0..size`
+/// mapped to host ids `base..base+size` (users and groups alike). Privileged containers stay
+/// in the host's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsernsConfig {
+    /// Remap containers. Default false.
+    pub enabled: bool,
+    /// The host uid and gid of a container's root. Default 100000; at least 1 (0 would map
+    /// the container's root to the host's).
+    pub base: u32,
+    /// How many ids are mapped. Default 65536; `base + size` must stay below 4294967295.
+    pub size: u32,
+}
+
+impl Default for UsernsConfig {
+    fn default() -> Self {
+        UsernsConfig {
+            enabled: false,
+            base: 100_000,
+            size: 65_536,
+        }
+    }
 }
 
 /// What this node takes from the cluster queue (`[queue]`).
@@ -141,6 +169,7 @@ impl Default for Config {
             network: crate::runtime::NetworkConfig::default(),
             labels: std::collections::BTreeMap::new(),
             queue: QueueConfig::default(),
+            userns: UsernsConfig::default(),
         }
     }
 }
@@ -308,6 +337,8 @@ pub struct Validated {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The cluster queue (ranges checked; `None` figures are the node's own).
     pub queue: QueueConfig,
+    /// Container id remapping; `None`: off.
+    pub userns: Option<crate::runtime::IdMap>,
 }
 
 impl Config {
@@ -445,6 +476,22 @@ impl Config {
             range("queue.memory_mib", v, 1, 1 << 24)?;
         }
         range("queue.max_tasks", u64::from(self.queue.max_tasks), 1, 64)?;
+        let userns = if self.userns.enabled {
+            let u = self.userns;
+            range("userns.base", u64::from(u.base), 1, u64::from(u32::MAX) - 1)?;
+            range(
+                "userns.size",
+                u64::from(u.size),
+                1,
+                u64::from(u32::MAX) - 1 - u64::from(u.base),
+            )?;
+            Some(crate::runtime::IdMap {
+                base: u.base,
+                size: u.size,
+            })
+        } else {
+            None
+        };
         Ok(Validated {
             node,
             cluster,
@@ -471,6 +518,7 @@ impl Config {
             awsvpc,
             labels,
             queue: self.queue,
+            userns,
         })
     }
 }
@@ -572,6 +620,34 @@ mod tests {
             "config field network.awsvpc_parent: missing: awsvpc_pool is set, and awsvpc tasks \
              need the node's interface on that LAN (e.g. \"eth0\")"
         );
+    }
+
+    #[test]
+    fn userns_is_off_by_default_and_its_range_is_checked() {
+        assert_eq!(parse("").expect("valid defaults").userns, None);
+        let v = parse("[userns]\nenabled = true").expect("valid");
+        assert_eq!(
+            v.userns,
+            Some(crate::runtime::IdMap {
+                base: 100_000,
+                size: 65_536
+            })
+        );
+        let v = parse("[userns]\nenabled = true\nbase = 1000000\nsize = 1024").expect("valid");
+        assert_eq!(v.userns.map(|m| (m.base, m.size)), Some((1_000_000, 1024)));
+        // Settings without `enabled` are kept off.
+        assert_eq!(parse("[userns]\nbase = 5").expect("valid").userns, None);
+        let err = |s: &str| parse(s).map(|_| ()).expect_err(s).to_string();
+        assert_eq!(
+            err("[userns]\nenabled = true\nbase = 0"),
+            "config field userns.base: 0 is outside 1..=4294967294"
+        );
+        assert_eq!(
+            err("[userns]\nenabled = true\nbase = 4294967000\nsize = 65536"),
+            "config field userns.size: 65536 is outside 1..=294"
+        );
+        assert!(err("[userns]\nenable = true").contains("unknown field `enable`"));
+        assert!(err("[userns]\nenabled = true\nbase = -1").contains("invalid value"));
     }
 
     #[test]

@@ -606,11 +606,11 @@ struct LogsArgs {
 
 fn main() -> ExitCode {
     // The launcher is re-executed from this binary; it must run before anything starts a thread.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "__launcher")
-    {
-        return skiff_agent::runtime::launcher_main();
+    // So is the user-namespace helper: unshare(CLONE_NEWUSER) needs a single thread.
+    match std::env::args_os().nth(1) {
+        Some(a) if a == "__launcher" => return skiff_agent::runtime::launcher_main(),
+        Some(a) if a == "__userns" => return skiff_agent::runtime::userns_helper_main(),
+        _ => {}
     }
     let cli = Cli::parse();
     match cli.cmd {

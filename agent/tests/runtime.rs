@@ -28,6 +28,10 @@ mod awsvpc;
 #[path = "runtime/security.rs"]
 mod security;
 
+/// User-namespace remapping (`userns` in the test names).
+#[path = "runtime/userns.rs"]
+mod userns;
+
 fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         true
@@ -105,6 +109,7 @@ impl Fixture {
             run_dir: self.run_dir(),
             cgroup_parent: self.parent.clone(),
             launcher_exe: PathBuf::from(env!("CARGO_BIN_EXE_skiff")),
+            userns: None,
         }
     }
 

@@ -484,3 +484,126 @@ fn awsvpc_tasks_are_reached_at_their_own_lan_address_and_leave_nothing_behind() 
         );
     }
 }
+
+/// Host uids of the processes whose command line is exactly `cmdline` (NUL-separated).
+fn host_uids_of(cmdline: &str) -> Vec<u32> {
+    let mut uids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let dir = entry.path();
+        let matches = std::fs::read(dir.join("cmdline"))
+            .map(|c| c == cmdline.as_bytes())
+            .unwrap_or(false);
+        if !matches {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        if let Some(uid) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+        {
+            uids.push(uid);
+        }
+    }
+    uids
+}
+
+/// Mount points below `dir` in the host's mount table.
+fn mounts_below(dir: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let prefix = dir.to_string_lossy().into_owned();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_remapped_bridge_task_answers_and_its_root_is_an_unprivileged_host_uid() {
+    require_env!();
+    require_env!(tool_missing("nft", "nftables").or_else(|| tool_missing("ip", "iproute2")));
+    let broker = Broker::start();
+    let k = std::process::id() % 200 + 20;
+    let bridge = format!("sku{}", std::process::id() % 100_000);
+    let _guard = BridgeGuard(bridge.clone());
+    let first = 40_000 + k * 20;
+    let base = 400_000 + (std::process::id() % 100) * 65_536;
+    let config = format!(
+        "[network]\nbridge = \"{bridge}\"\nsubnet = \"10.216.{k}.0/24\"\n\
+         ephemeral_ports = \"{first}-{}\"\n\n[userns]\nenabled = true\nbase = {base}\n",
+        first + 19
+    );
+    let mut agent = Agent::start_with(&broker, "e2e-userns", "pi-1", &config);
+    let status_topic = format!("skiff/v1/{}/nodes/{}/status", agent.cluster, agent.node);
+    let mut sub = Sub::start(&broker, &[&status_topic]);
+    let files = tempfile::tempdir().expect("tempdir");
+    // The page: what the container's root is inside, and its id map.
+    let serve = "mkdir -p /www && (id -u; cat /proc/self/uid_map) > /www/index.html && \
+                 exec httpd -f -p 8081 -h /www";
+    let rmap = task_file(
+        files.path(),
+        "rmap",
+        &format!(
+            r#"{{"family": "rmap", "networkMode": "bridge", "service": {{"desiredCount": 1}},
+                "containerDefinitions": [{{"name": "httpd", "image": "busybox", "stopTimeout": 1,
+                    "command": ["sh", "-c", "{serve}"],
+                    "portMappings": [{{"containerPort": 8081, "hostPort": 0, "protocol": "tcp"}}]}}]}}"#
+        ),
+    );
+    let out = agent.ctl(
+        &broker,
+        &["apply", rmap.to_str().expect("utf8"), "--node", &agent.node],
+    );
+    assert!(out.status.success(), "apply failed");
+    let running = |sub: &mut Sub| {
+        sub.wait(
+            "the remapped task running with a host port",
+            T,
+            |t, m| match m {
+                Message::Status(s) if t == status_topic => s
+                    .tasks
+                    .iter()
+                    .find(|t| t.state == TaskState::Running && t.endpoints.len() == 1)
+                    .map(|t| t.endpoints[0].host_port),
+                _ => None,
+            },
+        )
+    };
+    let port = running(&mut sub);
+    // Root inside, mapped to `base`; reached through the bridge and the port mapping.
+    answers(port, "\n0\n");
+    let page = http_get(port).expect("page");
+    let map: Vec<&str> = page
+        .lines()
+        .last()
+        .expect("uid_map line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(map, ["0", &base.to_string(), "65536"], "{page}");
+    // Seen from the host, httpd runs as `base`, not as root.
+    let httpd = "httpd\0-f\0-p\08081\0-h\0/www\0";
+    let uids = host_uids_of(httpd);
+    assert_eq!(uids, [base], "host uids of the task's httpd");
+
+    // kill -9 and a restart: the old run's namespaces and mounts go, the task comes back
+    // remapped.
+    agent.kill9();
+    agent.restart();
+    sub.drain();
+    sub.seen.clear();
+    let port = running(&mut sub);
+    answers(port, &format!(" {base} "));
+    // The old run's httpd is killed by the restart's clean-up; wait until only the new one is left.
+    crate::harness::wait_for("one httpd, remapped", T, || {
+        (host_uids_of(httpd) == [base]).then_some(())
+    });
+
+    let out = agent.ctl(&broker, &["stop", "rmap", "--node", &agent.node]);
+    assert!(out.status.success(), "stop failed");
+    let tasks = agent.run_dir().join("tasks");
+    crate::harness::wait_for("no mount left below the run dir", T, || {
+        (host_uids_of(httpd).is_empty() && mounts_below(&tasks).is_empty()).then_some(())
+    });
+}

@@ -42,6 +42,7 @@ mod nft;
 mod rootfs;
 pub mod seccomp;
 mod spec;
+mod userns;
 mod wire;
 
 use std::collections::HashMap;
@@ -71,6 +72,7 @@ pub use exec::{
 pub use ids::{container_id, parse_container_id};
 pub use launcher::launcher_main;
 pub use spec::{SpecError, UserError};
+pub use userns::{helper_main as userns_helper_main, IdMap};
 
 use cgroup::{CgroupLayout, TaskLimits};
 use wire::{
@@ -85,8 +87,11 @@ pub struct RuntimeConfig {
     /// Cgroup path prefix (e.g. `skiff`): task cgroup `/{parent}/{task}`, container cgroup
     /// `/{parent}/{task}/{container}`. One or more names separated by `/`.
     pub cgroup_parent: String,
-    /// The binary to re-execute as `__launcher`: `/proc/self/exe` in the agent.
+    /// The binary to re-execute as `__launcher` (and `__userns`): `/proc/self/exe` in the agent.
     pub launcher_exe: PathBuf,
+    /// User-namespace remapping of containers (`[userns]`); `None`: containers share the host's
+    /// user namespace.
+    pub userns: Option<IdMap>,
 }
 
 /// A container's init process ended.
@@ -114,6 +119,8 @@ pub struct TaskStats {
 struct HostMounts<'a> {
     etc_files: &'a [(PathBuf, String)],
     volumes: &'a [(Name, PathBuf)],
+    /// The task's pinned user namespace and id map, if this container is remapped.
+    userns: Option<&'a (PathBuf, IdMap)>,
 }
 
 /// Looks a device up on the host: it must be a character or block device node.
@@ -195,6 +202,8 @@ pub enum RuntimeError {
         path: PathBuf,
         reason: String,
     },
+    #[error("user namespace of task {task}: {source}")]
+    Userns { task: String, source: io::Error },
     #[error("network namespace of task {task} at {path}: {source}")]
     Netns {
         task: String,
@@ -289,6 +298,9 @@ struct Inner {
     /// awsvpc networking: `None` until [`Runtime::enable_awsvpc`], then the network or why
     /// there is none.
     awsvpc: Mutex<Option<Result<Arc<awsvpc::Net>, String>>>,
+    /// `RuntimeConfig::launcher_exe`, for `__userns`.
+    exe: PathBuf,
+    userns: Option<IdMap>,
 }
 
 /// Handle to the container runtime; cheap to clone, usable from many tokio tasks at once.
@@ -414,6 +426,8 @@ impl Runtime {
                 launcher_pid,
                 net: Mutex::new(NetState::Off),
                 awsvpc: Mutex::new(None),
+                exe: cfg.launcher_exe.clone(),
+                userns: cfg.userns,
             }),
         };
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, rt.request(RequestBody::Ping));
@@ -757,17 +771,37 @@ impl Runtime {
             NetworkMode::Awsvpc => Some(self.awsvpc_for(name)?),
             _ => None,
         };
+        // Remapped tasks get a user namespace of their own, which owns their network namespace
+        // (privileged containers stay in the host's).
+        let userns = self
+            .inner
+            .userns
+            .filter(|_| task.containers.iter().any(|c| !c.security.privileged))
+            .map(|map| (self.task_dir(name).join("userns"), map));
+        let userns_err = |source| RuntimeError::Userns {
+            task: name.to_owned(),
+            source,
+        };
         let netns = match task.network_mode {
             NetworkMode::None | NetworkMode::Bridge | NetworkMode::Awsvpc => {
                 let path = self.netns_path(name);
-                netns::create(&path).map_err(|source| RuntimeError::Netns {
-                    task: name.to_owned(),
-                    path: path.clone(),
-                    source,
-                })?;
+                match &userns {
+                    Some((pin, map)) => userns::create(&self.inner.exe, *map, pin, Some(&path))
+                        .map_err(userns_err)?,
+                    None => netns::create(&path).map_err(|source| RuntimeError::Netns {
+                        task: name.to_owned(),
+                        path: path.clone(),
+                        source,
+                    })?,
+                }
                 Some(path)
             }
-            NetworkMode::Host => None,
+            NetworkMode::Host => {
+                if let Some((pin, map)) = &userns {
+                    userns::create(&self.inner.exe, *map, pin, None).map_err(userns_err)?;
+                }
+                None
+            }
         };
         let mut endpoints = Vec::new();
         if task.network_mode == NetworkMode::Host {
@@ -824,11 +858,12 @@ impl Runtime {
                 etc_files.push((path, format!("/etc/{file}")));
             }
         }
-        let volumes = self.prepare_volumes(task)?;
+        let volumes = self.prepare_volumes(task, userns.as_ref().map(|(_, m)| *m))?;
         for (c, image) in task.containers.iter().zip(images) {
             let host = HostMounts {
                 etc_files: &etc_files,
                 volumes: &volumes,
+                userns: userns.as_ref().filter(|_| !c.security.privileged),
             };
             self.prepare_container(task, c, image, netns.clone(), host, swap_limit)?;
         }
@@ -836,8 +871,13 @@ impl Runtime {
     }
 
     /// The host directory of each of the task's volumes: its `sourcePath` (made if missing),
-    /// or a fresh directory in the task's run dir, removed with the task.
-    fn prepare_volumes(&self, task: &TaskDefinition) -> Result<Vec<(Name, PathBuf)>, RuntimeError> {
+    /// or a fresh directory in the task's run dir, removed with the task (owned by the
+    /// containers' root when the task is remapped).
+    fn prepare_volumes(
+        &self,
+        task: &TaskDefinition,
+        remap: Option<IdMap>,
+    ) -> Result<Vec<(Name, PathBuf)>, RuntimeError> {
         let mut out = Vec::new();
         for v in task.volumes() {
             let dir = match &v.host_path {
@@ -848,6 +888,10 @@ impl Runtime {
                     .join(v.name.as_str()),
             };
             fs::create_dir_all(&dir).map_err(io_err("create the volume directory", &dir))?;
+            if let (None, Some(map)) = (&v.host_path, remap) {
+                std::os::unix::fs::lchown(&dir, Some(map.base), Some(map.base))
+                    .map_err(io_err("chown the volume directory", &dir))?;
+            }
             // The policy allowed this path, not wherever a symlink in it leads.
             let real = fs::canonicalize(&dir).map_err(io_err("resolve", &dir))?;
             if real != dir {
@@ -907,11 +951,20 @@ impl Runtime {
         let group = spec::read_user_db(&image.rootfs, "group").map_err(spec_err)?;
         let user = spec::resolve_user(spec::user_setting(c, &image.config), &passwd, &group)
             .map_err(|e| spec_err(SpecError::User(e)))?;
-        let kind = rootfs::make_rootfs(&image.rootfs, &upper, &work, &rootfs)
+        let lower_mnt = bundle.join("lower");
+        let remap = host.userns.map(|(pin, map)| rootfs::Remap {
+            userns: pin,
+            map: *map,
+            lower_mnt: &lower_mnt,
+        });
+        let kind = rootfs::make_rootfs(&image.rootfs, &upper, &work, &rootfs, remap)
             .map_err(rootfs_err(&rootfs))?;
-        tracing::debug!(task = %task.family, container = %c.name, ?kind, "rootfs ready");
+        tracing::debug!(task = %task.family, container = %c.name, ?kind, remapped = remap.is_some(), "rootfs ready");
         let cwd = spec::cwd(c, &image.config);
-        rootfs::ensure_dir(&rootfs, &cwd, user.uid, user.gid).map_err(rootfs_err(&rootfs))?;
+        // Owners as the host stores them.
+        let on_disk = |id: u32| host.userns.and_then(|(_, m)| m.host_id(id)).unwrap_or(id);
+        rootfs::ensure_dir(&rootfs, &cwd, on_disk(user.uid), on_disk(user.gid))
+            .map_err(rootfs_err(&rootfs))?;
         let cgroups_path = Path::new("/")
             .join(&self.inner.parent)
             .join(task.family.as_str())
@@ -948,6 +1001,7 @@ impl Runtime {
                 })
                 .collect::<Result<_, _>>()?,
             host_caps: spec::own_capabilities(),
+            userns: host.userns.cloned(),
         })
         .map_err(spec_err)?;
         let config = bundle.join("config.json");

@@ -8,7 +8,7 @@ use std::path::Path;
 use libcontainer::network::link::LinkClient;
 use libcontainer::network::wrapper::create_network_client;
 use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 
 use super::rootfs::unmount;
 
@@ -46,6 +46,20 @@ pub(crate) fn create(path: &Path) -> io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// Brings `lo` up in the network namespace pinned at `path`, from a short-lived thread that
+/// joins it (a namespace made elsewhere, e.g. inside a task's user namespace).
+pub(crate) fn loopback_up_in(path: &Path) -> io::Result<()> {
+    let ns = fs::File::open(path)?;
+    std::thread::Builder::new()
+        .name("skiff-netns".into())
+        .spawn(move || -> io::Result<()> {
+            setns(&ns, CloneFlags::CLONE_NEWNET)?;
+            loopback_up()
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
 }
 
 /// Brings `lo` up in the calling thread's network namespace.

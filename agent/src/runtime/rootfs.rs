@@ -13,6 +13,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{mknod, Mode, SFlag};
 
 use super::cgroup::unescape_mountinfo;
+use super::userns::{idmapped_bind, IdMap};
 
 /// How a rootfs was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,15 +22,32 @@ pub(crate) enum RootfsKind {
     Copy,
 }
 
+/// A rootfs for a container in a remapped user namespace (see `userns.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Remap<'a> {
+    /// The task's pinned user namespace.
+    pub userns: &'a Path,
+    pub map: IdMap,
+    /// An empty directory for the idmapped image rootfs while the overlay is mounted.
+    pub lower_mnt: &'a Path,
+}
+
 /// Mounts `lower` (read-only) + `upper`/`work` as overlayfs on `target`; on failure copies
-/// `lower` into `target`. The three directories must exist.
+/// `lower` into `target`. The three directories must exist. With `remap`, the lower layer is an
+/// idmapped mount of `lower` through the task's user namespace and `upper` belongs to the
+/// container's root; the copy has every owner shifted.
 pub(crate) fn make_rootfs(
     lower: &Path,
     upper: &Path,
     work: &Path,
     target: &Path,
+    remap: Option<Remap<'_>>,
 ) -> io::Result<RootfsKind> {
-    match mount_overlay(lower, upper, work, target) {
+    let mounted = match remap {
+        None => mount_overlay(lower, upper, work, target),
+        Some(r) => mount_remapped_overlay(lower, upper, work, target, r),
+    };
+    match mounted {
         Ok(()) => Ok(RootfsKind::Overlay),
         Err(e) => {
             tracing::warn!(
@@ -38,10 +56,33 @@ pub(crate) fn make_rootfs(
                 error = %e,
                 "overlay mount failed, copying the image rootfs instead"
             );
-            copy_tree(lower, target)?;
+            copy_tree(lower, target, remap.map(|r| r.map))?;
             Ok(RootfsKind::Copy)
         }
     }
+}
+
+fn mount_remapped_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    r: Remap<'_>,
+) -> io::Result<()> {
+    // The upper directory is the rootfs's `/`: the container's root owns it.
+    std::os::unix::fs::lchown(upper, Some(r.map.base), Some(r.map.base))?;
+    fs::create_dir_all(r.lower_mnt)?;
+    idmapped_bind(lower, r.lower_mnt, r.userns).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("idmapped mount of {}: {e}", lower.display()),
+        )
+    })?;
+    let res = mount_overlay(r.lower_mnt, upper, work, target);
+    // The overlay holds its own reference to the layer; the mount point is not needed.
+    let gone = unmount(r.lower_mnt);
+    res?;
+    gone
 }
 
 fn overlay_path(p: &Path) -> io::Result<&str> {
@@ -76,10 +117,11 @@ fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> io::
 }
 
 /// Recursively copies `src` into the existing directory `dst`, keeping modes, owners, symlinks
-/// and device nodes. Hard links become separate files.
-pub(crate) fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+/// and device nodes (owners shifted into `shift`'s range when given; an id outside it is kept).
+/// Hard links become separate files.
+pub(crate) fn copy_tree(src: &Path, dst: &Path, shift: Option<IdMap>) -> io::Result<()> {
     let meta = fs::symlink_metadata(src)?;
-    copy_attrs(&meta, dst)?;
+    copy_attrs(&meta, dst, shift)?;
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let from = entry.path();
@@ -88,13 +130,14 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
         let ft = meta.file_type();
         if ft.is_dir() {
             fs::create_dir(&to)?;
-            copy_tree(&from, &to)?;
+            copy_tree(&from, &to, shift)?;
         } else if ft.is_symlink() {
             symlink(fs::read_link(&from)?, &to)?;
-            std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
+            let (uid, gid) = owner(&meta, shift);
+            std::os::unix::fs::lchown(&to, Some(uid), Some(gid))?;
         } else if ft.is_file() {
             fs::copy(&from, &to)?;
-            copy_attrs(&meta, &to)?;
+            copy_attrs(&meta, &to, shift)?;
         } else {
             let kind = SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT);
             mknod(
@@ -104,15 +147,24 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
                 meta.rdev(),
             )
             .map_err(io::Error::from)?;
-            copy_attrs(&meta, &to)?;
+            copy_attrs(&meta, &to, shift)?;
         }
     }
     Ok(())
 }
 
-fn copy_attrs(meta: &fs::Metadata, to: &Path) -> io::Result<()> {
+fn owner(meta: &fs::Metadata, shift: Option<IdMap>) -> (u32, u32) {
+    let (uid, gid) = (meta.uid(), meta.gid());
+    match shift {
+        Some(m) => (m.host_id(uid).unwrap_or(uid), m.host_id(gid).unwrap_or(gid)),
+        None => (uid, gid),
+    }
+}
+
+fn copy_attrs(meta: &fs::Metadata, to: &Path, shift: Option<IdMap>) -> io::Result<()> {
     // chown first: it clears setuid/setgid bits, which the chmod restores.
-    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    let (uid, gid) = owner(meta, shift);
+    std::os::unix::fs::lchown(to, Some(uid), Some(gid))?;
     fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))
 }
 
@@ -239,7 +291,7 @@ mod tests {
             .expect("chmod");
         symlink("tool", src.join("bin/alias")).expect("symlink");
         symlink("/etc/passwd", src.join("abs")).expect("symlink");
-        copy_tree(&src, &dst).expect("copy");
+        copy_tree(&src, &dst, None).expect("copy");
         assert_eq!(
             fs::read(dst.join("bin/tool")).expect("read"),
             b"#!/bin/sh\n"
@@ -254,6 +306,38 @@ mod tests {
             fs::read_link(dst.join("abs")).expect("link"),
             Path::new("/etc/passwd")
         );
+    }
+
+    #[test]
+    fn a_remapped_copy_shifts_owners_into_the_range() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: chown needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        let dst = tmp.path().join("dst");
+        fs::create_dir_all(src.join("home")).expect("mkdir");
+        fs::create_dir(&dst).expect("mkdir");
+        fs::write(src.join("home/f"), b"x").expect("write");
+        symlink("f", src.join("home/l")).expect("symlink");
+        std::os::unix::fs::lchown(src.join("home"), Some(1000), Some(100)).expect("chown");
+        std::os::unix::fs::lchown(src.join("home/l"), Some(7), Some(8)).expect("chown");
+        // An id outside the range keeps its number (it reads as nobody inside).
+        std::os::unix::fs::lchown(src.join("home/f"), Some(70_000), Some(0)).expect("chown");
+        let map = IdMap {
+            base: 200_000,
+            size: 65_536,
+        };
+        copy_tree(&src, &dst, Some(map)).expect("copy");
+        let owner = |p: &str| {
+            let m = fs::symlink_metadata(dst.join(p)).expect("meta");
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("."), (200_000, 200_000));
+        assert_eq!(owner("home"), (201_000, 200_100));
+        assert_eq!(owner("home/l"), (200_007, 200_008));
+        assert_eq!(owner("home/f"), (70_000, 200_000));
     }
 
     #[test]

@@ -13,13 +13,14 @@ use std::str::FromStr;
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, UserBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use oci_spec::OciSpecError;
 use skiff_proto::{ContainerDefinition, TaskDefinition};
 
+use super::userns::IdMap;
 use crate::images::ImageConfig;
 
 /// `PATH` when the image sets none (Docker's default).
@@ -42,6 +43,15 @@ pub enum SpecError {
     Oci(#[from] OciSpecError),
     #[error("capability {0} is not available to the agent, so it can't give it to a container")]
     Capability(&'static str),
+    #[error(
+        "{what} {id} is outside the node's user-namespace range (container ids 0..{size}, \
+         [userns] size in the agent config)"
+    )]
+    Unmapped {
+        what: &'static str,
+        id: u32,
+        size: u32,
+    },
 }
 
 /// A `user` setting that cannot be resolved against the image.
@@ -90,6 +100,9 @@ pub(crate) struct SpecParams<'a> {
     /// Capabilities the agent itself holds (bit = capability number): a privileged container
     /// gets those, any other must ask for a subset.
     pub host_caps: u64,
+    /// The task's user namespace (its pinned file) and id map, which the container joins;
+    /// `None`: the host's user namespace.
+    pub userns: Option<(PathBuf, IdMap)>,
 }
 
 /// The agent's permitted capabilities (`CapPrm` of `/proc/self/status`); all if unreadable.
@@ -349,6 +362,20 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
             .position(|n| *n == name)
             .is_some_and(|bit| p.host_caps & (1u64 << bit) != 0)
     };
+    if let Some((_, map)) = &p.userns {
+        let ids = [("uid", p.user.uid), ("gid", p.user.gid)]
+            .into_iter()
+            .chain(p.user.additional_gids.iter().map(|g| ("group", *g)));
+        for (what, id) in ids {
+            if map.host_id(id).is_none() {
+                return Err(SpecError::Unmapped {
+                    what,
+                    id,
+                    size: map.size,
+                });
+            }
+        }
+    }
     let mut cap_names = sec.capabilities();
     if sec.privileged {
         cap_names.retain(|n| held(n));
@@ -399,7 +426,15 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
     spec.set_hostname(Some(p.task.family.as_str().to_owned()));
     spec.set_mounts(Some(mounts(p, spec.mounts().clone().unwrap_or_default())?));
 
-    let mut namespaces = Vec::with_capacity(5);
+    let mut namespaces = Vec::with_capacity(6);
+    if let Some((path, _)) = &p.userns {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path(path.clone())
+                .build()?,
+        );
+    }
     for typ in [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -485,6 +520,14 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
     if !devices.is_empty() {
         linux = linux.devices(devices);
     }
+    if let Some((_, map)) = &p.userns {
+        let ids = vec![LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(map.base)
+            .size(map.size)
+            .build()?];
+        linux = linux.uid_mappings(ids.clone()).gid_mappings(ids);
+    }
     if sec.privileged {
         linux = linux.masked_paths(Vec::new()).readonly_paths(Vec::new());
     } else {
@@ -506,6 +549,21 @@ pub(crate) fn build(p: &SpecParams<'_>) -> Result<Spec, SpecError> {
 /// privileged), then `/etc` files, the task's volumes and the tmpfs mounts.
 fn mounts(p: &SpecParams<'_>, mut mounts: Vec<Mount>) -> Result<Vec<Mount>, SpecError> {
     let sec = &p.container.security;
+    if p.userns.is_some() && p.netns.is_none() {
+        // sysfs can only be mounted by the user namespace that owns the network namespace; on
+        // the host's network, bind the host's /sys read-only instead (as Docker does).
+        for m in mounts.iter_mut() {
+            if m.destination() == Path::new("/sys") {
+                m.set_typ(Some("bind".to_owned()));
+                m.set_source(Some(PathBuf::from("/sys")));
+                m.set_options(Some(
+                    ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]
+                        .map(str::to_owned)
+                        .to_vec(),
+                ));
+            }
+        }
+    }
     if sec.privileged {
         for m in mounts.iter_mut() {
             if m.destination() == Path::new("/sys") {
@@ -832,6 +890,7 @@ nogroup:x:65534:
             volumes: vec![],
             devices: vec![],
             host_caps: u64::MAX,
+            userns: None,
         }
     }
 
@@ -846,6 +905,83 @@ nogroup:x:65534:
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn userns_joins_the_task_namespace_with_its_map() {
+        let t = task(container());
+        let img = image();
+        let map = IdMap {
+            base: 100_000,
+            size: 65_536,
+        };
+        let mut p = params(&t, &img);
+        p.userns = Some(("/run/skiff/tasks/web/userns".into(), map));
+        let spec = build(&p).expect("spec");
+        let linux = spec.linux().as_ref().expect("linux");
+        let user_ns = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .find(|n| n.typ() == LinuxNamespaceType::User)
+            .expect("a user namespace");
+        assert_eq!(
+            user_ns.path().as_deref(),
+            Some(Path::new("/run/skiff/tasks/web/userns"))
+        );
+        for ids in [linux.uid_mappings(), linux.gid_mappings()] {
+            let ids = ids.as_ref().expect("mapping");
+            assert_eq!(ids.len(), 1);
+            assert_eq!(
+                (ids[0].container_id(), ids[0].host_id(), ids[0].size()),
+                (0, 100_000, 65_536)
+            );
+        }
+        let sys = |spec: &Spec| {
+            spec.mounts()
+                .iter()
+                .flatten()
+                .find(|m| m.destination() == Path::new("/sys"))
+                .and_then(|m| m.typ().clone())
+        };
+        // The task's network namespace belongs to its user namespace: sysfs mounts there.
+        assert_eq!(sys(&spec).as_deref(), Some("sysfs"));
+        // On the host's network it can't: the host's /sys, bound read-only.
+        p.netns = None;
+        let spec = build(&p).expect("spec");
+        assert_eq!(sys(&spec).as_deref(), Some("bind"));
+        let m = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .find(|m| m.destination() == Path::new("/sys"));
+        let opts = m.and_then(|m| m.options().clone()).unwrap_or_default();
+        assert!(opts.iter().any(|o| o == "ro") && opts.iter().any(|o| o == "rbind"));
+
+        // Without remapping: no user namespace, no mappings.
+        let spec = build(&params(&t, &img)).expect("spec");
+        let linux = spec.linux().as_ref().expect("linux");
+        assert!(!linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::User));
+        assert!(linux.uid_mappings().is_none());
+
+        // An id the range does not hold is refused, naming it.
+        let mut p = params(&t, &img);
+        p.userns = Some(("/x".into(), IdMap { base: 1, size: 30 }));
+        let err = build(&p).expect_err("uid 33 is outside 0..30");
+        assert_eq!(
+            err.to_string(),
+            "uid 33 is outside the node's user-namespace range (container ids 0..30, [userns] \
+             size in the agent config)"
+        );
+        p.userns = Some(("/x".into(), IdMap { base: 1, size: 34 }));
+        build(&p).expect("uid, gid 33 and group 29 are inside 0..34");
+        p.user = ru(1, 1, &[40]);
+        let err = build(&p).expect_err("group 40 is outside 0..34");
+        assert!(err.to_string().starts_with("group 40 is outside"), "{err}");
     }
 
     #[test]
