@@ -11,7 +11,14 @@
 #   SKIFF_PROFILE   cargo profile (default dist; `release` builds faster, a bit larger)
 #   SKIFF_NO_RUSTUP=1  don't run `rustup target add` (targets already installed)
 #   CC_<triple>     C cross compiler for crates with C code (default: Debian's
-#                   aarch64-linux-gnu-gcc / arm-linux-gnueabihf-gcc when installed)
+#                   aarch64-linux-gnu-gcc / arm-linux-musleabihf-gcc when installed)
+#
+# armv7 has no rust-std from rustup here (rust-std-…-armv7-unknown-linux-musleabihf answers 404),
+# so its std is built from the rust-src component (cargo -Zbuild-std, allowed on the stable
+# compiler with RUSTC_BOOTSTRAP=1 for that one cargo run) and linked, by rust-lld as for the
+# other targets, against Debian's musl for armhf. Needs, once:
+#   dpkg --add-architecture armhf && apt-get update &&
+#   apt-get install musl-dev:armhf gcc-arm-linux-gnueabihf && rustup component add rust-src
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -39,6 +46,34 @@ machine_of() {
     esac
 }
 
+# armv7: the C runtime a rust-std musl target would ship in its self-contained/ directory, made
+# of Debian's files in directory $1: musl's crt1.o, crti.o, crtn.o and libc.a (musl-dev:armhf),
+# gcc's crtbeginT.o / crtend.o and its ARM EHABI unwinder libgcc_eh.a as the libunwind.a std's
+# `unwind` crate links (gcc-arm-linux-gnueabihf; with panic = "abort" only backtraces use it).
+# rustc looks for the crt objects in the -L directories too, so linking is otherwise unchanged.
+armv7_musl_libs() {
+    musl=/usr/lib/arm-linux-musleabihf
+    gcc=arm-linux-gnueabihf-gcc
+    if [ ! -f $musl/libc.a ] || ! command -v $gcc >/dev/null 2>&1; then
+        echo "cross/build.sh: armv7 needs Debian's musl for armhf and the ARM C compiler:" >&2
+        echo "  dpkg --add-architecture armhf && apt-get update && apt-get install musl-dev:armhf gcc-arm-linux-gnueabihf" >&2
+        exit 1
+    fi
+    src=$(rustc --print sysroot)/lib/rustlib/src/rust/library
+    if [ ! -d "$src" ]; then
+        if [ "${SKIFF_NO_RUSTUP:-0}" != 1 ]; then rustup component add rust-src >/dev/null; fi
+        [ -d "$src" ] || { echo "cross/build.sh: armv7 needs the rust-src component (rustup component add rust-src)" >&2; exit 1; }
+    fi
+    mkdir -p "$1"
+    for f in crt1.o crti.o crtn.o libc.a; do ln -sf "$musl/$f" "$1/$f"; done
+    ln -sf "$($gcc -print-file-name=crtbeginT.o)" "$1/crtbegin.o"
+    ln -sf "$($gcc -print-file-name=crtend.o)" "$1/crtend.o"
+    ln -sf "$($gcc -print-file-name=libgcc_eh.a)" "$1/libunwind.a"
+    for f in "$1"/*; do
+        [ -e "$f" ] || { echo "cross/build.sh: $f: missing $(readlink "$f")" >&2; exit 1; }
+    done
+}
+
 tdir=${CARGO_TARGET_DIR:-target}
 mkdir -p "$tdir/cross"
 
@@ -62,15 +97,21 @@ for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
 done
 for arch in "$@"; do
     triple=$(triple_of "$arch")
-    if [ "${SKIFF_NO_RUSTUP:-0}" != 1 ]; then
-        rustup target add "$triple" >/dev/null
-    fi
+    build_std=
+    case $triple in
+        armv7-*)
+            armv7_musl_libs "$tdir/armv7-musl-libs"
+            build_std=-Zbuild-std=std,panic_abort
+            ;;
+        *) if [ "${SKIFF_NO_RUSTUP:-0}" != 1 ]; then rustup target add "$triple" >/dev/null; fi ;;
+    esac
     # Crates that compile C (ring, once TLS is in) need a C cross compiler: Debian's
-    # gcc-aarch64-linux-gnu / gcc-arm-linux-gnueabihf. Pure-Rust builds don't use it.
+    # gcc-aarch64-linux-gnu / musl-dev:armhf's arm-linux-musleabihf-gcc (gcc-arm-linux-gnueabihf
+    # with musl's headers; gcc's ar). Pure-Rust builds don't use it.
     var=$(echo "$triple" | tr - _)
     case $triple in
         aarch64-*) cc=aarch64-linux-gnu-gcc ;;
-        armv7-*) cc=arm-linux-gnueabihf-gcc ;;
+        armv7-*) cc=arm-linux-musleabihf-gcc; export "AR_$var=arm-linux-gnueabihf-ar" ;;
         *) cc=gcc ;;
     esac
     if eval "[ -z \"\${CC_$var:-}\" ]" && command -v "$cc" >/dev/null 2>&1; then
@@ -80,10 +121,15 @@ for arch in "$@"; do
     # ~0.45 MiB of relocations and copies the relocated read-only data into every process).
     case $triple in
         x86_64-*) export CARGO_ENCODED_RUSTFLAGS="${flags:+$flags$us}-Crelocation-model=static" ;;
+        armv7-*) export CARGO_ENCODED_RUSTFLAGS="${flags:+$flags$us}-Lnative=$(cd "$tdir/armv7-musl-libs" && pwd)" ;;
         *) export CARGO_ENCODED_RUSTFLAGS="$flags" ;;
     esac
     echo "== skiff for $triple (profile $profile)" >&2
-    cargo build --locked --profile "$profile" --target "$triple" -p skiff-agent --bin skiff
+    if [ -n "$build_std" ]; then
+        RUSTC_BOOTSTRAP=1 cargo build --locked "$build_std" --profile "$profile" --target "$triple" -p skiff-agent --bin skiff
+    else
+        cargo build --locked --profile "$profile" --target "$triple" -p skiff-agent --bin skiff
+    fi
     out=$tdir/$triple/$profile/skiff
     desc=$(file -b "$out")
     case $desc in

@@ -159,7 +159,8 @@ const PTY_SLAVE_MAJOR: u64 = 136;
 /// DEVPTS_SUPER_MAGIC from <linux/magic.h>
 /// Note: Using libc::DEVPTS_SUPER_MAGIC is not available, so we define it here.
 /// The type must match nix::sys::statfs::FsType's inner type (fs_type_t),
-/// which is i64 on glibc and u64 on musl.
+/// which is i64 on glibc and u64 on musl (64-bit targets); the uses cast it
+/// (`as _`), as fs_type_t is 32 bits wide on 32-bit targets (skiff: armv7).
 #[cfg(target_env = "musl")]
 const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
 #[cfg(not(target_env = "musl"))]
@@ -180,7 +181,7 @@ const CONSOLE_PATH: &str = "/dev/console";
 fn verify_ptmx_handle(ptmx: &OwnedFd) -> Result<()> {
     verify_inode(ptmx, |stat, fs_stat| {
         // 1. Check filesystem type is devpts
-        if fs_stat.filesystem_type() != FsType(DEVPTS_SUPER_MAGIC) {
+        if fs_stat.filesystem_type() != FsType(DEVPTS_SUPER_MAGIC as _) {
             return Err(VerifyInodeError::Verification(format!(
                 "ptmx handle is not on a real devpts mount: super magic is {:#x}",
                 fs_stat.filesystem_type().0
@@ -231,7 +232,7 @@ fn verify_ptmx_handle(ptmx: &OwnedFd) -> Result<()> {
 fn verify_pty_slave(slave: &OwnedFd) -> Result<()> {
     verify_inode(slave, |stat, fs_stat| {
         // 1. Check filesystem type is devpts
-        if fs_stat.filesystem_type() != FsType(DEVPTS_SUPER_MAGIC) {
+        if fs_stat.filesystem_type() != FsType(DEVPTS_SUPER_MAGIC as _) {
             return Err(VerifyInodeError::Verification(format!(
                 "slave handle is not on a real devpts mount: super magic is {:#x}",
                 fs_stat.filesystem_type().0
