@@ -10,6 +10,7 @@
 # its machine (`file`). Environment:
 #   SKIFF_PROFILE   cargo profile (default dist; `release` builds faster, a bit larger)
 #   SKIFF_NO_RUSTUP=1  don't run `rustup target add` (targets already installed)
+#   SKIFF_SYMBOLS=1    keep the symbol table (for cross/symbol-order.sh; same code and layout)
 #   CC_<triple>     C cross compiler for crates with C code (default: Debian's
 #                   aarch64-linux-gnu-gcc / arm-linux-musleabihf-gcc when installed)
 #
@@ -91,6 +92,22 @@ flags="${CARGO_ENCODED_RUSTFLAGS:-}"
 add() { flags="${flags:+$flags$us}$1"; }
 for w in ${RUSTFLAGS:-}; do add "$w"; done
 add "-Clink-arg=$root/cross/no-eh-frame.ld"
+# RSS (issue 7): the functions an idle agent and launcher keep running are laid out together
+# (cross/symbol-order.txt, made by cross/symbol-order.sh), so the kernel's 64 KiB fault-around
+# maps little besides them. Names the build lacks (a stale list) are skipped without a warning.
+# The list is used under a name with its checksum, so a new list relinks (cargo does not
+# track the contents of a linker argument's file).
+if [ -f cross/symbol-order.txt ]; then
+    sum=$(cksum < cross/symbol-order.txt | cut -d' ' -f1)
+    cp cross/symbol-order.txt "$tdir/cross/symbol-order-$sum.txt"
+    add "-Clink-arg=--symbol-ordering-file=$(cd "$tdir/cross" && pwd)/symbol-order-$sum.txt"
+    add "-Clink-arg=--no-warn-symbol-ordering"
+fi
+# The linker strips the symbols (not cargo's profile `strip`, whose setting changes every
+# crate's symbol hashes): SKIFF_SYMBOLS=1 keeps them for cross/symbol-order.sh, and those
+# builds have the same code, layout and symbol names as the stripped ones.
+export "CARGO_PROFILE_$(echo "$profile" | tr a-z- A-Z_)_STRIP=none"
+if [ "${SKIFF_SYMBOLS:-0}" != 1 ]; then add "-Clink-arg=--strip-all"; fi
 add "--remap-path-prefix=$root/="
 for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
     if [ -d "$d" ]; then add "--remap-path-prefix=$d="; fi
@@ -141,7 +158,9 @@ for arch in "$@"; do
         *) echo "cross/build.sh: $out is not statically linked: $desc" >&2; exit 1 ;;
     esac
     case $desc in
-        *"not stripped"*) echo "cross/build.sh: $out is not stripped: $desc" >&2; exit 1 ;;
+        *"not stripped"*) if [ "${SKIFF_SYMBOLS:-0}" != 1 ]; then
+            echo "cross/build.sh: $out is not stripped: $desc" >&2; exit 1
+        fi ;;
     esac
     short=$(triple_of "$arch" | cut -d- -f1)
     cp "$out" "$tdir/cross/skiff-$short"

@@ -19,8 +19,10 @@
 //! request or reaped child, the agent after its last request to the launcher).
 //!
 //! Only mappings that are not writable and hold no private (anonymous) pages are released: for
-//! those, dropping the mapping cannot lose data. Writable data, the heap, stacks and relocated
+//! those, dropping the mapping cannot lose data. Writable data, the heap and relocated
 //! read-only data (RELRO of a static-pie build, copied on write at start) are never touched.
+//! The one anonymous memory released is the main thread's stack far below the caller's frame
+//! (start-up's deepest calls; nothing lives below the stack pointer).
 
 // The one unsafe call is madvise(2) on ranges read from /proc/self/smaps.
 #![allow(unsafe_code)]
@@ -49,7 +51,7 @@ pub fn release_startup_pages() -> usize {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };
-    let mut released = 0;
+    let mut released = release_unused_stack(&smaps);
     for r in releasable(&smaps, exe.dev(), exe.ino()) {
         // SAFETY: the range is a whole mapping of the executable file, private, not writable and
         // without anonymous (copied-on-write) pages, as /proc/self/smaps listed it just now: its
@@ -61,6 +63,59 @@ pub fn release_startup_pages() -> usize {
         }
     }
     released
+}
+
+/// What stays mapped of the main thread's stack below the caller's frame: start-up goes deeper
+/// (configuration, image store, state restore) than the idle loop ever does again.
+const STACK_KEEP: usize = 32 * 1024;
+
+/// Drops the main thread's stack pages more than [`STACK_KEEP`] below the caller's frame
+/// (`MADV_DONTNEED`: they read as zeros when touched again, and nothing lives below the stack
+/// pointer). Only when this runs on the main thread (the agent's and the launcher's loops do);
+/// on any other thread its stack is not `[stack]` and nothing is released.
+fn release_unused_stack(smaps: &str) -> usize {
+    let here = 0u8;
+    let sp = std::hint::black_box(&here) as *const u8 as usize;
+    let Some(r) = unused_stack(smaps, sp, page_size()) else {
+        return 0;
+    };
+    // SAFETY: the range is the part of this thread's own stack mapping lying more than
+    // STACK_KEEP below a local of this frame: below the stack pointer of this call and of
+    // madvise's few frames under it, so no live frame, local or reference points into it.
+    // Signal handlers that run later write their frames afresh. MADV_DONTNEED on private
+    // anonymous memory leaves it mapped, reading as zeros.
+    let rc = unsafe { libc::madvise(r.start as *mut libc::c_void, r.len, libc::MADV_DONTNEED) };
+    if rc == 0 {
+        r.len
+    } else {
+        0
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p)
+        .ok()
+        .filter(|&p| p.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// The part of the `[stack]` mapping in `smaps` more than [`STACK_KEEP`] below `sp`, whole pages
+/// of `page`; `None` when `sp` is not in that mapping (another thread) or nothing is that deep.
+fn unused_stack(smaps: &str, sp: usize, page: usize) -> Option<Range> {
+    let line = smaps.lines().find(|l| l.trim_end().ends_with(" [stack]"))?;
+    let (start, end) = line.split_ascii_whitespace().next()?.split_once('-')?;
+    let start = usize::from_str_radix(start, 16).ok()?;
+    let end = usize::from_str_radix(end, 16).ok()?;
+    if !(start..end).contains(&sp) {
+        return None;
+    }
+    let top = sp.checked_sub(STACK_KEEP)? & !(page - 1);
+    (top > start).then(|| Range {
+        start,
+        len: top - start,
+    })
 }
 
 /// The mappings of the file `(dev, ino)` in `smaps` text that are private, not writable and have
@@ -160,6 +215,26 @@ Anonymous:           132 kB
             releasable(SMAPS, libc::makedev(8, 2), 1234).is_empty(),
             "other device"
         );
+    }
+
+    #[test]
+    fn the_stack_below_the_caller_less_what_it_keeps() {
+        let sp = 0x7ffc_0001_8123;
+        let r = unused_stack(SMAPS, sp, 4096).expect("sp is in [stack]");
+        assert_eq!(r.start, 0x7ffc_0000_0000);
+        assert_eq!(r.start + r.len, (sp - STACK_KEEP) & !4095);
+        assert!(r.start + r.len + STACK_KEEP <= sp);
+        assert_eq!(
+            unused_stack(SMAPS, 0x7f00_0000_1000, 4096),
+            None,
+            "sp outside [stack]: another thread's stack"
+        );
+        assert_eq!(
+            unused_stack(SMAPS, 0x7ffc_0000_4000, 4096),
+            None,
+            "nothing deeper than STACK_KEEP"
+        );
+        assert_eq!(unused_stack("", sp, 4096), None, "no [stack] line");
     }
 
     #[test]
