@@ -209,3 +209,57 @@ async fn measure_userns_overhead_median_of_20() {
         );
     }
 }
+
+#[tokio::test]
+async fn userns_copies_with_shifted_owners_where_the_image_cannot_be_idmapped() {
+    if !root_or_skip("userns_copies_with_shifted_owners_where_the_image_cannot_be_idmapped") {
+        return;
+    }
+    let fx = Fixture::new();
+    // The image rootfs seen through an overlay mount: overlayfs can't be idmapped, so the
+    // runtime falls back to a copy of it with every owner shifted.
+    let over = fx.dir.path().join("over");
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(over.join(d)).expect("mkdir");
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        fx.image.rootfs.display(),
+        over.join("upper").display(),
+        over.join("work").display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &over.join("merged"),
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .expect("overlay mount for the image");
+    let mut image = fx.image.clone();
+    image.rootfs = over.join("merged");
+    let (rt, mut exits) = remapped_runtime(&fx).await;
+    let t = task(
+        "userns-copy",
+        vec![container("c", &["sh", "-c", PROBE])],
+        NetworkMode::None,
+    );
+    rt.prepare_task(&t, &[image]).await.expect("prepare");
+    let (path, rx) = fx.fifo("userns-copy");
+    rt.start_container(&t.family, &t.containers[0].name, &path)
+        .await
+        .expect("start");
+    let exit = next_exit(&mut exits).await;
+    let out = drain(&rx);
+    let rootfs = fx.run_dir().join("tasks/userns-copy/c/rootfs");
+    let written = std::fs::metadata(rootfs.join("written")).map(|m| (m.uid(), m.gid()));
+    let busybox = std::fs::metadata(rootfs.join("bin/busybox")).map(|m| m.uid());
+    rt.remove_task(&t.family).await.expect("remove");
+    let _ = nix::mount::umount2(&over.join("merged"), nix::mount::MntFlags::MNT_DETACH);
+    assert_eq!(exit.exit.code, 0, "{out}");
+    assert_eq!(map_line(&out, "id"), "0:0", "{out}");
+    assert_eq!(map_line(&out, "busybox"), "0:0", "{out}");
+    // A copy: the image's files are stored shifted, and so is what the container wrote.
+    assert_eq!(busybox.expect("copied busybox"), 300_000);
+    assert_eq!(written.expect("written"), (300_000, 300_000));
+}
