@@ -1060,6 +1060,40 @@ async fn measure_exec_true_median_of_20() {
     rt.remove_task(&t).await.expect("remove");
 }
 
+/// Runs `true` in 21 one-container tasks named `{prefix}{i}` (the first a warm-up) and returns
+/// the sorted times of `prepare_task` and of start + wait + remove, 20 each.
+pub(crate) async fn true_cycles(
+    fx: &Fixture,
+    rt: &Runtime,
+    exits: &mut Receiver<ContainerExit>,
+    prefix: &str,
+    mode: NetworkMode,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut prepare = Vec::new();
+    let mut cycle = Vec::new();
+    for i in 0..21 {
+        let family = format!("{prefix}{i}");
+        let t = task(&family, vec![container("t", &["true"])], mode);
+        let (path, _rx) = fx.fifo(&family);
+        let p0 = Instant::now();
+        rt.prepare_task(&t, &fx.images(1)).await.expect("prepare");
+        let t0 = Instant::now();
+        rt.start_container(&t.family, &t.containers[0].name, &path)
+            .await
+            .expect("start");
+        let exit = next_exit(exits).await;
+        assert_eq!(exit.exit.code, 0);
+        rt.remove_task(&t.family).await.expect("remove");
+        if i > 0 {
+            cycle.push(t0.elapsed());
+            prepare.push(t0 - p0);
+        }
+    }
+    cycle.sort();
+    prepare.sort();
+    (prepare, cycle)
+}
+
 /// Time of create + start + wait + delete of `true`, median of 20. A measurement, not a check:
 /// `cargo test -p skiff-agent --test runtime -- --ignored --nocapture measure`.
 #[tokio::test]
@@ -1070,31 +1104,7 @@ async fn measure_true_median_of_20() {
     }
     let fx = Fixture::new();
     let (rt, mut exits) = fx.runtime().await;
-    let mut cycle = Vec::new();
-    let mut prepare = Vec::new();
-    for i in 0..21 {
-        let t = task(
-            &format!("m{i}"),
-            vec![container("t", &["true"])],
-            NetworkMode::Host,
-        );
-        let (path, _rx) = fx.fifo(&format!("m{i}"));
-        let p0 = Instant::now();
-        rt.prepare_task(&t, &fx.images(1)).await.expect("prepare");
-        let t0 = Instant::now();
-        rt.start_container(&t.family, &t.containers[0].name, &path)
-            .await
-            .expect("start");
-        let exit = next_exit(&mut exits).await;
-        assert_eq!(exit.exit.code, 0);
-        rt.remove_task(&t.family).await.expect("remove");
-        if i > 0 {
-            cycle.push(t0.elapsed());
-            prepare.push(t0 - p0);
-        }
-    }
-    cycle.sort();
-    prepare.sort();
+    let (prepare, cycle) = true_cycles(&fx, &rt, &mut exits, "m", NetworkMode::Host).await;
     println!(
         "true: start+wait+remove median {:?} (min {:?}, max {:?}); prepare_task median {:?}",
         cycle[cycle.len() / 2],

@@ -176,27 +176,8 @@ async fn measure_userns_overhead_median_of_20() {
         let mut cfg = fx.config();
         cfg.userns = remap;
         let (rt, mut exits) = Runtime::start(cfg).await.expect("runtime starts");
-        let mut prepare = Vec::new();
-        let mut cycle = Vec::new();
-        for i in 0..21 {
-            let family = format!("u{}{i}", remap.map_or("p", |_| "r"));
-            let t = task(&family, vec![container("t", &["true"])], NetworkMode::None);
-            let (path, _rx) = fx.fifo(&family);
-            let p0 = Instant::now();
-            rt.prepare_task(&t, &fx.images(1)).await.expect("prepare");
-            let t0 = Instant::now();
-            rt.start_container(&t.family, &t.containers[0].name, &path)
-                .await
-                .expect("start");
-            assert_eq!(next_exit(&mut exits).await.exit.code, 0);
-            rt.remove_task(&t.family).await.expect("remove");
-            if i > 0 {
-                prepare.push(t0 - p0);
-                cycle.push(t0.elapsed());
-            }
-        }
-        prepare.sort();
-        cycle.sort();
+        let prefix = if remap.is_some() { "ur" } else { "up" };
+        let (prepare, cycle) = true_cycles(&fx, &rt, &mut exits, prefix, NetworkMode::None).await;
         println!(
             "{}: prepare_task median {:?}, start+wait+remove median {:?}",
             if remap.is_some() {
