@@ -582,10 +582,14 @@ fn a_remapped_bridge_task_answers_and_its_root_is_an_unprivileged_host_uid() {
         .split_whitespace()
         .collect();
     assert_eq!(map, ["0", &base.to_string(), "65536"], "{page}");
-    // Seen from the host, httpd runs as `base`, not as root.
+    // Seen from the host, httpd runs as `base`, not as root (and so does the child it forks
+    // for a connection, which may still be there).
     let httpd = "httpd\0-f\0-p\08081\0-h\0/www\0";
     let uids = host_uids_of(httpd);
-    assert_eq!(uids, [base], "host uids of the task's httpd");
+    assert!(
+        !uids.is_empty() && uids.iter().all(|u| *u == base),
+        "host uids of the task's httpd processes: {uids:?}, want {base}"
+    );
 
     // kill -9 and a restart: the old run's namespaces and mounts go, the task comes back
     // remapped.
