@@ -18,34 +18,45 @@ use super::rootfs::unmount;
 /// its own that exits afterwards; the bind mount keeps the namespace alive. Never run this on a
 /// pooled thread: it would stay in the new namespace.
 pub(crate) fn create(path: &Path) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
     let target = path.to_path_buf();
     let res = std::thread::Builder::new()
         .name("skiff-netns".into())
         .spawn(move || -> io::Result<()> {
             unshare(CloneFlags::CLONE_NEWNET)?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
+            pin(Path::new("/proc/thread-self/ns/net"), &target)?;
             loopback_up()
         })?
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")));
-    if let Err(e) = res {
-        let _ = remove(path);
-        return Err(e);
+    match res {
+        // Someone else's file: leave it.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(e) => {
+            let _ = remove(path);
+            Err(e)
+        }
+        Ok(()) => Ok(()),
     }
-    Ok(())
+}
+
+/// Pins the namespace `ns` (a `/proc/.../ns/*` file) with a bind mount on `at`, a new file
+/// (its directory is made if missing). On error nothing is left at `at`.
+pub(crate) fn pin(ns: &Path, at: &Path) -> io::Result<()> {
+    if let Some(dir) = at.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(at)?;
+    mount(Some(ns), at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+        let _ = fs::remove_file(at);
+        let e = io::Error::from(e);
+        io::Error::new(
+            e.kind(),
+            format!("pin {} at {}: {e}", ns.display(), at.display()),
+        )
+    })
 }
 
 /// Brings `lo` up in the network namespace pinned at `path`, from a short-lived thread that
@@ -73,7 +84,7 @@ fn net_err(e: libcontainer::network::NetworkError) -> io::Error {
     io::Error::other(format!("loopback: {e}"))
 }
 
-/// Unpins and removes a namespace made by [`create`]. A missing one is fine.
+/// Unpins and removes a namespace file made by [`create`] or [`pin`]. A missing one is fine.
 pub(crate) fn remove(path: &Path) -> io::Result<()> {
     unmount(path)?;
     match fs::remove_file(path) {

@@ -24,10 +24,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
-use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
-use super::rootfs::unmount;
+use super::netns;
 
 /// A single id range: container ids `0..size` are host ids `base..base + size`, for users and
 /// groups alike.
@@ -114,7 +113,7 @@ pub(crate) fn create(
     let status = child.wait();
     if let Err(e) = res {
         for p in [Some(userns), netns].into_iter().flatten() {
-            let _ = unpin(p);
+            let _ = netns::remove(p);
         }
         return Err(e);
     }
@@ -141,35 +140,12 @@ fn pin(
         fs::write(proc.join(file), &line)
             .map_err(|e| io::Error::new(e.kind(), format!("write {file} {line:?}: {e}")))?;
     }
-    bind_ns(&proc.join("ns/user"), userns)?;
+    netns::pin(&proc.join("ns/user"), userns)?;
     if let Some(net) = netns {
-        bind_ns(&proc.join("ns/net"), net)?;
-        super::netns::loopback_up_in(net)?;
+        netns::pin(&proc.join("ns/net"), net)?;
+        netns::loopback_up_in(net)?;
     }
     Ok(())
-}
-
-fn bind_ns(ns: &Path, at: &Path) -> io::Result<()> {
-    if let Some(dir) = at.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(at)?;
-    mount(Some(ns), at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
-        let _ = fs::remove_file(at);
-        io::Error::other(format!("pin {} at {}: {e}", ns.display(), at.display()))
-    })
-}
-
-/// Unpins and removes a namespace file made by [`create`]. A missing one is fine.
-pub(crate) fn unpin(path: &Path) -> io::Result<()> {
-    unmount(path)?;
-    match fs::remove_file(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
 }
 
 // From <linux/mount.h>; the syscall numbers are the same on every architecture skiff builds for.
