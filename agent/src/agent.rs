@@ -7,7 +7,7 @@
 //! broker (publishing uses `try_publish`: while offline, messages are dropped and counted; the
 //! durable outbox is a later step).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,7 +100,11 @@ pub async fn run(
             tracing::error!("{e}");
         }
     }
-    let stale = runtime.cleanup_stale().await?;
+    // Containers that outlived the previous agent (kept by its launcher) are taken over;
+    // everything else it left is removed.
+    let adopted = adopted_tasks(&runtime, runtime.take_kept());
+    let keep: BTreeSet<Name> = adopted.iter().map(|a| a.def.family.clone()).collect();
+    let stale = runtime.cleanup_stale_keeping(&keep).await?;
     if !stale.is_empty() {
         tracing::warn!(containers = ?stale, "removed containers left by a previous run");
     }
@@ -246,6 +250,17 @@ pub async fn run(
     let mut queue_events = Vec::new();
     core.restore_queue(saved.queue, &mut queue_events);
     out.perform(queue_events, &shells);
+    for a in &adopted {
+        let prefix = a.def.containers.len() > 1;
+        for c in &a.containers {
+            if c.exit.is_some() {
+                let _ = std::fs::remove_file(shells.fifo_path(&a.def.family, &c.name));
+            } else if let Err(e) = shells.attach_stdio(&a.def.family, &c.name, prefix) {
+                tracing::warn!(task = %a.def.family, container = %c.name, error = e,
+                    "cannot read the adopted container's output");
+            }
+        }
+    }
     let restored = Event::Restored {
         cluster: saved.cluster.map(Box::new),
         node: saved.node.map(Box::new),
@@ -253,6 +268,7 @@ pub async fn run(
         services: saved.services,
         last_wall_ms: saved.last_wall_ms,
         images: shells.catalog().await,
+        adopted,
     };
     out.perform(core.handle(restored, clock.now()), &shells);
     // systemd (Type=notify): ready now that the runtime is up and the saved state is loaded;
@@ -401,6 +417,51 @@ pub async fn run(
         "skiff agent stopped"
     );
     Ok(())
+}
+
+/// The tasks the launcher kept from the previous agent that can be taken over: every container
+/// kept, a readable record of what the task was prepared with, and all of its containers
+/// without `dependsOn` among them. The others are left to `cleanup_stale` (and started again
+/// from desired state), with a warning saying why.
+fn adopted_tasks(
+    runtime: &Runtime,
+    kept: Vec<crate::runtime::KeptContainer>,
+) -> Vec<crate::core::AdoptedTask> {
+    let mut by_task: BTreeMap<Name, Vec<crate::runtime::KeptContainer>> = BTreeMap::new();
+    for k in kept {
+        by_task.entry(k.task.clone()).or_default().push(k);
+    }
+    let mut out = Vec::new();
+    for (task, kept) in by_task {
+        let Some(rec) = runtime.task_record(&task) else {
+            tracing::warn!(%task, "cannot adopt: no readable record of the task; it is cleaned up and started again");
+            continue;
+        };
+        let names: Vec<Name> = kept.iter().map(|k| k.container.clone()).collect();
+        if let Err(reason) = crate::core::adoptable(&rec.def, &names) {
+            tracing::warn!(%task, reason, "cannot adopt; it is cleaned up and started again");
+            continue;
+        }
+        for k in kept.iter().filter(|k| k.lost_output_bytes > 0) {
+            tracing::warn!(%task, container = %k.container, bytes = k.lost_output_bytes,
+                "output written while no agent was running is lost");
+        }
+        tracing::info!(%task, containers = kept.len(), "adopting a task that outlived the previous agent");
+        out.push(crate::core::AdoptedTask {
+            started_wall_ms: kept.iter().map(|k| k.started_ms).min().unwrap_or(0),
+            containers: kept
+                .into_iter()
+                .map(|k| crate::core::AdoptedContainer {
+                    name: k.container,
+                    pid: k.pid,
+                    exit: k.exit,
+                })
+                .collect(),
+            def: rec.def,
+            endpoints: rec.endpoints,
+        });
+    }
+    out
 }
 
 /// The node's X25519 key, made on first start (also by `skiff node init`); sealed secrets are
@@ -1201,6 +1262,10 @@ impl Shells {
         });
     }
 
+    fn fifo_path(&self, task: &Name, container: &Name) -> PathBuf {
+        self.stdio_dir.join(format!("{task}@{container}.fifo"))
+    }
+
     /// Makes the container's stdio FIFO and starts the task that copies it into the log.
     async fn open_stdio(
         &self,
@@ -1208,10 +1273,18 @@ impl Shells {
         container: &Name,
         prefix: bool,
     ) -> Result<PathBuf, String> {
-        let path = self.stdio_dir.join(format!("{task}@{container}.fifo"));
+        let path = self.fifo_path(task, container);
         let _ = std::fs::remove_file(&path);
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| format!("cannot make {}: {e}", path.display()))?;
+        self.attach_stdio(task, container, prefix)?;
+        Ok(path)
+    }
+
+    /// Starts the task that copies the container's existing stdio FIFO into the log (also
+    /// for a container adopted from the previous agent, whose FIFO its launcher held open).
+    fn attach_stdio(&self, task: &Name, container: &Name, prefix: bool) -> Result<(), String> {
+        let path = self.fifo_path(task, container);
         // Read-write so the pipe never reports EOF between writers; the end is the exit.
         let rx = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
@@ -1267,7 +1340,7 @@ impl Shells {
                 let _ = done.send(());
             }
         });
-        Ok(path)
+        Ok(())
     }
 
     /// Stops a container's log reader after copying what is left; waits until it is copied.

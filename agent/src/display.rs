@@ -215,6 +215,14 @@ pub fn event_body(b: &EventBody) -> String {
             let how = if *ok { "succeeded" } else { "FAILED" };
             format!("{request}: queued task {how}: {reason}")
         }
+        EventBody::TaskAdopted {
+            task,
+            running,
+            exited,
+        } => format!(
+            "{task}: adopted after an agent restart ({running} container(s) running, \
+             {exited} exited meanwhile)"
+        ),
     }
 }
 

@@ -346,6 +346,7 @@ async fn run_node(index: u32, shared: Arc<Shared>, mut stop: watch::Receiver<boo
         services: vec![],
         last_wall_ms: None,
         images: Catalog::new(),
+        adopted: vec![],
     });
     let mut metrics_tick = tokio::time::interval(cfg.metrics_interval);
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -966,6 +967,7 @@ mod tests {
                     services: vec![],
                     last_wall_ms: None,
                     images: Catalog::new(),
+                    adopted: vec![],
                 },
             ],
         );

@@ -28,6 +28,10 @@ mod awsvpc;
 #[path = "runtime/security.rs"]
 mod security;
 
+/// Containers outliving their agent, adopted by the next (`adopt` in the test names).
+#[path = "runtime/adopt.rs"]
+mod adopt;
+
 /// User-namespace remapping (`userns` in the test names).
 #[path = "runtime/userns.rs"]
 mod userns;

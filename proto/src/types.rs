@@ -1029,6 +1029,14 @@ pub enum EventBody {
         exit: Option<ExitInfo>,
         reason: String,
     },
+    /// The agent restarted and took over a task whose containers outlived it (kept by its
+    /// launcher) instead of restarting it: `running` containers are still up, `exited` ended
+    /// while no agent was there (their exits follow as `ContainerExited`).
+    TaskAdopted {
+        task: Name,
+        running: u32,
+        exited: u32,
+    },
 }
 
 /// Why a task stopped. Appending variants only.

@@ -1,5 +1,5 @@
 //! Offline autonomy: durable desired state and run history survive `kill -9` and a restart with
-//! no broker.
+//! no broker; containers that outlive the agent are adopted by the next one.
 
 use std::process::Command;
 use std::time::Duration;
@@ -37,7 +37,7 @@ fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_re
     let svc = task_file(
         files.path(),
         "svc",
-        r#"{"family":"svc","restartPolicy":"always","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo svc up; exec sleep 1000"]}]}"#,
+        r#"{"family":"svc","restartPolicy":"always","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo svc up; while true; do echo beat; sleep 0.2; done"]}]}"#,
     );
     let out = agent.ctl(
         &broker,
@@ -54,26 +54,36 @@ fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_re
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    sub.wait("job done and svc running", T, |_, m| {
+    let svc_pid = sub.wait("job done and svc running", T, |_, m| {
         let Message::Status(s) = m else { return None };
-        let state = |n: &str| {
-            s.tasks
-                .iter()
-                .find(|t| t.name.as_str() == n)
-                .map(|t| t.state)
-        };
-        (state("job") == Some(TaskState::Stopped) && state("svc") == Some(TaskState::Running))
-            .then_some(())
+        let task = |n: &str| s.tasks.iter().find(|t| t.name.as_str() == n);
+        let job_done = task("job").is_some_and(|t| t.state == TaskState::Stopped);
+        let svc = task("svc").filter(|t| t.state == TaskState::Running)?;
+        job_done.then_some(svc.containers[0].pid?)
     });
 
-    // Power cut, and the network is gone too.
+    // The agent dies (kill -9), and the network is gone too. Its launcher keeps the container.
     agent.kill9();
     drop(sub);
     drop(broker);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        std::path::Path::new(&format!("/proc/{svc_pid}")).exists(),
+        "the service's container outlives the agent"
+    );
     agent.restart();
-    wait_for("svc started again with no broker", T, || {
-        (local_log(&agent, "svc").matches("svc up").count() == 2).then_some(())
+    wait_for("svc adopted with no broker", T, || {
+        let log = agent.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        log.contains("svc: adopted after an agent restart (1 container(s) running, 0 exited")
+            .then_some(())
     });
+    // Not started again: the same process, and its output still reaches the log.
+    let beats = local_log(&agent, "svc").matches("beat").count();
+    wait_for("svc's output after the adoption", T, || {
+        (local_log(&agent, "svc").matches("beat").count() > beats + 3).then_some(())
+    });
+    assert_eq!(local_log(&agent, "svc").matches("svc up").count(), 1);
+    assert!(std::path::Path::new(&format!("/proc/{svc_pid}")).exists());
     assert_eq!(
         local_log(&agent, "job").matches("job ran").count(),
         1,
@@ -95,6 +105,20 @@ fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_re
         Message::Status(s) if s.state == NodeState::Online && s.tasks.len() == 2 => Some(s.clone()),
         _ => None,
     });
+    let svc_status = status
+        .tasks
+        .iter()
+        .find(|t| t.name.as_str() == "svc")
+        .expect("svc");
+    assert_eq!(
+        (
+            svc_status.state,
+            svc_status.containers[0].pid,
+            svc_status.restarts
+        ),
+        (TaskState::Running, Some(svc_pid), 0),
+        "the adopted service, as it was"
+    );
     let job_status = status
         .tasks
         .iter()
@@ -123,6 +147,12 @@ fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_re
         .filter(|(_, m)| matches!(m, Message::Event(e) if matches!(&e.body, EventBody::TaskStarting { task, .. } if task.as_str() == "job")))
         .count();
     assert_eq!(starts, 0, "job started again after reconnecting");
+    // The events made offline arrived from the outbox: the adoption among them.
+    assert!(
+        sub.seen.iter().any(|(_, m)| matches!(m, Message::Event(e)
+            if matches!(&e.body, EventBody::TaskAdopted { task, running: 1, exited: 0 } if task.as_str() == "svc"))),
+        "TaskAdopted reported"
+    );
 }
 
 fn history_runs(agent: &Agent, task: &str) -> usize {

@@ -20,6 +20,7 @@
 //! container it started has been seen to exit, so a later instance of the same task never
 //! receives a stale exit.
 
+mod adopt;
 pub mod cron;
 mod deps;
 mod endpoints;
@@ -29,6 +30,8 @@ mod service;
 mod signed;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_adopt;
 #[cfg(test)]
 mod tests_queue;
 #[cfg(test)]
@@ -46,6 +49,7 @@ use skiff_proto::{
     Status, StopReason, TaskDefinition, TaskExtension, TaskSample, TaskState, TaskStatus,
 };
 
+pub use adopt::{adoptable, AdoptedContainer, AdoptedTask};
 pub use queue::{reservation, Capacity, QueueMemo};
 pub use service::ServiceMemo;
 use service::{ServiceLink, ServiceRec};
@@ -114,6 +118,9 @@ pub enum Event {
         /// The last wall time the previous run knew to be good.
         last_wall_ms: Option<u64>,
         images: Catalog,
+        /// Tasks whose containers outlived the previous run (kept by the launcher): taken
+        /// over as they are, not started again (see `adopt.rs`).
+        adopted: Vec<AdoptedTask>,
     },
     /// A desired-state payload arrived on the cluster or node topic.
     DesiredPayload {
@@ -273,6 +280,26 @@ struct ContainerRec {
     deps: Vec<skiff_proto::ContainerDependency>,
     /// A start of this container is in flight.
     starting: bool,
+}
+
+/// The containers of a run of `def` about to start: those without `dependsOn` are starting.
+fn container_recs(def: &TaskDefinition, grace: u64) -> Vec<ContainerRec> {
+    def.containers
+        .iter()
+        .map(|c| ContainerRec {
+            name: c.name.clone(),
+            essential: c.essential,
+            state: ContainerState::Pending,
+            pid: None,
+            exit: None,
+            early_exit: None,
+            stop_timeout_ms: c.stop_timeout_secs.map_or(grace, |s| u64::from(s) * 1000),
+            kill_at: None,
+            health: health::HealthState::new(c.health_check.clone()),
+            deps: c.depends_on.clone(),
+            starting: c.depends_on.is_empty(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -665,13 +692,15 @@ impl Core {
                 services,
                 last_wall_ms,
                 images,
+                adopted,
             } => {
                 self.restored_services =
                     services.into_iter().map(|m| (m.name.clone(), m)).collect();
                 if let (Some(w), None) = (last_wall_ms, self.wall_anchor) {
                     self.wall_anchor = Some((w, now.mono_ms));
                 }
-                self.on_restored(cluster, node, finished, &images, now, &mut out)
+                let docs = [(Scope::Cluster, cluster), (Scope::Node, node)];
+                self.on_restored(docs, finished, adopted, &images, now, &mut out)
             }
             Event::DesiredPayload {
                 scope,
@@ -959,14 +988,14 @@ impl Core {
     /// tasks that finished (so they do not run again), then starts everything else.
     fn on_restored(
         &mut self,
-        cluster: Option<Box<DesiredState>>,
-        node: Option<Box<DesiredState>>,
+        docs: [(Scope, Option<Box<DesiredState>>); 2],
         finished: Vec<FinishedTask>,
+        adopted: Vec<AdoptedTask>,
         images: &Catalog,
         now: Time,
         out: &mut Vec<Action>,
     ) {
-        for (scope, doc) in [(Scope::Cluster, cluster), (Scope::Node, node)] {
+        for (scope, doc) in docs {
             let Some(doc) = doc.map(|d| *d) else { continue };
             // Saved documents are checked again: keys may have changed, the file may be forged.
             if let Err(reason) = self.trust.verify_desired(&doc) {
@@ -1020,10 +1049,24 @@ impl Core {
             .into_iter()
             .map(|(n, d)| (n, d.clone()))
             .collect();
+        // Adopted tasks first (services' after their records exist): what they carry over
+        // from `finished` (restarts, batch progress, last firing) is merged into them.
+        let (plain, of_services): (Vec<_>, Vec<_>) = adopted
+            .into_iter()
+            .partition(|a| self.service_of_task(&a.def.family).is_none());
+        for a in &plain {
+            self.insert_adopted(a, None, now);
+        }
         let mut resume = Vec::new();
         for f in finished {
             let name = f.def.family.clone();
-            if desired.get(&name) == Some(&f.def) && !self.tasks.contains_key(&name) {
+            if let Some(rec) = self.tasks.get_mut(&name) {
+                if desired.get(&name) == Some(&f.def) && *rec.def == f.def {
+                    rec.take_finished(&f);
+                }
+                continue;
+            }
+            if desired.get(&name) == Some(&f.def) {
                 let mut rec = TaskRec::new(Arc::new(f.def), now);
                 rec.phase = if f.failed && !f.resume {
                     Phase::Failed
@@ -1045,7 +1088,13 @@ impl Core {
                 self.tasks.insert(name, rec);
             }
         }
+        for a in &plain {
+            self.replay_adopted(a, now, out);
+        }
         self.reconcile(now, out);
+        for a in &of_services {
+            self.adopt_service_task(a, now, out);
+        }
         for name in resume {
             self.launch(&name, now, out);
         }
@@ -1454,24 +1503,7 @@ impl Core {
         t.deadline = None;
         t.started_at_ms = now.mono_ms;
         t.started_wall_ms = now.wall_ms;
-        t.containers = t
-            .def
-            .containers
-            .iter()
-            .map(|c| ContainerRec {
-                name: c.name.clone(),
-                essential: c.essential,
-                state: ContainerState::Pending,
-                pid: None,
-                exit: None,
-                early_exit: None,
-                stop_timeout_ms: c.stop_timeout_secs.map_or(grace, |s| u64::from(s) * 1000),
-                kill_at: None,
-                health: health::HealthState::new(c.health_check.clone()),
-                deps: c.depends_on.clone(),
-                starting: c.depends_on.is_empty(),
-            })
-            .collect();
+        t.containers = container_recs(&t.def, grace);
         out.push(Action::Event(EventBody::TaskStarting {
             task: name.clone(),
             revision: t.def.revision,
@@ -1735,7 +1767,8 @@ impl Core {
             }
             return;
         };
-        if *t.def != want {
+        if *t.def != want || t.stop_reason == Some(StopReason::Removed) {
+            // Replaced, or desired again while it was being removed: a new run.
             self.tasks.remove(name);
             return self.start_new(Arc::new(want), now, out);
         }

@@ -365,6 +365,24 @@ impl Core {
         }
     }
 
+    /// The deployment of `service` whose tasks run `def` (a service task's definition: the
+    /// deployment's with the task's name), for an adopted task.
+    pub(super) fn deployment_running(
+        &self,
+        service: &Name,
+        def: &TaskDefinition,
+    ) -> Option<ServiceLink> {
+        let svc = self.services.get(service)?;
+        svc.deployments.iter().find_map(|d| {
+            let mut want = task_part(&d.def);
+            want.family = def.family.clone();
+            (want == *def).then(|| ServiceLink {
+                service: service.clone(),
+                deployment: d.id,
+            })
+        })
+    }
+
     /// Rejects a document whose task families would collide with service task names.
     pub(super) fn check_service_names(
         &self,

@@ -784,6 +784,7 @@ fn a_restart_restores_documents_and_does_not_rerun_finished_tasks() {
             services: vec![],
             last_wall_ms: None,
             images: catalog(),
+            adopted: vec![],
         },
         at(0),
     );
@@ -844,6 +845,7 @@ fn a_saved_document_for_another_node_or_a_missing_image_is_not_restored() {
             services: vec![],
             last_wall_ms: None,
             images: catalog(),
+            adopted: vec![],
         },
         at(0),
     );
@@ -866,6 +868,7 @@ fn a_saved_document_for_another_node_or_a_missing_image_is_not_restored() {
             services: vec![],
             last_wall_ms: None,
             images: catalog(),
+            adopted: vec![],
         },
         at(0),
     );
@@ -1170,6 +1173,7 @@ fn an_untrusted_clock_runs_on_the_saved_time_plus_monotonic_time() {
         services: vec![],
         last_wall_ms: Some(W0 - 30_000),
         images: catalog(),
+        adopted: vec![],
     };
     let a = c.handle(ev, tm(0, 1_000, false));
     assert!(starts(&a).is_empty());
@@ -1210,6 +1214,7 @@ fn runs_missed_while_the_agent_was_down_follow_the_policy() {
             services: vec![],
             last_wall_ms: Some(W0 + 1_000),
             images: catalog(),
+            adopted: vec![],
         };
         let a = c.handle(ev, tm(0, W0 + 600_000 + 500, true));
         assert!(starts(&a).is_empty());
@@ -1431,6 +1436,7 @@ fn restore(saved: Vec<FinishedTask>, tasks: Vec<TaskDefinition>, now: Time) -> (
             services: vec![],
             last_wall_ms: None,
             images: catalog(),
+            adopted: vec![],
         },
         now,
     );

@@ -62,6 +62,7 @@ fn restart(c: &mut Core) -> Vec<Action> {
             services: vec![],
             last_wall_ms: None,
             images: catalog(),
+            adopted: vec![],
         },
         at(0),
     )

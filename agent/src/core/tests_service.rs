@@ -1050,6 +1050,7 @@ fn restarted(tasks: Vec<TaskDefinition>, services: Vec<ServiceMemo>) -> Sim {
             services,
             last_wall_ms: None,
             images: super::tests::catalog(),
+            adopted: vec![],
         },
         s.time(),
     );

@@ -186,6 +186,7 @@ fn restore(c: &mut Core, node: DesiredState) -> Vec<Action> {
             services: vec![],
             last_wall_ms: None,
             images: catalog(),
+            adopted: vec![],
         },
         at(0),
     )

@@ -228,6 +228,42 @@ impl CgroupLayout {
         }
     }
 
+    /// Moves process `pid` into cgroup `rel` (made if missing) of each hierarchy skiff's task
+    /// cgroups use, and of systemd's own where it is mounted beside them (`name=systemd`, the
+    /// unified hierarchy of a hybrid layout). The launcher goes there so that the agent's
+    /// service unit stopping or restarting (which kills what is left in the unit's cgroup)
+    /// does not kill it with the containers it keeps. Returns what failed (best effort).
+    pub fn move_process(&self, rel: &Path, pid: u32) -> Vec<String> {
+        let mut roots: Vec<PathBuf> = match self {
+            CgroupLayout::V2 { root } => vec![root.clone()],
+            CgroupLayout::V1 { controllers } => {
+                let mut r: Vec<PathBuf> = V1_TASK_CONTROLLERS
+                    .iter()
+                    .filter_map(|c| controllers.get(*c).cloned())
+                    .collect();
+                for extra in ["systemd", "unified"] {
+                    let p = Path::new(CGROUP_ROOT).join(extra);
+                    if p.join("cgroup.procs").exists() {
+                        r.push(p);
+                    }
+                }
+                r
+            }
+        };
+        roots.sort();
+        roots.dedup();
+        let mut failed = Vec::new();
+        for root in roots {
+            let dir = root.join(rel);
+            let moved = fs::create_dir_all(&dir)
+                .and_then(|()| fs::write(dir.join("cgroup.procs"), pid.to_string()));
+            if let Err(e) = moved {
+                failed.push(format!("{}: {e}", dir.display()));
+            }
+        }
+        failed
+    }
+
     /// Names of the cgroups directly below `rel` in any hierarchy.
     pub fn children(&self, rel: &Path) -> Vec<String> {
         let mut names = Vec::new();

@@ -17,7 +17,14 @@
 //! too, wakes up at the nearest deadline to SIGKILL an overdue exec, and answers the exec's
 //! request when its process is reaped, so a long exec never holds up other requests.
 //!
-//! When the agent's end of the socket closes, the launcher exits and leaves containers running.
+//! The launcher outlives its agent (issue 4): when the agent's end of the socket closes (a
+//! crash, `kill -9`, an upgrade) while containers run, it keeps them as its children, holds
+//! their log FIFOs open (and drains them, counting what it drops, so no container blocks on a
+//! full pipe or dies of `SIGPIPE`), holds their exits, and waits on its socket in `run_dir`
+//! for the next agent. That agent reads the greeting (`wire::greeting`), sends
+//! `RequestBody::Adopt` and gets the running containers and the held exits: it re-adopts the
+//! tasks instead of restarting them. A launcher without containers or held exits exits when
+//! its agent goes, as does one that could not make its socket.
 
 // The one unsafe call resets SIGPIPE in a container's init right before execve; see
 // `SkiffExecutor::exec`.
@@ -25,10 +32,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, IsTerminal};
+use std::io::Read;
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,18 +62,21 @@ use skiff_proto::ExitInfo;
 use super::cgroup::read_oom_kills;
 use super::exec::{RunningExec, MAX_RUNNING_EXECS};
 use super::wire::{
-    read_frame_blocking, write_frame_blocking, ExecRequest, Failure, FailureKind, FromLauncher,
-    Reply, Request, RequestBody, StartRequest,
+    greeting, read_frame_blocking, write_frame_blocking, ExecRequest, Failure, FailureKind,
+    FromLauncher, HeldExit, KeptContainer, Reply, Request, RequestBody, StartRequest,
 };
 
-/// Entry point of `skiff __launcher STATE_DIR`. Must run before anything starts a thread.
+/// Entry point of `skiff __launcher STATE_DIR [SOCKET]`. Must run before anything starts a
+/// thread.
 pub fn launcher_main() -> ExitCode {
     init_logging();
-    let Some(state_dir) = std::env::args_os().nth(2).map(PathBuf::from) else {
+    let mut args = std::env::args_os().skip(2);
+    let Some(state_dir) = args.next().map(PathBuf::from) else {
         eprintln!("skiff __launcher is started by the skiff agent, not by hand");
         return ExitCode::from(2);
     };
-    match run(state_dir) {
+    let sock_path = args.next().map(PathBuf::from);
+    match run(state_dir, sock_path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "launcher failed");
@@ -120,7 +131,29 @@ fn take_socket() -> io::Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
-fn run(state_dir: PathBuf) -> io::Result<()> {
+/// The socket later agents connect to: only this user may (mode 0600, and peers are
+/// checked).
+fn listen(path: &Path) -> io::Result<UnixListener> {
+    // The agent starts a launcher only after nothing answered there: a stale file.
+    let _ = fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// What the poll loop waits on.
+#[derive(Clone, Copy)]
+enum Src {
+    Signal,
+    Agent,
+    Listener,
+    Exec(i32),
+    /// A running container's log FIFO, drained while no agent reads it.
+    Stdio(i32),
+}
+
+fn run(state_dir: PathBuf, sock_path: Option<PathBuf>) -> io::Result<()> {
     let sock = take_socket()?;
     // Own session: a terminal's Ctrl-C aimed at the agent does not reach the launcher.
     let _ = setsid();
@@ -128,18 +161,35 @@ fn run(state_dir: PathBuf) -> io::Result<()> {
     mask.add(Signal::SIGCHLD);
     mask.thread_block()?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    let listener = sock_path.and_then(|p| match listen(&p) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(path = %p.display(), error = %e,
+                "cannot listen: containers will not outlive the agent");
+            None
+        }
+    });
     let mut launcher = Launcher {
-        sock,
+        sock: None,
+        adopted: false,
+        listener,
         state_dir,
         running: HashMap::new(),
         pids: HashMap::new(),
         reaped: HashSet::new(),
         execs: HashMap::new(),
+        held: Vec::new(),
     };
+    launcher.attach(sock);
     crate::memtrim::release_startup_pages(); // idle from here on (memtrim.rs; issue 7)
                                              // After a burst of container work, the code it ran is released again once quiet.
     let mut release_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
+        if launcher.done() {
+            tracing::info!("no agent, no containers: exiting");
+            return Ok(());
+        }
         let now = Instant::now();
         if release_at.is_some_and(|at| at <= now) {
             release_at = None;
@@ -147,16 +197,32 @@ fn run(state_dir: PathBuf) -> io::Result<()> {
             tracing::debug!(bytes, "released pages after container work");
         }
         let timeout = earliest(launcher.poll_timeout(now), until(release_at, now));
-        let (sock_ready, sig_ready, output_ready) = {
-            let mut fds = vec![
-                PollFd::new(launcher.sock.as_fd(), PollFlags::POLLIN),
-                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-            ];
-            let mut exec_pids = Vec::new();
+        let ready: Vec<Src> = {
+            let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+            let mut srcs = vec![Src::Signal];
+            match (&launcher.sock, &launcher.listener) {
+                (Some(s), _) => {
+                    fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                    srcs.push(Src::Agent);
+                }
+                (None, Some(l)) => {
+                    fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                    srcs.push(Src::Listener);
+                }
+                (None, None) => {}
+            }
             for (&pid, exec) in &launcher.execs {
                 if let Some(pipe) = exec.pipe() {
                     fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
-                    exec_pids.push(pid);
+                    srcs.push(Src::Exec(pid));
+                }
+            }
+            if launcher.sock.is_none() {
+                for (&pid, c) in &launcher.running {
+                    if let Some(f) = &c.stdio {
+                        fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                        srcs.push(Src::Stdio(pid));
+                    }
                 }
             }
             match poll(&mut fds, timeout) {
@@ -164,39 +230,43 @@ fn run(state_dir: PathBuf) -> io::Result<()> {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
-            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            let output_ready: Vec<i32> = exec_pids
-                .into_iter()
-                .zip(&fds[2..])
-                .filter(|(_, f)| ready(f))
-                .map(|(pid, _)| pid)
-                .collect();
-            (ready(&fds[0]), ready(&fds[1]), output_ready)
+            fds.iter()
+                .zip(srcs)
+                .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, s)| s)
+                .collect()
         };
-        for pid in output_ready {
-            if let Some(exec) = launcher.execs.get_mut(&pid) {
-                exec.read_available();
-            }
-        }
-        if sig_ready {
-            while sigfd.read_signal()?.is_some() {}
-            launcher.reap()?;
-        }
-        launcher.kill_overdue_execs(Instant::now());
-        if sock_ready || sig_ready {
-            release_at = Some(Instant::now() + crate::memtrim::RELEASE_AFTER_WORK);
-        }
-        if sock_ready {
-            match read_frame_blocking::<Request>(&mut &launcher.sock)? {
-                Some(req) => launcher.handle(req)?,
-                None => {
-                    tracing::info!(
-                        running = launcher.running.len(),
-                        "agent closed the socket; leaving containers running"
-                    );
-                    return Ok(());
+        let mut busy = false;
+        for src in ready {
+            match src {
+                Src::Exec(pid) => {
+                    if let Some(exec) = launcher.execs.get_mut(&pid) {
+                        exec.read_available();
+                    }
+                }
+                Src::Stdio(pid) => launcher.drain_stdio(pid, &mut buf),
+                Src::Signal => {
+                    busy = true;
+                    while sigfd.read_signal()?.is_some() {}
+                    launcher.reap()?;
+                }
+                Src::Listener => launcher.accept(),
+                Src::Agent => {
+                    busy = true;
+                    let Some(sock) = launcher.sock.as_ref() else {
+                        continue;
+                    };
+                    match read_frame_blocking::<Request>(&mut &*sock) {
+                        Ok(Some(req)) => launcher.handle(req)?,
+                        Ok(None) => launcher.detach("the agent closed the socket"),
+                        Err(e) => launcher.detach(&format!("reading from the agent: {e}")),
+                    }
                 }
             }
+        }
+        launcher.kill_overdue_execs(Instant::now());
+        if busy {
+            release_at = Some(Instant::now() + crate::memtrim::RELEASE_AFTER_WORK);
         }
     }
 }
@@ -223,10 +293,24 @@ fn earliest(a: PollTimeout, b: PollTimeout) -> PollTimeout {
 struct Running {
     id: String,
     oom_file: Option<PathBuf>,
+    /// Wall-clock start, ms since the epoch.
+    started_ms: u64,
+    /// The container's log FIFO, held open (read-write) so the container never writes to a
+    /// pipe without a reader; drained while no agent is connected.
+    stdio: Option<File>,
+    /// Bytes drained and dropped since the last agent adopted it.
+    lost_output_bytes: u64,
 }
 
 struct Launcher {
-    sock: UnixStream,
+    /// The connected agent.
+    sock: Option<UnixStream>,
+    /// The connected agent has sent `Adopt`: exits go to it from now on.
+    adopted: bool,
+    /// Where the next agent connects when this one is gone.
+    listener: Option<UnixListener>,
+    /// Exits of containers reaped while no agent had adopted them.
+    held: Vec<HeldExit>,
     /// libcontainer's root directory.
     state_dir: PathBuf,
     /// Unreaped container inits by pid.
@@ -240,12 +324,136 @@ struct Launcher {
 }
 
 impl Launcher {
-    fn send(&self, msg: &FromLauncher) -> io::Result<()> {
-        write_frame_blocking(&mut &self.sock, msg)
+    /// Sends to the connected agent; false (and detached) if there is none or it is gone.
+    fn send(&mut self, msg: &FromLauncher) -> bool {
+        let Some(sock) = &self.sock else {
+            return false;
+        };
+        match write_frame_blocking(&mut &*sock, msg) {
+            Ok(()) => true,
+            Err(e) => {
+                self.detach(&format!("writing to the agent: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Takes `sock` as the agent's connection after writing the greeting.
+    fn attach(&mut self, sock: UnixStream) {
+        if let Err(e) = (&sock).write_all(greeting().as_bytes()) {
+            tracing::warn!(error = %e, "cannot greet the agent");
+            return;
+        }
+        self.sock = Some(sock);
+        self.adopted = false;
+    }
+
+    fn detach(&mut self, why: &str) {
+        if self.sock.take().is_none() {
+            return;
+        }
+        self.adopted = false;
+        // Execs answer to the agent that asked: their ends are not reported.
+        tracing::info!(
+            running = self.running.len(),
+            why,
+            "agent gone; keeping containers until the next agent adopts them"
+        );
+    }
+
+    /// No agent and nothing to hand to the next one (or nowhere it could connect).
+    fn done(&self) -> bool {
+        self.sock.is_none()
+            && (self.listener.is_none()
+                || (self.running.is_empty() && self.held.is_empty() && self.execs.is_empty()))
+    }
+
+    /// Accepts the next agent: the same user only.
+    fn accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept an agent");
+                return;
+            }
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(cred) if cred.uid() == me => {}
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), "refused a connection from another user");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a connection without credentials");
+                return;
+            }
+        }
+        if let Err(e) = stream.set_nonblocking(false) {
+            tracing::warn!(error = %e, "cannot use the agent's connection");
+            return;
+        }
+        tracing::info!(
+            running = self.running.len(),
+            held_exits = self.held.len(),
+            "an agent connected"
+        );
+        self.attach(stream);
+    }
+
+    /// Reads and drops what a container wrote while no agent reads its log.
+    fn drain_stdio(&mut self, pid: i32, buf: &mut [u8]) {
+        let Some(c) = self.running.get_mut(&pid) else {
+            return;
+        };
+        let Some(mut f) = c.stdio.as_ref() else {
+            return;
+        };
+        loop {
+            match f.read(buf) {
+                Ok(0) => return,
+                Ok(n) => c.lost_output_bytes += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The running containers and held exits, for a new agent; the exits are its from now on.
+    fn adopt(&mut self, seq: u64) {
+        let running = self
+            .running
+            .iter_mut()
+            .map(|(&pid, c)| KeptContainer {
+                id: c.id.clone(),
+                pid: u32::try_from(pid).unwrap_or_default(),
+                started_ms: c.started_ms,
+                lost_output_bytes: std::mem::take(&mut c.lost_output_bytes),
+            })
+            .collect();
+        let reply = FromLauncher::Reply {
+            seq,
+            result: Ok(Reply::Adopted {
+                running,
+                exited: self.held.clone(),
+            }),
+        };
+        if self.send(&reply) {
+            self.held.clear();
+            self.adopted = true;
+        }
     }
 
     fn handle(&mut self, req: Request) -> io::Result<()> {
         let result = match req.body {
+            RequestBody::Adopt => {
+                self.adopt(req.seq);
+                return Ok(());
+            }
             RequestBody::Ping => Ok(Reply::Pong {
                 pid: std::process::id(),
             }),
@@ -261,7 +469,8 @@ impl Launcher {
         self.send(&FromLauncher::Reply {
             seq: req.seq,
             result,
-        })
+        });
+        Ok(())
     }
 
     /// Reaps every exited child and reports the container inits and execs among them.
@@ -285,10 +494,11 @@ impl Launcher {
         if let Some(exec) = self.execs.remove(&pid.as_raw()) {
             let seq = exec.seq;
             tracing::debug!(%pid, ?status, timed_out = exec.timed_out, "exec ended");
-            return self.send(&FromLauncher::Reply {
+            self.send(&FromLauncher::Reply {
                 seq,
                 result: Ok(exec.finish(status)),
             });
+            return Ok(());
         }
         let Some(child) = self.running.remove(&pid.as_raw()) else {
             return Ok(());
@@ -301,14 +511,24 @@ impl Launcher {
             .and_then(read_oom_kills)
             .is_some_and(|n| n > 0);
         tracing::debug!(id = %child.id, code, ?signal, oom_killed, "container exited");
-        self.send(&FromLauncher::Exited {
-            id: child.id,
-            exit: ExitInfo {
-                code,
-                signal,
-                oom_killed,
-            },
-        })
+        let exit = ExitInfo {
+            code,
+            signal,
+            oom_killed,
+        };
+        let msg = FromLauncher::Exited {
+            id: child.id.clone(),
+            exit,
+        };
+        if !(self.adopted && self.send(&msg)) {
+            self.held.push(HeldExit {
+                id: child.id,
+                pid: u32::try_from(pid.as_raw()).unwrap_or_default(),
+                started_ms: child.started_ms,
+                exit,
+            });
+        }
+        Ok(())
     }
 
     /// Blocks until `pid` (already sent SIGKILL) is reaped, reporting its exit.
@@ -387,6 +607,9 @@ impl Launcher {
             Running {
                 id: r.id.clone(),
                 oom_file: r.oom_file,
+                started_ms: wall_ms(),
+                stdio: hold_fifo(&r.stdio),
+                lost_output_bytes: 0,
             },
         );
         self.pids.insert(r.id, pid);
@@ -561,6 +784,25 @@ impl Launcher {
         }
         Ok(Reply::Done)
     }
+}
+
+/// Milliseconds since the epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The container's log FIFO opened read-write and non-blocking, held while it runs (`None`
+/// when `path` is not a FIFO: nothing to hold).
+fn hold_fifo(path: &Path) -> Option<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    f.metadata().ok()?.file_type().is_fifo().then_some(f)
 }
 
 /// Opens the caller's FIFO for writing. `O_NONBLOCK` makes a FIFO without a reader an error

@@ -45,7 +45,7 @@ mod spec;
 mod userns;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -168,6 +168,8 @@ pub enum RuntimeError {
     LauncherHandshake { exe: PathBuf, reason: String },
     #[error("the launcher process is gone")]
     LauncherGone,
+    #[error("the launcher at {path} answers but can't be used: {reason}")]
+    LauncherBusy { path: PathBuf, reason: String },
     #[error("launcher protocol: {source}")]
     Protocol { source: io::Error },
     #[error("task {task} has {containers} containers but {images} images were given")]
@@ -278,6 +280,180 @@ type Pending = HashMap<u64, oneshot::Sender<Result<Reply, Failure>>>;
 #[derive(Default)]
 struct Shared {
     pending: Mutex<Option<Pending>>,
+    /// Containers [`Runtime::cleanup_stale`] deletes: their exits (the launcher kept them
+    /// for an earlier agent) are not reported.
+    ignored_exits: Mutex<HashSet<String>>,
+}
+
+/// `tasks/{task}/task.json`: what a later agent needs to adopt the task.
+const TASK_RECORD: &str = "task.json";
+
+/// Largest task record read back (a task definition is bounded far below this).
+const MAX_TASK_RECORD: usize = 4 << 20;
+
+/// The definition and endpoints a task was prepared with.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskRecord {
+    pub def: TaskDefinition,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A container the launcher kept from an earlier agent ([`Runtime::adopt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptContainer {
+    pub task: Name,
+    pub container: Name,
+    /// Host pid of its init (reaped already when `exit` is set).
+    pub pid: u32,
+    /// Wall-clock start, ms since the epoch.
+    pub started_ms: u64,
+    /// It exited while no agent was connected.
+    pub exit: Option<ExitInfo>,
+    /// Output dropped while no agent read it.
+    pub lost_output_bytes: u64,
+}
+
+/// The launcher's socket in `run_dir`, where a restarted agent finds it.
+const LAUNCHER_SOCKET: &str = "launcher.sock";
+
+/// The launcher's cgroup below `cgroup_parent` (not a valid task name).
+const LAUNCHER_CGROUP: &str = ".launcher";
+
+/// How long a launcher that accepted a connection may take to greet.
+const GREETING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the agent runs in a systemd service's cgroup, which systemd kills whole when the
+/// service stops or its main process dies: the launcher must leave it to outlive the agent.
+/// (Elsewhere a `kill -9` of the agent kills the agent alone.)
+fn in_service_unit() -> bool {
+    fs::read_to_string("/proc/self/cgroup")
+        .is_ok_and(|c| c.lines().any(|l| l.trim_end().ends_with(".service")))
+}
+
+/// What answers at the launcher's socket.
+enum Found {
+    /// Nothing (no socket, or nobody listening).
+    Nothing,
+    /// A launcher of this version and protocol.
+    Ours(std::os::unix::net::UnixStream, u32),
+    /// Something else: another version (its greeting).
+    Other { pid: Option<u32>, greeting: String },
+    /// It accepted but did not greet: another agent holds it.
+    Busy(String),
+}
+
+fn find_launcher(path: &Path) -> Found {
+    use std::io::Read;
+    let Ok(s) = std::os::unix::net::UnixStream::connect(path) else {
+        return Found::Nothing;
+    };
+    let pid = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .and_then(|c| u32::try_from(c.pid()).ok());
+    if let Err(e) = s.set_read_timeout(Some(GREETING_TIMEOUT)) {
+        return Found::Busy(e.to_string());
+    }
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match (&s).read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) if line.len() < wire::MAX_GREETING => line.push(byte[0]),
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Found::Busy(format!(
+                    "it did not greet within {GREETING_TIMEOUT:?}: is another agent using \
+                     this run_dir?"
+                ))
+            }
+            Err(e) => {
+                return Found::Other {
+                    pid,
+                    greeting: format!("({e})"),
+                }
+            }
+        }
+    }
+    let text = format!("{}\n", String::from_utf8_lossy(&line));
+    match pid {
+        Some(pid) if text == wire::greeting() && s.set_read_timeout(None).is_ok() => {
+            if s.set_nonblocking(true).is_err() {
+                return Found::Nothing;
+            }
+            Found::Ours(s, pid)
+        }
+        _ => Found::Other {
+            pid,
+            greeting: text.trim_end().to_owned(),
+        },
+    }
+}
+
+/// Starts `exe __launcher` with one end of a socket pair as its stdin, and reads its greeting.
+fn spawn_launcher(
+    exe: &Path,
+    run_dir: &Path,
+    sock_path: &Path,
+) -> Result<(std::os::unix::net::UnixStream, u32), RuntimeError> {
+    use std::io::Read;
+    let spawn_err = |source| RuntimeError::LauncherSpawn {
+        exe: exe.to_path_buf(),
+        source,
+    };
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(io_err("create a socket pair for", exe))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__launcher")
+        .arg(run_dir.join("state"))
+        .arg(sock_path)
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .current_dir("/")
+        .env_clear();
+    if let Some(filter) = std::env::var_os("RUST_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let launcher_pid = child.id();
+    // Reap the launcher whenever it exits, independent of tokio: a runtime shutting down
+    // would cancel an async waiter and leave a zombie.
+    let waiter = std::thread::Builder::new()
+        .name("skiff-launcher-wait".into())
+        .spawn(move || match child.wait() {
+            Ok(status) => tracing::info!(%status, "launcher exited"),
+            Err(e) => tracing::warn!(error = %e, "cannot wait for the launcher"),
+        });
+    if let Err(e) = waiter {
+        tracing::warn!(error = %e, "cannot start the launcher's waiter thread");
+    }
+    // Close our copy of the launcher's end, or the launcher would never see end-of-file.
+    drop(cmd);
+    let handshake = |reason: String| RuntimeError::LauncherHandshake {
+        exe: exe.to_path_buf(),
+        reason,
+    };
+    ours.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(spawn_err)?;
+    let want = wire::greeting();
+    let mut got = vec![0u8; want.len()];
+    (&ours)
+        .read_exact(&mut got)
+        .map_err(|e| handshake(format!("no greeting: {e}")))?;
+    if got != want.as_bytes() {
+        return Err(handshake(format!(
+            "unexpected greeting {:?}",
+            String::from_utf8_lossy(&got)
+        )));
+    }
+    ours.set_read_timeout(None).map_err(spawn_err)?;
+    ours.set_nonblocking(true).map_err(spawn_err)?;
+    Ok((ours, launcher_pid))
 }
 
 struct Inner {
@@ -301,6 +477,8 @@ struct Inner {
     /// `RuntimeConfig::launcher_exe`, for `__userns`.
     exe: PathBuf,
     userns: Option<IdMap>,
+    /// What the launcher kept from an earlier agent, until [`Runtime::take_kept`].
+    kept: Mutex<Vec<KeptContainer>>,
 }
 
 /// Handle to the container runtime; cheap to clone, usable from many tokio tasks at once.
@@ -368,50 +546,72 @@ impl Runtime {
         let layout =
             CgroupLayout::detect().map_err(|source| RuntimeError::CgroupLayout { source })?;
 
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(io_err("create a socket pair for", &cfg.launcher_exe))?;
-        let mut cmd = Command::new(&cfg.launcher_exe);
-        cmd.arg("__launcher")
-            .arg(run_dir.join("state"))
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .current_dir("/")
-            .env_clear();
-        if let Some(filter) = std::env::var_os("RUST_LOG") {
-            cmd.env("RUST_LOG", filter);
-        }
-        let spawn_err = |source| RuntimeError::LauncherSpawn {
-            exe: cfg.launcher_exe.clone(),
-            source,
+        let sock_path = run_dir.join(LAUNCHER_SOCKET);
+        let (stream, launcher_pid) = match find_launcher(&sock_path) {
+            Found::Ours(stream, pid) => {
+                tracing::info!(pid, "the launcher of the previous agent is alive: adopting");
+                (stream, pid)
+            }
+            found => {
+                if let Found::Other { pid, greeting } = &found {
+                    tracing::warn!(
+                        pid,
+                        greeting,
+                        "a launcher of another version is running: stopping it; its \
+                         containers are cleaned up and restarted"
+                    );
+                    // A skiff launcher only, never this process.
+                    let ours = greeting.starts_with("skiff-launcher ");
+                    let me = std::process::id();
+                    let victim = pid.filter(|&p| ours && p != me && p > 1);
+                    if let Some(pid) = victim.and_then(|p| i32::try_from(p).ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                if let Found::Busy(reason) = found {
+                    return Err(RuntimeError::LauncherBusy {
+                        path: sock_path,
+                        reason,
+                    });
+                }
+                let _ = fs::remove_file(&sock_path);
+                let (stream, pid) = spawn_launcher(&cfg.launcher_exe, &run_dir, &sock_path)?;
+                let failed = if in_service_unit() {
+                    layout.move_process(&parent.join(LAUNCHER_CGROUP), pid)
+                } else {
+                    Vec::new()
+                };
+                if !failed.is_empty() {
+                    tracing::warn!(
+                        failed = ?failed,
+                        "cannot move the launcher out of the agent's cgroup: stopping the \
+                         agent's service may stop its containers"
+                    );
+                }
+                (stream, pid)
+            }
         };
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        let launcher_pid = child.id();
-        // Reap the launcher whenever it exits, independent of tokio: a runtime shutting down
-        // would cancel an async waiter and leave a zombie.
-        let waiter = std::thread::Builder::new()
-            .name("skiff-launcher-wait".into())
-            .spawn(move || match child.wait() {
-                Ok(status) => tracing::info!(%status, "launcher exited"),
-                Err(e) => tracing::warn!(error = %e, "cannot wait for the launcher"),
-            });
-        if let Err(e) = waiter {
-            tracing::warn!(error = %e, "cannot start the launcher's waiter thread");
-        }
-        // Close our copy of the launcher's end, or the launcher would never see end-of-file.
-        drop(cmd);
-        ours.set_nonblocking(true).map_err(spawn_err)?;
-        let stream = tokio::net::UnixStream::from_std(ours).map_err(spawn_err)?;
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(|source| {
+            RuntimeError::LauncherSpawn {
+                exe: cfg.launcher_exe.clone(),
+                source,
+            }
+        })?;
         let (rd, wr) = stream.into_split();
 
         let shared = Arc::new(Shared {
             pending: Mutex::new(Some(HashMap::new())),
+            ignored_exits: Mutex::new(HashSet::new()),
         });
         let (frames_tx, frames_rx) = mpsc::unbounded_channel();
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let (public_tx, public_rx) = mpsc::channel(64);
         tokio::spawn(write_loop(wr, frames_rx));
         tokio::spawn(read_loop(rd, shared.clone(), exit_tx));
+        // Ping first: an exit the launcher reports is held for the agent until `adopt`.
         tokio::spawn(forward_exits(exit_rx, public_tx));
 
         let rt = Runtime {
@@ -428,11 +628,18 @@ impl Runtime {
                 awsvpc: Mutex::new(None),
                 exe: cfg.launcher_exe.clone(),
                 userns: cfg.userns,
+                kept: Mutex::new(Vec::new()),
             }),
         };
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, rt.request(RequestBody::Ping));
         match handshake.await {
-            Ok(Ok(Ok(Reply::Pong { pid }))) if pid == launcher_pid => Ok((rt, public_rx)),
+            Ok(Ok(Ok(Reply::Pong { pid }))) if pid == launcher_pid => {
+                let kept = rt.fetch_kept().await?;
+                if let Ok(mut k) = rt.inner.kept.lock() {
+                    *k = kept;
+                }
+                Ok((rt, public_rx))
+            }
             other => Err(RuntimeError::LauncherHandshake {
                 exe: cfg.launcher_exe,
                 reason: match other {
@@ -637,16 +844,36 @@ impl Runtime {
     /// what it removed: `task/container` for each container, `task` for each other task
     /// leftover (prepared but never started, or partly removed).
     pub async fn cleanup_stale(&self) -> Result<Vec<String>, RuntimeError> {
+        self.cleanup_stale_keeping(&BTreeSet::new()).await
+    }
+
+    /// [`Runtime::cleanup_stale`], except for the tasks in `keep` (adopted: their containers,
+    /// files, cgroups and network stay as they are).
+    pub async fn cleanup_stale_keeping(
+        &self,
+        keep: &BTreeSet<Name>,
+    ) -> Result<Vec<String>, RuntimeError> {
         let mut removed = Vec::new();
         for id in self.state_ids(None)? {
+            let parsed = parse_container_id(&id);
+            if parsed.as_ref().is_some_and(|(t, _)| keep.contains(t)) {
+                continue;
+            }
+            if let Ok(mut ignored) = self.inner.shared.ignored_exits.lock() {
+                ignored.insert(id.clone());
+            }
             self.delete_container(&id).await?;
-            removed.push(match parse_container_id(&id) {
+            removed.push(match parsed {
                 Some((t, c)) => format!("{t}/{c}"),
                 None => id,
             });
         }
         let this = self.clone();
-        let tasks = blocking("stale task cleanup", move || this.cleanup_leftovers()).await??;
+        let keep_names: BTreeSet<String> = keep.iter().map(ToString::to_string).collect();
+        let tasks = blocking("stale task cleanup", move || {
+            this.cleanup_leftovers(&keep_names)
+        })
+        .await??;
         for t in tasks {
             if !removed
                 .iter()
@@ -667,7 +894,7 @@ impl Runtime {
     }
 
     /// Removes every task directory, network namespace and task cgroup; returns the task names.
-    fn cleanup_leftovers(&self) -> Result<Vec<String>, RuntimeError> {
+    fn cleanup_leftovers(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, RuntimeError> {
         let mut tasks = Vec::new();
         for sub in ["tasks", "netns"] {
             let dir = self.inner.run_dir.join(sub);
@@ -678,13 +905,21 @@ impl Runtime {
                 }
             }
         }
-        tasks.extend(self.inner.layout.children(&self.inner.parent));
+        // `.launcher` (the launcher's own cgroup) is not a task.
+        tasks.extend(
+            self.inner
+                .layout
+                .children(&self.inner.parent)
+                .into_iter()
+                .filter(|c| c.parse::<Name>().is_ok()),
+        );
         if let NetState::On(net) = self.net_state() {
             tasks.extend(net.allocated_tasks());
         }
         tasks.extend(awsvpc::allocated_tasks(&self.inner.run_dir));
         tasks.sort();
         tasks.dedup();
+        tasks.retain(|t| !keep.contains(t));
         for t in &tasks {
             self.remove_task_local(t)?;
         }
@@ -736,13 +971,107 @@ impl Runtime {
             }
             Err(e) => return Err(io_err("create", &task_dir)(e)),
         }
-        let res = self.prepare_inner(task, images);
+        let res = self
+            .prepare_inner(task, images)
+            .and_then(|endpoints| self.save_record(task, endpoints));
         if res.is_err() {
             if let Err(e) = self.remove_task_local(name) {
                 tracing::warn!(task = name, error = %e, "cleanup after a failed prepare");
             }
         }
         res
+    }
+
+    /// Writes what a later agent needs to adopt the task (its definition and endpoints) to
+    /// `tasks/{task}/task.json`.
+    fn save_record(
+        &self,
+        task: &TaskDefinition,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<Vec<Endpoint>, RuntimeError> {
+        let rec = TaskRecord {
+            def: task.clone(),
+            endpoints,
+        };
+        let path = self.task_dir(task.family.as_str()).join(TASK_RECORD);
+        let bytes = serde_json::to_vec(&rec).map_err(|e| RuntimeError::Io {
+            what: "encode",
+            path: path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+        fs::write(&path, bytes).map_err(io_err("write", &path))?;
+        Ok(rec.endpoints)
+    }
+
+    /// The definition and endpoints `task` was prepared with (by this agent or an earlier
+    /// one); `None` if there is no readable record.
+    pub fn task_record(&self, task: &Name) -> Option<TaskRecord> {
+        let path = self.task_dir(task.as_str()).join(TASK_RECORD);
+        let bytes = fs::read(&path).ok()?;
+        if bytes.len() > MAX_TASK_RECORD {
+            return None;
+        }
+        let rec: TaskRecord = serde_json::from_slice(&bytes).ok()?;
+        (rec.def.family == *task && rec.def.validate().is_ok()).then_some(rec)
+    }
+
+    /// What the launcher kept for this agent: containers started by an earlier agent that
+    /// are still running, and those that exited meanwhile (asked for by [`Runtime::start`];
+    /// the second call returns nothing).
+    pub fn take_kept(&self) -> Vec<KeptContainer> {
+        self.inner
+            .kept
+            .lock()
+            .map(|mut k| std::mem::take(&mut *k))
+            .unwrap_or_default()
+    }
+
+    /// Asks the launcher for what it kept ([`RequestBody::Adopt`]); it holds exits back until
+    /// then.
+    async fn fetch_kept(&self) -> Result<Vec<KeptContainer>, RuntimeError> {
+        let (running, exited) = match self.request(RequestBody::Adopt).await? {
+            Ok(Reply::Adopted { running, exited }) => (running, exited),
+            Ok(other) => {
+                return Err(RuntimeError::LauncherHandshake {
+                    exe: self.inner.exe.clone(),
+                    reason: format!("unexpected reply {other:?} to adopt"),
+                })
+            }
+            Err(f) => {
+                return Err(RuntimeError::LauncherHandshake {
+                    exe: self.inner.exe.clone(),
+                    reason: f.message,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for r in running {
+            match parse_container_id(&r.id) {
+                Some((task, container)) => out.push(KeptContainer {
+                    task,
+                    container,
+                    pid: r.pid,
+                    started_ms: r.started_ms,
+                    exit: None,
+                    lost_output_bytes: r.lost_output_bytes,
+                }),
+                None => tracing::warn!(id = r.id, "kept container that is not skiff's"),
+            }
+        }
+        for e in exited {
+            if let Some((task, container)) = parse_container_id(&e.id) {
+                out.push(KeptContainer {
+                    task,
+                    container,
+                    pid: e.pid,
+                    started_ms: e.started_ms,
+                    exit: Some(e.exit),
+                    lost_output_bytes: 0,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.task, &a.container).cmp(&(&b.task, &b.container)));
+        Ok(out)
     }
 
     fn prepare_inner(
@@ -1325,6 +1654,11 @@ async fn read_loop(
                 if let Some(tx) = tx {
                     let _ = tx.send(result);
                 }
+            }
+            Ok(Some(FromLauncher::Exited { id, exit }))
+                if shared.ignored_exits.lock().is_ok_and(|mut i| i.remove(&id)) =>
+            {
+                tracing::debug!(id, ?exit, "stale container removed");
             }
             Ok(Some(FromLauncher::Exited { id, exit })) => match parse_container_id(&id) {
                 Some((task, container)) => {

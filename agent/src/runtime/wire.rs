@@ -5,7 +5,12 @@
 //! `seq`, and sends [`FromLauncher::Exited`] on its own whenever a container's init exits.
 //! Replies need not come in request order: an [`RequestBody::Exec`] is answered when its
 //! process has ended, after replies to requests sent later.
-//! Both ends are the same binary, so the format only has to agree with itself.
+//!
+//! The launcher outlives an agent that dies (see `launcher.rs`): a restarted agent connects to
+//! its socket in `run_dir` and the launcher first writes [`greeting`], one line naming its
+//! version and this protocol's. Only an identical line lets the agent speak frames to it; an
+//! older launcher is stopped instead and its containers are cleaned up. The first request of
+//! every agent is [`RequestBody::Adopt`].
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -13,6 +18,20 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use skiff_proto::ExitInfo;
+
+/// Bumped whenever a frame changes shape.
+pub(crate) const WIRE_VERSION: u32 = 2;
+
+/// Longest greeting line an agent reads.
+pub(crate) const MAX_GREETING: usize = 128;
+
+/// The line a launcher writes first on every connection (`\n` included).
+pub(crate) fn greeting() -> String {
+    format!(
+        "skiff-launcher {} wire {WIRE_VERSION}\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
 
 /// Largest frame either side accepts.
 pub(crate) const MAX_FRAME: usize = 1 << 20;
@@ -36,6 +55,31 @@ pub(crate) enum RequestBody {
     /// Run a command in a running container; answered with [`Reply::ExecEnded`] once the
     /// process has ended (or was killed at its timeout).
     Exec(ExecRequest),
+    /// The agent's first request: answered with [`Reply::Adopted`], the containers this
+    /// launcher keeps (started for an earlier agent, or this one's: none yet) and the exits it
+    /// held while no agent was connected. Exits are held until this request, so none is lost
+    /// or reported twice.
+    Adopt,
+}
+
+/// A container the launcher keeps running, handed to a (new) agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeptContainer {
+    pub id: String,
+    pub pid: u32,
+    /// Wall-clock start, ms since the epoch (as the launcher's clock read it).
+    pub started_ms: u64,
+    /// Output the launcher read and dropped while no agent was connected.
+    pub lost_output_bytes: u64,
+}
+
+/// A container whose init exited while no agent was connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HeldExit {
+    pub id: String,
+    pub pid: u32,
+    pub started_ms: u64,
+    pub exit: ExitInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +133,10 @@ pub(crate) enum Reply {
         code: Option<i32>,
         timed_out: bool,
         output: Vec<u8>,
+    },
+    Adopted {
+        running: Vec<KeptContainer>,
+        exited: Vec<HeldExit>,
     },
 }
 

@@ -1,0 +1,130 @@
+//! Re-adoption: the launcher keeps containers running when its agent goes away, holds their
+//! log FIFOs and exits, and hands them to the next runtime started on the same `run_dir`.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+/// Drops a runtime and waits until its launcher has noticed (it accepts the next agent only
+/// then; until it does, a new runtime waits in the socket's backlog).
+async fn agent_gone(rt: Runtime) {
+    drop(rt);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn adopt_containers_outlive_their_agent_and_are_handed_to_the_next() {
+    if !root_or_skip("adopt_containers_outlive_their_agent_and_are_handed_to_the_next") {
+        return;
+    }
+    let fx = Fixture::new();
+    let (rt, _exits) = fx.runtime().await;
+    assert_eq!(rt.take_kept(), vec![], "a new launcher keeps nothing");
+    let launcher = rt.launcher_pid();
+    // One that keeps writing (no reader once the agent is gone: it must not die of SIGPIPE
+    // nor block), one that exits while no agent is there.
+    let chatty = task(
+        "chatty",
+        vec![container(
+            "c",
+            &["sh", "-c", "while true; do echo tick; sleep 0.05; done"],
+        )],
+        NetworkMode::None,
+    );
+    let brief = task(
+        "brief",
+        vec![container("c", &["sh", "-c", "sleep 1; exit 3"])],
+        NetworkMode::None,
+    );
+    let mut pids = Vec::new();
+    let mut readers = Vec::new();
+    for t in [&chatty, &brief] {
+        rt.prepare_task(t, &fx.images(1)).await.expect("prepare");
+        let (path, rx) = fx.fifo(t.family.as_str());
+        pids.push(
+            rt.start_container(&t.family, &t.containers[0].name, &path)
+                .await
+                .expect("start"),
+        );
+        readers.push(rx);
+    }
+    assert_eq!(
+        rt.task_record(&chatty.family).map(|r| r.def),
+        Some(chatty.clone())
+    );
+
+    // The agent dies: its socket and its ends of the FIFOs close.
+    drop(readers);
+    agent_gone(rt).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        Path::new(&format!("/proc/{launcher}")).exists(),
+        "the launcher stays"
+    );
+    assert!(
+        Path::new(&format!("/proc/{}", pids[0])).exists(),
+        "chatty runs on"
+    );
+
+    let (rt, mut exits) = fx.runtime().await;
+    assert_eq!(rt.launcher_pid(), launcher, "the same launcher, adopted");
+    let kept = rt.take_kept();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let (c, b) = (&kept[1], &kept[0]);
+    assert_eq!((c.task.as_str(), c.pid, c.exit), ("chatty", pids[0], None));
+    assert!(c.lost_output_bytes > 0, "output drained meanwhile: {c:?}");
+    assert_eq!((b.task.as_str(), b.pid), ("brief", pids[1]));
+    assert_eq!(b.exit.map(|e| e.code), Some(3), "held exit");
+    assert_eq!(rt.take_kept(), vec![], "handed over once");
+
+    // Cleaning up what the last agent left spares what is adopted.
+    let keep: BTreeSet<Name> = [chatty.family.clone()].into();
+    let removed = rt.cleanup_stale_keeping(&keep).await.expect("cleanup");
+    assert_eq!(removed, ["brief/c"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), exits.recv())
+            .await
+            .is_err(),
+        "no exit reported for the removed, already reported container"
+    );
+    // The adopted container is this runtime's now: signals reach it, its exit is reported.
+    rt.kill(&chatty.family, &chatty.containers[0].name, 9)
+        .await
+        .expect("kill");
+    let exit = next_exit(&mut exits).await;
+    assert_eq!((exit.task.as_str(), exit.exit.signal), ("chatty", Some(9)));
+    rt.remove_task(&chatty.family).await.expect("remove");
+    rt.remove_task(&brief.family).await.expect("remove");
+    assert!(fx.cgroup_dirs().iter().all(|d| !d.exists()));
+
+    // With nothing left to keep, the launcher goes with its agent; the next runtime starts a
+    // new one.
+    agent_gone(rt).await;
+    let (rt, _exits) = fx.runtime().await;
+    assert_ne!(rt.launcher_pid(), launcher);
+    assert_eq!(rt.take_kept(), vec![]);
+}
+
+#[tokio::test]
+async fn adopt_a_launcher_of_another_version_is_not_used_and_a_new_one_starts() {
+    if !root_or_skip("adopt_a_launcher_of_another_version_is_not_used_and_a_new_one_starts") {
+        return;
+    }
+    let fx = Fixture::new();
+    // Something that greets like a launcher of another version at the socket.
+    let sock = fx.run_dir().join("launcher.sock");
+    std::fs::create_dir_all(fx.run_dir()).expect("run dir");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let fake = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut s, _) = listener.accept().expect("accept");
+        s.write_all(b"skiff-launcher 0.0.1 wire 1\n")
+            .expect("greet");
+        s
+    });
+    let (rt, _exits) = fx.runtime().await;
+    let _conn = fake.join().expect("fake launcher");
+    assert_ne!(rt.launcher_pid(), std::process::id(), "a new launcher");
+    assert!(Path::new(&format!("/proc/{}", rt.launcher_pid())).exists());
+    assert_eq!(rt.take_kept(), vec![]);
+}
