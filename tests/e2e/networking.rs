@@ -1,9 +1,10 @@
 //! Task networking end to end. Bridge: a service of 2 busybox `httpd` tasks with a dynamic host
 //! port each, applied with `skiff ctl apply`; the node's status and events carry the endpoints,
-//! `skiff ctl endpoints` lists them, both host ports answer; after `kill -9` and a restart
-//! nothing of the old run is left on the bridge. awsvpc: `httpd` tasks on an emulated LAN (a
-//! veth pair to a namespace the test makes) reached at their own addresses, a full pool failing
-//! a task by name, no link left after `kill -9` + restart and after they stop. Each agent has a
+//! `skiff ctl endpoints` lists them, both host ports answer; after `kill -9` and a restart the
+//! tasks are adopted with their veths and host ports, and answer. awsvpc: `httpd` tasks on an
+//! emulated LAN (a veth pair to a namespace the test makes) reached at their own addresses, a
+//! full pool failing a task by name, adopted with their addresses after `kill -9` + restart, no
+//! link left after they stop. Each agent has a
 //! bridge, subnet, port range and LAN of its own; no traffic leaves the machine.
 
 use std::collections::BTreeMap;
@@ -165,19 +166,24 @@ fn a_bridge_service_publishes_endpoints_and_both_host_ports_answer() {
     }
     assert_eq!(veths(&bridge), 2);
 
-    // kill -9 and a restart: the old veths and mappings go, the service comes back.
+    // kill -9 and a restart: the tasks outlive the agent and are adopted, with their veths,
+    // addresses and host ports.
     agent.kill9();
-    agent.restart();
     sub.drain();
     sub.seen.clear();
-    let eps = sub.wait("the service back with endpoints", T, |t, m| match m {
+    agent.restart();
+    for (task, _) in &eps {
+        adopted(&mut sub, task);
+    }
+    let after = sub.wait("the service back with endpoints", T, |t, m| match m {
         Message::Status(s) if t == status_topic => endpoints_of(s),
         _ => None,
     });
-    for (task, e) in &eps {
+    assert_eq!(after, eps, "the same tasks, addresses and host ports");
+    for (task, e) in &after {
         answers(e.host_port, task);
     }
-    assert_eq!(veths(&bridge), 2, "only the new run's veths");
+    assert_eq!(veths(&bridge), 2, "the adopted tasks' veths, no other");
 
     // Removed: nothing left on the bridge.
     let out = agent.ctl(&broker, &["stop", "web", "--node", &agent.node]);
@@ -440,11 +446,13 @@ fn awsvpc_tasks_are_reached_at_their_own_lan_address_and_leave_nothing_behind() 
     let out = agent.ctl(&broker, &["stop", "lanc", "--node", &agent.node]);
     assert!(out.status.success(), "stop lanc failed");
 
-    // kill -9 and a restart: the old links go, each address has one holder again.
+    // kill -9 and a restart: both are adopted with their links; each address has one holder.
     agent.kill9();
-    agent.restart();
     sub.drain();
     sub.seen.clear();
+    agent.restart();
+    adopted(&mut sub, "lana");
+    adopted(&mut sub, "lanb");
     let eps = sub.wait("both back with endpoints", T, |t, m| match m {
         Message::Status(s) if t == status_topic => running_endpoints(s, &["lana", "lanb"]),
         _ => None,
@@ -537,7 +545,8 @@ fn a_remapped_bridge_task_answers_and_its_root_is_an_unprivileged_host_uid() {
     );
     let mut agent = Agent::start_with(&broker, "e2e-userns", "pi-1", &config);
     let status_topic = format!("skiff/v1/{}/nodes/{}/status", agent.cluster, agent.node);
-    let mut sub = Sub::start(&broker, &[&status_topic]);
+    let events = format!("skiff/v1/{}/nodes/{}/events", agent.cluster, agent.node);
+    let mut sub = Sub::start(&broker, &[&status_topic, &events]);
     let files = tempfile::tempdir().expect("tempdir");
     // The page: what the container's root is inside, and its id map.
     let serve = "mkdir -p /www && (id -u; cat /proc/self/uid_map) > /www/index.html && \
@@ -591,23 +600,34 @@ fn a_remapped_bridge_task_answers_and_its_root_is_an_unprivileged_host_uid() {
         "host uids of the task's httpd processes: {uids:?}, want {base}"
     );
 
-    // kill -9 and a restart: the old run's namespaces and mounts go, the task comes back
-    // remapped.
+    // kill -9 and a restart: the task is adopted, still remapped, on the same port.
     agent.kill9();
-    agent.restart();
     sub.drain();
     sub.seen.clear();
-    let port = running(&mut sub);
+    agent.restart();
+    adopted(&mut sub, "rmap.1");
+    assert_eq!(running(&mut sub), port, "adopted, not started again");
     answers(port, &format!(" {base} "));
-    // The old run's httpd is killed by the restart's clean-up; wait until only the new one is left.
-    crate::harness::wait_for("one httpd, remapped", T, || {
-        (host_uids_of(httpd) == [base]).then_some(())
-    });
+    let uids = host_uids_of(httpd);
+    assert!(
+        !uids.is_empty() && uids.iter().all(|u| *u == base),
+        "{uids:?}"
+    );
 
     let out = agent.ctl(&broker, &["stop", "rmap", "--node", &agent.node]);
     assert!(out.status.success(), "stop failed");
     let tasks = agent.run_dir().join("tasks");
     crate::harness::wait_for("no mount left below the run dir", T, || {
         (host_uids_of(httpd).is_empty() && mounts_below(&tasks).is_empty()).then_some(())
+    });
+}
+
+/// Waits for the event saying `task` was adopted by the restarted agent, nothing exited.
+fn adopted(sub: &mut Sub, task: &str) {
+    sub.wait(&format!("{task} adopted"), T, |_, m| match m {
+        Message::Event(ev) => matches!(&ev.body,
+            EventBody::TaskAdopted { task: t, exited: 0, .. } if t.as_str() == task)
+        .then_some(()),
+        _ => None,
     });
 }
