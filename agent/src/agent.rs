@@ -299,7 +299,15 @@ pub async fn run(
             .map(|ms| tokio::time::Instant::from_std(clock.instant(ms)));
         tokio::select! {
             () = &mut shutdown, if !stopping && !draining_to_exit => {
-                if cfg.stop_policy == StopPolicy::Drain {
+                if cfg.stop_policy == StopPolicy::Leave {
+                    notify.stopping("leaving every task running for the next agent");
+                    tracing::info!(
+                        tasks = core.active_tasks().len(),
+                        "SIGTERM: exiting and leaving the tasks running (stop_policy = \"leave\"); \
+                         the next agent adopts them"
+                    );
+                    break;
+                } else if cfg.stop_policy == StopPolicy::Drain {
                     draining_to_exit = true;
                     notify.stopping("draining: service tasks stop, batch tasks may finish");
                     tracing::info!("SIGTERM: draining before exit (stop_policy = \"drain\")");

@@ -196,6 +196,10 @@ pub enum StopPolicy {
     Stop,
     /// Drain (batch tasks may finish), then exit.
     Drain,
+    /// Exit and leave every task running: the launcher keeps the containers and the next
+    /// agent adopts them (an agent restart or upgrade of the same version without stopping
+    /// the workload, as Docker's live restore).
+    Leave,
 }
 
 /// Why a configuration can't be used. Exit code 78 (EX_CONFIG) in the binary.
@@ -556,6 +560,23 @@ mod tests {
         );
         assert_eq!(v.metrics_interval, Duration::from_secs(10));
         assert_eq!(v.stop_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn stop_policies_by_name() {
+        assert_eq!(parse("").expect("default").stop_policy, StopPolicy::Stop);
+        for (text, want) in [
+            ("stop", StopPolicy::Stop),
+            ("drain", StopPolicy::Drain),
+            ("leave", StopPolicy::Leave),
+        ] {
+            let v = parse(&format!("stop_policy = \"{text}\"")).expect(text);
+            assert_eq!(v.stop_policy, want);
+        }
+        let err = parse("stop_policy = \"keep\"")
+            .map(|_| ())
+            .expect_err("keep");
+        assert!(err.to_string().contains("stop_policy"), "{err}");
     }
 
     #[test]

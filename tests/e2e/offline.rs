@@ -402,3 +402,92 @@ fn a_full_data_disk_gives_a_clear_error_and_corrupts_nothing() {
     });
     assert_eq!(corrupt, 0, "no state file was corrupted");
 }
+
+#[test]
+fn with_stop_policy_leave_tasks_outlive_the_agent_and_a_job_ending_meanwhile_is_recorded_once() {
+    require_env!();
+    let broker = Broker::start();
+    let mut agent = Agent::start_with(&broker, "e2e-leave", "pi-1", "stop_policy = \"leave\"\n");
+    let mut sub = Sub::start(&broker, &["skiff/v1/e2e-leave/nodes/pi-1/#"]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let job = task_file(
+        files.path(),
+        "job",
+        r#"{"family":"job","restartPolicy":"never","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","sleep 3; exit 7"]}]}"#,
+    );
+    let svc = task_file(
+        files.path(),
+        "svc",
+        r#"{"family":"svc","restartPolicy":"always","containerDefinitions":[{"name":"main","image":"busybox","command":["sleep","1000"]}]}"#,
+    );
+    let out = agent.ctl(
+        &broker,
+        &[
+            "apply",
+            job.to_str().expect("utf8"),
+            svc.to_str().expect("utf8"),
+            "--node",
+            "pi-1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pids = sub.wait("both running", T, |_, m| {
+        let Message::Status(s) = m else { return None };
+        let pid = |n: &str| {
+            s.tasks
+                .iter()
+                .find(|t| t.name.as_str() == n && t.state == TaskState::Running)
+                .and_then(|t| t.containers[0].pid)
+        };
+        Some((pid("job")?, pid("svc")?))
+    });
+
+    // SIGTERM with stop_policy "leave": the agent exits at once, the tasks run on.
+    let st = agent.terminate().expect("exited");
+    assert!(st.success(), "{st:?}");
+    for pid in [pids.0, pids.1] {
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} left running"
+        );
+    }
+    assert_eq!(history_runs(&agent, "job"), 0, "nothing recorded yet");
+    // The job ends while no agent runs; its launcher keeps the exit.
+    wait_for("the job's end", T, || {
+        (!std::path::Path::new(&format!("/proc/{}", pids.0)).exists()).then_some(())
+    });
+    sub.drain();
+    sub.seen.clear();
+    agent.restart();
+    let status = sub.wait("svc adopted, job done", T, |_, m| {
+        let Message::Status(s) = m else { return None };
+        let task = |n: &str| s.tasks.iter().find(|t| t.name.as_str() == n);
+        let job = task("job").filter(|t| t.state == TaskState::Stopped)?;
+        let svc = task("svc").filter(|t| t.state == TaskState::Running)?;
+        Some((
+            job.last_exit.map(|e| e.code),
+            svc.containers[0].pid,
+            svc.restarts,
+        ))
+    });
+    assert_eq!(status, (Some(7), Some(pids.1), 0));
+    let out = Command::new(SKIFF)
+        .args(["history", "job", "--json", "--config"])
+        .arg(agent.config())
+        .output()
+        .expect("skiff history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "one run: {text}");
+    assert!(text.contains("\"code\":7"), "{text}");
+    sub.drain();
+    let started_again = sub.seen.iter().any(|(_, m)| {
+        matches!(m, Message::Event(e) if matches!(&e.body, EventBody::TaskStarting { .. }))
+    });
+    assert!(!started_again, "nothing was started again");
+    assert!(sub.seen.iter().any(|(_, m)| matches!(m, Message::Event(e)
+        if matches!(&e.body, EventBody::TaskAdopted { task, running: 0, exited: 1 } if task.as_str() == "job"))));
+}
