@@ -687,6 +687,21 @@ async fn cleanup_stale_removes_what_a_dead_launcher_left() {
         rt.cleanup_stale().await.expect("again"),
         Vec::<String>::new()
     );
+    // The same task started anew: its exit is reported (nothing of the removed run's is
+    // waiting to swallow it).
+    rt.prepare_task(&t, &fx.images(1))
+        .await
+        .expect("prepare again");
+    let (path, _rx2) = fx.fifo("left-again");
+    rt.start_container(&t.family, &t.containers[0].name, &path)
+        .await
+        .expect("start again");
+    rt.kill(&t.family, &t.containers[0].name, 9)
+        .await
+        .expect("kill");
+    let exit = next_exit(&mut exits).await;
+    assert_eq!((exit.task.as_str(), exit.exit.signal), ("left", Some(9)));
+    rt.remove_task(&t.family).await.expect("remove");
 }
 
 /// Starts a one-container task that stays up (`sleep 1000`); returns its task and container

@@ -479,6 +479,8 @@ struct Inner {
     userns: Option<IdMap>,
     /// What the launcher kept from an earlier agent, until [`Runtime::take_kept`].
     kept: Mutex<Vec<KeptContainer>>,
+    /// Ids of the kept containers that were running (children of the launcher).
+    kept_running: Mutex<HashSet<String>>,
 }
 
 /// Handle to the container runtime; cheap to clone, usable from many tokio tasks at once.
@@ -629,6 +631,7 @@ impl Runtime {
                 exe: cfg.launcher_exe.clone(),
                 userns: cfg.userns,
                 kept: Mutex::new(Vec::new()),
+                kept_running: Mutex::new(HashSet::new()),
             }),
         };
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, rt.request(RequestBody::Ping));
@@ -859,8 +862,17 @@ impl Runtime {
             if parsed.as_ref().is_some_and(|(t, _)| keep.contains(t)) {
                 continue;
             }
-            if let Ok(mut ignored) = self.inner.shared.ignored_exits.lock() {
-                ignored.insert(id.clone());
+            // A running child of this launcher reports its exit when deleted: not news. (Only
+            // those: an id ignored for nothing would swallow the exit of its next run.)
+            let running_child = self
+                .inner
+                .kept_running
+                .lock()
+                .is_ok_and(|mut k| k.remove(&id));
+            if running_child {
+                if let Ok(mut ignored) = self.inner.shared.ignored_exits.lock() {
+                    ignored.insert(id.clone());
+                }
             }
             self.delete_container(&id).await?;
             removed.push(match parsed {
@@ -1044,6 +1056,9 @@ impl Runtime {
                 })
             }
         };
+        if let Ok(mut k) = self.inner.kept_running.lock() {
+            *k = running.iter().map(|r| r.id.clone()).collect();
+        }
         let mut out = Vec::new();
         for r in running {
             match parse_container_id(&r.id) {
