@@ -12,6 +12,20 @@ use crate::require_env;
 
 const T: Duration = Duration::from_secs(30);
 
+/// `skiff ctl apply` of task files to node pi-1; must succeed.
+fn apply(agent: &Agent, broker: &Broker, files: &[&std::path::Path]) {
+    let mut args = vec!["apply".to_owned()];
+    args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+    args.extend(["--node".to_owned(), "pi-1".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = agent.ctl(broker, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn local_log(agent: &Agent, task: &str) -> String {
     let out = Command::new(SKIFF)
         .args(["logs", task, "--config"])
@@ -39,21 +53,7 @@ fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_re
         "svc",
         r#"{"family":"svc","restartPolicy":"always","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo svc up; while true; do echo beat; sleep 0.2; done"]}]}"#,
     );
-    let out = agent.ctl(
-        &broker,
-        &[
-            "apply",
-            job.to_str().expect("utf8"),
-            svc.to_str().expect("utf8"),
-            "--node",
-            "pi-1",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply(&agent, &broker, &[&job, &svc]);
     let svc_pid = sub.wait("job done and svc running", T, |_, m| {
         let Message::Status(s) = m else { return None };
         let task = |n: &str| s.tasks.iter().find(|t| t.name.as_str() == n);
@@ -420,21 +420,7 @@ fn with_stop_policy_leave_tasks_outlive_the_agent_and_a_job_ending_meanwhile_is_
         "svc",
         r#"{"family":"svc","restartPolicy":"always","containerDefinitions":[{"name":"main","image":"busybox","command":["sleep","1000"]}]}"#,
     );
-    let out = agent.ctl(
-        &broker,
-        &[
-            "apply",
-            job.to_str().expect("utf8"),
-            svc.to_str().expect("utf8"),
-            "--node",
-            "pi-1",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply(&agent, &broker, &[&job, &svc]);
     let pids = sub.wait("both running", T, |_, m| {
         let Message::Status(s) = m else { return None };
         let pid = |n: &str| {

@@ -26,26 +26,10 @@ use skiff_proto::{DesiredState, Name, NodeState, RestartPolicy, TaskDefinition, 
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{launcher_of, start_broker, write_bytes, Kill as Proc, Res};
+use common::{launcher_in, launcher_of, start_broker, write_bytes, Kill as Proc, Res};
 
 fn agent_writes(agent: u32) -> u64 {
     write_bytes(agent) + launcher_of(agent).map_or(0, write_bytes)
-}
-
-/// The launcher serving `run_dir`, whoever its parent is.
-fn launcher_in(run_dir: &Path) -> Option<u32> {
-    let want = run_dir.join("state");
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(Result::ok)
-        .find_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-            (args.get(1) == Some(&&b"__launcher"[..])
-                && args.get(2) == Some(&want.as_os_str().as_encoded_bytes()))
-            .then_some(pid)
-        })
 }
 
 fn service(i: usize) -> Res<TaskDefinition> {

@@ -168,24 +168,44 @@ pub fn write_bytes(pid: u32) -> u64 {
     proc_number(pid, "io", "write_bytes:")
 }
 
-/// The agent's launcher: its child running `__launcher`.
-pub fn launcher_of(agent: u32) -> Option<u32> {
+/// The first process (by pid) for which `pick(pid)` holds.
+fn find_process(pick: impl Fn(u32) -> Option<()>) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .filter_map(Result::ok)
         .find_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid: u32 = stat
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
-            (ppid == agent && cmd.contains("__launcher")).then_some(pid)
+            pick(pid).map(|()| pid)
         })
+}
+
+/// The agent's launcher: its child running `__launcher`.
+pub fn launcher_of(agent: u32) -> Option<u32> {
+    find_process(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == agent && cmd.contains("__launcher")).then_some(())
+    })
+}
+
+/// The launcher serving `run_dir`, whoever its parent is (after an adoption it is not the
+/// agent's child).
+pub fn launcher_in(run_dir: &Path) -> Option<u32> {
+    let want = run_dir.join("state");
+    find_process(|pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        (args.get(1) == Some(&&b"__launcher"[..])
+            && args.get(2) == Some(&want.as_os_str().as_encoded_bytes()))
+        .then_some(())
+    })
 }
 
 pub fn size_mib(p: &Path) -> String {
