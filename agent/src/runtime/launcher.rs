@@ -23,8 +23,10 @@
 //! full pipe or dies of `SIGPIPE`), holds their exits, and waits on its socket in `run_dir`
 //! for the next agent. That agent reads the greeting (`wire::greeting`), sends
 //! `RequestBody::Adopt` and gets the running containers and the held exits: it re-adopts the
-//! tasks instead of restarting them. A launcher without containers or held exits exits when
-//! its agent goes, as does one that could not make its socket.
+//! tasks instead of restarting them. An exit already sent to the agent counts as handled only
+//! once the agent starts or deletes that container: if the agent dies before, the exit is held
+//! for the next one too. A launcher without containers or held exits exits when its agent
+//! goes, as does one that could not make its socket.
 
 // The one unsafe call resets SIGPIPE in a container's init right before execve; see
 // `SkiffExecutor::exec`.
@@ -179,6 +181,7 @@ fn run(state_dir: PathBuf, sock_path: Option<PathBuf>) -> io::Result<()> {
         reaped: HashSet::new(),
         execs: HashMap::new(),
         held: Vec::new(),
+        sent: HashMap::new(),
     };
     launcher.attach(sock);
     crate::memtrim::release_startup_pages(); // idle from here on (memtrim.rs; issue 7)
@@ -311,6 +314,10 @@ struct Launcher {
     listener: Option<UnixListener>,
     /// Exits of containers reaped while no agent had adopted them.
     held: Vec<HeldExit>,
+    /// Exits sent to the agent that it has not acted on yet (no `Start` or `Delete` of the
+    /// container since): held again if the agent goes, so an exit it died before handling
+    /// reaches the next agent instead of being lost.
+    sent: HashMap<String, HeldExit>,
     /// libcontainer's root directory.
     state_dir: PathBuf,
     /// Unreaped container inits by pid.
@@ -353,6 +360,7 @@ impl Launcher {
             return;
         }
         self.adopted = false;
+        self.held.extend(self.sent.drain().map(|(_, e)| e));
         // Execs answer to the agent that asked: their ends are not reported.
         tracing::info!(
             running = self.running.len(),
@@ -457,9 +465,17 @@ impl Launcher {
             RequestBody::Ping => Ok(Reply::Pong {
                 pid: std::process::id(),
             }),
-            RequestBody::Start(start) => self.start(start),
+            RequestBody::Start(start) => {
+                self.sent.remove(&start.id);
+                self.start(start)
+            }
             RequestBody::Kill { id, signal } => self.kill(&id, signal),
-            RequestBody::Delete { id } => self.delete(&id),
+            RequestBody::Delete { id } => {
+                // After: deleting a running container reports its exit first.
+                let r = self.delete(&id);
+                self.sent.remove(&id);
+                r
+            }
             RequestBody::Exec(exec) => match self.exec(req.seq, exec) {
                 // Answered when its process ends.
                 Ok(()) => return Ok(()),
@@ -520,13 +536,16 @@ impl Launcher {
             id: child.id.clone(),
             exit,
         };
-        if !(self.adopted && self.send(&msg)) {
-            self.held.push(HeldExit {
-                id: child.id,
-                pid: u32::try_from(pid.as_raw()).unwrap_or_default(),
-                started_ms: child.started_ms,
-                exit,
-            });
+        let held = HeldExit {
+            id: child.id,
+            pid: u32::try_from(pid.as_raw()).unwrap_or_default(),
+            started_ms: child.started_ms,
+            exit,
+        };
+        if self.adopted && self.send(&msg) {
+            self.sent.insert(held.id.clone(), held);
+        } else {
+            self.held.push(held);
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ async fn adopt_containers_outlive_their_agent_and_are_handed_to_the_next() {
         return;
     }
     let fx = Fixture::new();
-    let (rt, _exits) = fx.runtime().await;
+    let (rt, mut first_exits) = fx.runtime().await;
     assert_eq!(rt.take_kept(), vec![], "a new launcher keeps nothing");
     let launcher = rt.launcher_pid();
     // One that keeps writing (no reader once the agent is gone: it must not die of SIGPIPE
@@ -36,9 +36,15 @@ async fn adopt_containers_outlive_their_agent_and_are_handed_to_the_next() {
         vec![container("c", &["sh", "-c", "sleep 1; exit 3"])],
         NetworkMode::None,
     );
+    // And one whose exit reaches this agent, which dies before acting on it.
+    let quick = task(
+        "quick",
+        vec![container("c", &["sh", "-c", "exit 5"])],
+        NetworkMode::None,
+    );
     let mut pids = Vec::new();
     let mut readers = Vec::new();
-    for t in [&chatty, &brief] {
+    for t in [&chatty, &brief, &quick] {
         rt.prepare_task(t, &fx.images(1)).await.expect("prepare");
         let (path, rx) = fx.fifo(t.family.as_str());
         pids.push(
@@ -52,6 +58,9 @@ async fn adopt_containers_outlive_their_agent_and_are_handed_to_the_next() {
         rt.task_record(&chatty.family).map(|r| r.def),
         Some(chatty.clone())
     );
+
+    let exit = next_exit(&mut first_exits).await;
+    assert_eq!((exit.task.as_str(), exit.exit.code), ("quick", 5));
 
     // The agent dies: its socket and its ends of the FIFOs close.
     drop(readers);
@@ -69,8 +78,13 @@ async fn adopt_containers_outlive_their_agent_and_are_handed_to_the_next() {
     let (rt, mut exits) = fx.runtime().await;
     assert_eq!(rt.launcher_pid(), launcher, "the same launcher, adopted");
     let kept = rt.take_kept();
-    assert_eq!(kept.len(), 2, "{kept:?}");
-    let (c, b) = (&kept[1], &kept[0]);
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    let (b, c, q) = (&kept[0], &kept[1], &kept[2]);
+    assert_eq!(
+        (q.task.as_str(), q.pid, q.exit.map(|e| e.code)),
+        ("quick", pids[2], Some(5)),
+        "an exit the dead agent had not acted on is handed over again"
+    );
     assert_eq!((c.task.as_str(), c.pid, c.exit), ("chatty", pids[0], None));
     assert!(c.lost_output_bytes > 0, "output drained meanwhile: {c:?}");
     assert_eq!((b.task.as_str(), b.pid), ("brief", pids[1]));
@@ -80,7 +94,7 @@ async fn adopt_containers_outlive_their_agent_and_are_handed_to_the_next() {
     // Cleaning up what the last agent left spares what is adopted.
     let keep: BTreeSet<Name> = [chatty.family.clone()].into();
     let removed = rt.cleanup_stale_keeping(&keep).await.expect("cleanup");
-    assert_eq!(removed, ["brief/c"]);
+    assert_eq!(removed, ["brief/c", "quick/c"]);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), exits.recv())
             .await
@@ -95,6 +109,7 @@ async fn adopt_containers_outlive_their_agent_and_are_handed_to_the_next() {
     assert_eq!((exit.task.as_str(), exit.exit.signal), ("chatty", Some(9)));
     rt.remove_task(&chatty.family).await.expect("remove");
     rt.remove_task(&brief.family).await.expect("remove");
+    rt.remove_task(&quick.family).await.expect("remove");
     assert!(fx.cgroup_dirs().iter().all(|d| !d.exists()));
 
     // With nothing left to keep, the launcher goes with its agent; the next runtime starts a
