@@ -285,8 +285,8 @@ struct Shared {
     ignored_exits: Mutex<HashSet<String>>,
 }
 
-/// `tasks/{task}/task.json`: what a later agent needs to adopt the task.
-const TASK_RECORD: &str = "task.json";
+/// `tasks/{task}/task.rec` (postcard): what a later agent needs to adopt the task.
+const TASK_RECORD: &str = "task.rec";
 
 /// Largest task record read back (a task definition is bounded far below this).
 const MAX_TASK_RECORD: usize = 4 << 20;
@@ -995,7 +995,7 @@ impl Runtime {
     }
 
     /// Writes what a later agent needs to adopt the task (its definition and endpoints) to
-    /// `tasks/{task}/task.json`.
+    /// `tasks/{task}/task.rec`.
     fn save_record(
         &self,
         task: &TaskDefinition,
@@ -1006,7 +1006,9 @@ impl Runtime {
             endpoints,
         };
         let path = self.task_dir(task.family.as_str()).join(TASK_RECORD);
-        let bytes = serde_json::to_vec(&rec).map_err(|e| RuntimeError::Io {
+        // postcard with the flavours the protocol codec uses: the definition's (de)serializer
+        // code is shared with it rather than added to the binary.
+        let bytes = postcard::to_extend(&rec, Vec::new()).map_err(|e| RuntimeError::Io {
             what: "encode",
             path: path.clone(),
             source: io::Error::new(io::ErrorKind::InvalidData, e),
@@ -1023,7 +1025,10 @@ impl Runtime {
         if bytes.len() > MAX_TASK_RECORD {
             return None;
         }
-        let rec: TaskRecord = serde_json::from_slice(&bytes).ok()?;
+        let (rec, rest) = postcard::take_from_bytes::<TaskRecord>(&bytes).ok()?;
+        if !rest.is_empty() {
+            return None;
+        }
         (rec.def.family == *task && rec.def.validate().is_ok()).then_some(rec)
     }
 
