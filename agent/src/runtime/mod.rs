@@ -6,7 +6,8 @@
 //!   blocking threads; creating, signalling and deleting containers and running execs is sent
 //!   to the launcher.
 //! - `launcher`: the single-threaded `skiff __launcher` process that calls libcontainer (it
-//!   clones, which is only safe from a single-threaded process) and reports exits.
+//!   clones, which is only safe from a single-threaded process), reports exits, and outlives a
+//!   dead agent with its containers until the next one adopts them.
 //! - `exec`: health-check primitives: [`Runtime::exec`] runs a command inside a running
 //!   container (a libcontainer tenant the launcher clones, times out and reaps; its reply
 //!   comes when the command ends) and [`Runtime::tcp_check`] connects to a port inside a
@@ -484,8 +485,8 @@ struct Inner {
 }
 
 /// Handle to the container runtime; cheap to clone, usable from many tokio tasks at once.
-/// Dropping the last clone closes the launcher's socket: the launcher exits and leaves
-/// containers running (the next start's [`Runtime::cleanup_stale`] removes them).
+/// Dropping the last clone closes the launcher's socket: a launcher with containers keeps them
+/// for the next runtime on the same `run_dir` ([`Runtime::take_kept`]), one without exits.
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
@@ -613,7 +614,6 @@ impl Runtime {
         let (public_tx, public_rx) = mpsc::channel(64);
         tokio::spawn(write_loop(wr, frames_rx));
         tokio::spawn(read_loop(rd, shared.clone(), exit_tx));
-        // Ping first: an exit the launcher reports is held for the agent until `adopt`.
         tokio::spawn(forward_exits(exit_rx, public_tx));
 
         let rt = Runtime {
@@ -637,7 +637,13 @@ impl Runtime {
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, rt.request(RequestBody::Ping));
         match handshake.await {
             Ok(Ok(Ok(Reply::Pong { pid }))) if pid == launcher_pid => {
-                let kept = rt.fetch_kept().await?;
+                // Then `Adopt` at once: the launcher holds every exit back until it.
+                let kept = tokio::time::timeout(HANDSHAKE_TIMEOUT, rt.fetch_kept())
+                    .await
+                    .map_err(|_| RuntimeError::LauncherHandshake {
+                        exe: cfg.launcher_exe.clone(),
+                        reason: format!("no answer to adopt within {HANDSHAKE_TIMEOUT:?}"),
+                    })??;
                 if let Ok(mut k) = rt.inner.kept.lock() {
                     *k = kept;
                 }
