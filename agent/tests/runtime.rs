@@ -156,6 +156,33 @@ impl Drop for Fixture {
         if std::thread::panicking() && nix::unistd::geteuid().is_root() {
             self.cleanup_after_panic();
         }
+        kill_launcher(&self.run_dir());
+    }
+}
+
+/// Kills the launcher serving `run_dir`: it outlives an agent that was killed while it kept
+/// containers, and would wait for the next agent forever.
+fn kill_launcher(run_dir: &Path) {
+    let want = run_dir.join("state");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.get(1) == Some(&&b"__launcher"[..])
+            && args.get(2) == Some(&want.as_os_str().as_encoded_bytes())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

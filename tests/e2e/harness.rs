@@ -518,6 +518,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.terminate();
+        kill_launcher(&self.run_dir());
         // Whatever a killed agent or a failed test left: kill the processes in our cgroups,
         // remove the cgroups, unmount what is mounted under our directory.
         let mut roots = vec![PathBuf::from("/sys/fs/cgroup").join(&self.cgroup_parent)];
@@ -547,6 +548,32 @@ impl Drop for Agent {
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
             let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Kills the launcher serving `run_dir`: it outlives an agent that was killed while it kept
+/// containers, and would wait for the next agent forever.
+fn kill_launcher(run_dir: &Path) {
+    let want = run_dir.join("state");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.get(1) == Some(&&b"__launcher"[..])
+            && args.get(2) == Some(&want.as_os_str().as_encoded_bytes())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
