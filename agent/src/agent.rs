@@ -100,17 +100,17 @@ pub async fn run(
             tracing::error!("{e}");
         }
     }
-    // Containers that outlived the previous agent (kept by its launcher) are taken over;
-    // everything else it left is removed.
-    let adopted = adopted_tasks(&runtime, runtime.take_kept());
+    let state_dir = cfg.data_dir.join("state");
+    let state = StateStore::open(state_dir).map_err(AgentError::State)?;
+    let saved = state.load();
+    // Containers that outlived the previous agent (kept by its launcher) and runs it ended
+    // without saving are taken over; everything else it left is removed.
+    let adopted = adopted_tasks(&runtime, runtime.take_kept(), &state);
     let keep: BTreeSet<Name> = adopted.iter().map(|a| a.def.family.clone()).collect();
     let stale = runtime.cleanup_stale_keeping(&keep).await?;
     if !stale.is_empty() {
         tracing::warn!(containers = ?stale, "removed containers left by a previous run");
     }
-    let state_dir = cfg.data_dir.join("state");
-    let state = StateStore::open(state_dir).map_err(AgentError::State)?;
-    let saved = state.load();
     let logs_dir = cfg.run_dir.join("logs");
     let logs =
         Logs::new(logs_dir.clone(), cfg.log_limit_bytes).map_err(|source| AgentError::Io {
@@ -430,16 +430,28 @@ pub async fn run(
 /// The tasks the launcher kept from the previous agent that can be taken over: every container
 /// kept, a readable record of what the task was prepared with, and all of its containers
 /// without `dependsOn` among them. The others are left to `cleanup_stale` (and started again
-/// from desired state), with a warning saying why.
+/// from desired state), with a warning saying why. A run the previous agent ended (its
+/// containers being deleted) but did not save is taken over as it ended, whatever the
+/// launcher still holds of it.
 fn adopted_tasks(
     runtime: &Runtime,
     kept: Vec<crate::runtime::KeptContainer>,
+    state: &StateStore,
 ) -> Vec<crate::core::AdoptedTask> {
     let mut by_task: BTreeMap<Name, Vec<crate::runtime::KeptContainer>> = BTreeMap::new();
     for k in kept {
         by_task.entry(k.task.clone()).or_default().push(k);
     }
     let mut out = Vec::new();
+    for ended in runtime.ended_runs() {
+        let task = ended.task.def.family.clone();
+        by_task.remove(&task);
+        if ended.run.saved_in(&state.history(&task, 8)) {
+            continue; // saved: its record is removed with the leftovers
+        }
+        tracing::info!(%task, "taking over a run the previous agent ended without saving it");
+        out.push(ended.run.adopted(ended.task.def, ended.task.endpoints));
+    }
     for (task, kept) in by_task {
         let Some(rec) = runtime.task_record(&task) else {
             tracing::warn!(%task, "cannot adopt: no readable record of the task; it is cleaned up and started again");
@@ -500,9 +512,10 @@ fn queue_capacity(q: &crate::config::QueueConfig, size: &NodeResources) -> crate
     }
 }
 
-/// Test hook for the crash windows of the cluster queue: with `SKIFF_TEST_CRASH_AT` set to
-/// `queue-receive` (an offer arrived, nothing decided) or `queue-decided` (decided and saved,
-/// not yet acknowledged to the broker) the agent aborts there, as a power cut would stop it.
+/// Test hook for crash windows: with `SKIFF_TEST_CRASH_AT` set to `queue-receive` (an offer
+/// of the cluster queue arrived, nothing decided), `queue-decided` (decided and saved, not yet
+/// acknowledged to the broker) or `task-removed` (a task's containers deleted, its run not
+/// yet saved) the agent aborts there, as a power cut would stop it.
 fn crash_point(at: &str) {
     if std::env::var_os("SKIFF_TEST_CRASH_AT").is_some_and(|v| v == at) {
         tracing::error!(at, "SKIFF_TEST_CRASH_AT: aborting");
@@ -830,6 +843,12 @@ impl Output {
                     | Action::SaveQueue(_)
             )
         });
+        // A run goes to the history last: an ended run found there is saved in full
+        // (`EndedRun::saved_in`).
+        let (runs, mut saves): (Vec<Action>, Vec<Action>) = saves
+            .into_iter()
+            .partition(|a| matches!(a, Action::RecordRun(_)));
+        saves.extend(runs);
         for save in saves {
             let result = match &save {
                 Action::SaveDesired { scope, doc } => shells.state.save_desired(*scope, doc),
@@ -869,7 +888,12 @@ impl Output {
                     container,
                     signal,
                 } => shells.signal(task, container, signal),
-                Action::RemoveTask { task } => shells.remove_task(task),
+                Action::RemoveTask { task, ended } => shells.remove_task(task, ended),
+                Action::ForgetTask { task } => {
+                    if let Err(e) = shells.runtime.forget_ended(&task) {
+                        tracing::warn!(%task, error = %e, "cannot drop the record of its ended run");
+                    }
+                }
                 Action::HealthCheck {
                     task,
                     container,
@@ -1443,8 +1467,13 @@ impl Shells {
         });
     }
 
-    fn remove_task(&self, task: Name) {
+    fn remove_task(&self, task: Name, ended: Option<crate::core::EndedRun>) {
         self.secrets.forget(&task);
+        if let Some(run) = &ended {
+            if let Err(e) = self.runtime.keep_ended(&task, run) {
+                tracing::warn!(%task, error = %e, "cannot keep its ended run until it is saved");
+            }
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let error = me
@@ -1453,6 +1482,7 @@ impl Shells {
                 .await
                 .err()
                 .map(|e| e.to_string());
+            crash_point("task-removed");
             me.send(Event::TaskRemoved { task, error });
         });
     }

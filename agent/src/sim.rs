@@ -621,7 +621,7 @@ fn perform(
                 container,
                 signal,
             } => fake.signal(task, container, signal, pending),
-            Action::RemoveTask { task } => {
+            Action::RemoveTask { task, .. } => {
                 fake.remove_task(&task);
                 pending.push_back(Event::TaskRemoved { task, error: None });
             }
@@ -638,7 +638,8 @@ fn perform(
             | Action::RecordRun(_)
             | Action::SaveServices(_)
             | Action::SaveTrust(_)
-            | Action::SaveQueue(_) => {}
+            | Action::SaveQueue(_)
+            | Action::ForgetTask { .. } => {}
         }
     }
 }

@@ -471,3 +471,71 @@ fn with_stop_policy_leave_tasks_outlive_the_agent_and_a_job_ending_meanwhile_is_
     assert!(sub.seen.iter().any(|(_, m)| matches!(m, Message::Event(e)
         if matches!(&e.body, EventBody::TaskAdopted { task, running: 0, exited: 1 } if task.as_str() == "job"))));
 }
+
+#[test]
+fn a_job_whose_containers_were_deleted_before_its_run_was_saved_does_not_run_again() {
+    require_env!();
+    let broker = Broker::start();
+    let mut agent = Agent::start(&broker, "e2e-ended", "pi-1");
+    // The agent aborts right after deleting a task's containers, before the run is saved
+    // (as a power cut there would stop it, with the run dir on tmpfs surviving a crash).
+    agent.kill9();
+    agent.restart_with_env(&[("SKIFF_TEST_CRASH_AT", "task-removed")]);
+    let mut sub = Sub::start(&broker, &["skiff/v1/e2e-ended/nodes/pi-1/#"]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let job = task_file(
+        files.path(),
+        "job",
+        r#"{"family":"job","restartPolicy":"never","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo job ran; exit 4"]}],"batch":{"completions":1,"retries":0}}"#,
+    );
+    apply(&agent, &broker, &[&job]);
+    let st = wait_for("the agent to abort at the hook", T, || agent.exited());
+    assert!(!st.success(), "{st:?}");
+    assert!(
+        agent
+            .stderr
+            .lock()
+            .is_ok_and(|s| s.contains("SKIFF_TEST_CRASH_AT: aborting")),
+        "aborted by the hook"
+    );
+    assert_eq!(history_runs(&agent, "job"), 0, "the run was not saved");
+    let ended = agent.run_dir().join("ended/job");
+    assert!(ended.exists(), "{} kept", ended.display());
+
+    sub.drain();
+    sub.seen.clear();
+    agent.restart();
+    let exit = sub.wait("the job's end replayed", T, |_, m| {
+        let Message::Status(s) = m else { return None };
+        let job = s
+            .tasks
+            .iter()
+            .find(|t| t.name.as_str() == "job" && t.state == TaskState::Failed)?;
+        Some(job.last_exit.map(|e| e.code))
+    });
+    assert_eq!(exit, Some(4));
+    assert_eq!(
+        local_log(&agent, "job").matches("job ran").count(),
+        1,
+        "the job must not run twice"
+    );
+    let out = Command::new(SKIFF)
+        .args(["history", "job", "--json", "--config"])
+        .arg(agent.config())
+        .output()
+        .expect("skiff history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "one run: {text}");
+    assert!(text.contains("\"code\":4"), "{text}");
+    wait_for("the ended run's record dropped once saved", T, || {
+        (!ended.exists()).then_some(())
+    });
+    sub.drain();
+    assert!(
+        !sub.seen.iter().any(|(_, m)| matches!(m, Message::Event(e)
+            if matches!(&e.body, EventBody::TaskStarting { .. }))),
+        "nothing was started again"
+    );
+    assert!(sub.seen.iter().any(|(_, m)| matches!(m, Message::Event(e)
+        if matches!(&e.body, EventBody::TaskAdopted { task, running: 0, exited: 1 } if task.as_str() == "job"))));
+}

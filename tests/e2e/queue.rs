@@ -78,6 +78,20 @@ fn seen(sub: &mut Sub) -> Seen {
     s
 }
 
+/// [`seen`] once the subscriber has the end of each of `ids` (the console saw the last one
+/// end; the independent subscriber may get it a moment later).
+fn seen_finished(sub: &mut Sub, ids: &[String]) -> Seen {
+    for id in ids {
+        sub.wait(&format!("{id} finished"), T, |_, m| match m {
+            Message::Event(e) => matches!(&e.body,
+                EventBody::QueueFinished { request, .. } if request.to_string() == *id)
+            .then_some(()),
+            _ => None,
+        });
+    }
+    seen(sub)
+}
+
 /// The copy ids `skiff ctl run` printed (`offered N copies of F to cluster C (id, id...)`).
 fn offered_ids(stdout: &str) -> Vec<String> {
     let line = stdout
@@ -135,7 +149,7 @@ fn each_copy_runs_once_and_a_full_node_hands_back() {
     assert!(stdout.contains("ran on "), "{stdout}");
 
     // Independently of the console: what the agents published, and what they recorded.
-    let s = seen(&mut sub);
+    let s = seen_finished(&mut sub, &ids);
     for id in &ids {
         let claimers = s.claimed.get(id).cloned().unwrap_or_default();
         assert_eq!(claimers.len(), 1, "{id} claimed by {claimers:?}");
@@ -226,7 +240,7 @@ fn crash_mid_offer(crash_at: &str, cluster: &str) {
     assert!(out.status.success(), "every copy ran: {stdout}");
     let ids = offered_ids(&stdout);
     assert_eq!(ids.len(), 4);
-    let s = seen(&mut sub);
+    let s = seen_finished(&mut sub, &ids);
     let mut victim_ran = 0;
     for id in &ids {
         let claimers = s.claimed.get(id).cloned().unwrap_or_default();

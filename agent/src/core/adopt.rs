@@ -16,9 +16,17 @@
 //!
 //! A scheduled task's running firing counts as fired at its start (no second firing for
 //! it); a batch job's progress comes from the saved finished record.
+//!
+//! A run that ended is saved when its task is removed (`TaskRemoved` → `RecordRun`,
+//! `SaveFinished`), after its containers, and with them their exits, are deleted. So that an
+//! agent dying in between does not run the task again, `RemoveTask` carries the run's
+//! [`EndedRun`], which the shells keep in the run dir before deleting anything and drop on
+//! `ForgetTask`, after the saves. The next agent adopts such a run (containers with
+//! `pid` 0, all exited) unless the history already has it, and replays its end.
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use skiff_proto::{
     ContainerState, Endpoint, EventBody, ExitInfo, Name, StopReason, TaskDefinition,
 };
@@ -44,9 +52,49 @@ pub struct AdoptedTask {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdoptedContainer {
     pub name: Name,
+    /// 0 for a container of an [`EndedRun`] (deleted already).
     pub pid: u32,
     /// It exited while no agent was there.
     pub exit: Option<ExitInfo>,
+}
+
+/// A run whose containers have all exited, as `RemoveTask` is issued for it: what the next
+/// agent needs to replay its end should this one die before saving it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedRun {
+    /// Wall-clock start of the run, ms (with `attempt`, how the history names it).
+    pub started_wall_ms: u64,
+    /// The run's `attempt` in the history.
+    pub attempt: u32,
+    /// The exit of every container that ran.
+    pub exits: Vec<(Name, ExitInfo)>,
+}
+
+impl EndedRun {
+    /// Whether `history` (the task's newest runs) has this run already.
+    pub fn saved_in(&self, history: &[skiff_proto::RunRecord]) -> bool {
+        history
+            .iter()
+            .any(|r| r.started_at_ms == self.started_wall_ms && r.attempt == self.attempt)
+    }
+
+    /// The run as an [`AdoptedTask`] of `def`, each container exited.
+    pub fn adopted(&self, def: TaskDefinition, endpoints: Vec<Endpoint>) -> AdoptedTask {
+        AdoptedTask {
+            def,
+            endpoints,
+            started_wall_ms: self.started_wall_ms,
+            containers: self
+                .exits
+                .iter()
+                .map(|(name, exit)| AdoptedContainer {
+                    name: name.clone(),
+                    pid: 0,
+                    exit: Some(*exit),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Whether a task with these kept containers can be taken over: every container of `def`
@@ -71,6 +119,21 @@ pub fn adoptable(def: &TaskDefinition, kept: &[Name]) -> Result<(), String> {
 }
 
 impl TaskRec {
+    /// The run that just ended, for `RemoveTask`; `None` when no container ran (nothing to
+    /// replay: the task starts again) or for a copy run from the cluster queue.
+    pub(super) fn ended_run(&self) -> Option<EndedRun> {
+        let exits: Vec<(Name, ExitInfo)> = self
+            .containers
+            .iter()
+            .filter_map(|c| c.exit.map(|e| (c.name.clone(), e)))
+            .collect();
+        (!exits.is_empty() && self.run_of.is_none()).then(|| EndedRun {
+            started_wall_ms: self.started_wall_ms,
+            attempt: self.restarts + 1,
+            exits,
+        })
+    }
+
     /// What the saved finished record of the same definition carries over.
     pub(super) fn take_finished(&mut self, f: &FinishedTask) {
         self.restarts = f.restarts;
@@ -148,11 +211,13 @@ impl Core {
             if let Some(c) = t.containers.iter_mut().find(|c| c.name == kept.name) {
                 c.state = ContainerState::Running;
                 c.pid = Some(kept.pid);
-                out.push(Action::Event(EventBody::ContainerStarted {
-                    task: name.clone(),
-                    container: kept.name.clone(),
-                    pid: kept.pid,
-                }));
+                if kept.pid != 0 {
+                    out.push(Action::Event(EventBody::ContainerStarted {
+                        task: name.clone(),
+                        container: kept.name.clone(),
+                        pid: kept.pid,
+                    }));
+                }
             }
         }
         self.on_task_started(name, now, out);

@@ -49,7 +49,7 @@ use skiff_proto::{
     Status, StopReason, TaskDefinition, TaskExtension, TaskSample, TaskState, TaskStatus,
 };
 
-pub use adopt::{adoptable, AdoptedContainer, AdoptedTask};
+pub use adopt::{adoptable, AdoptedContainer, AdoptedTask, EndedRun};
 pub use queue::{reservation, Capacity, QueueMemo};
 pub use service::ServiceMemo;
 use service::{ServiceLink, ServiceRec};
@@ -216,7 +216,12 @@ pub enum Action {
         signal: Signal,
     },
     /// Delete the task's containers and everything prepared for it; report `TaskRemoved`.
-    RemoveTask { task: Name },
+    /// `ended` (when a container ran) is kept in the run dir first, until `ForgetTask`: an
+    /// agent that dies before saving the run finds it there and replays it (`adopt.rs`).
+    RemoveTask { task: Name, ended: Option<EndedRun> },
+    /// The run `RemoveTask` kept is saved (the durable writes of the same batch of actions
+    /// come first): drop it.
+    ForgetTask { task: Name },
     /// Publish an event (and log it).
     Event(EventBody),
     /// Publish the node status (retained).
@@ -1563,7 +1568,11 @@ impl Core {
         if matches!(t.phase, Phase::Stopping { .. }) && !running && !t.start_pending {
             t.phase = Phase::Removing;
             t.deadline = None;
-            out.push(Action::RemoveTask { task: name.clone() });
+            let ended = t.ended_run();
+            out.push(Action::RemoveTask {
+                task: name.clone(),
+                ended,
+            });
         }
     }
 
@@ -1739,6 +1748,9 @@ impl Core {
             exit,
             failure: t.failure.clone(),
         }));
+        if t.run_of.is_none() {
+            out.push(Action::ForgetTask { task: name.clone() });
+        }
         self.finish(name, now, out);
     }
 

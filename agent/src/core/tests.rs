@@ -125,7 +125,7 @@ pub(super) fn removes(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::RemoveTask { task } => Some(task.to_string()),
+            Action::RemoveTask { task, .. } => Some(task.to_string()),
             _ => None,
         })
         .collect()

@@ -322,3 +322,131 @@ fn a_task_desired_again_while_it_was_being_removed_starts_again() {
     let out = removed(&mut c, "b", at(300));
     assert_eq!(starts(&out), ["b"]);
 }
+
+fn ended_of(actions: &[Action]) -> Option<EndedRun> {
+    actions.iter().find_map(|a| match a {
+        Action::RemoveTask { ended, .. } => ended.clone(),
+        _ => None,
+    })
+}
+
+fn forgets(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ForgetTask { task } => Some(task.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_removed_but_not_saved_is_replayed_once_and_its_job_not_run_again() {
+    // The first agent: a batch job of one completion runs and exits 0; the agent dies after
+    // its containers were deleted, before `TaskRemoved` (nothing of the run saved).
+    let mut job = task("job", RestartPolicy::Never);
+    job.extensions = vec![skiff_proto::TaskExtension::Batch(skiff_proto::Batch {
+        completions: 1,
+        retries: 2,
+        timeout_secs: None,
+    })];
+    let mut first = core();
+    super::tests::apply(&mut first, 1, vec![job.clone()], at(0));
+    super::tests::run(&mut first, "job", at(1000));
+    let out = exit(&mut first, "job", "main", 0, at(5000));
+    let ended = ended_of(&out).expect("the ended run goes with RemoveTask");
+    assert_eq!(ended.attempt, 1);
+    assert_eq!(
+        ended.started_wall_ms,
+        at(0).wall_ms,
+        "the run started when it was launched"
+    );
+    assert_eq!(ended.exits.len(), 1);
+    assert_eq!(ended.exits[0].0, n("main"));
+    assert_eq!(ended.exits[0].1.code, 0);
+    assert!(
+        forgets(&out).is_empty(),
+        "nothing dropped before it is saved"
+    );
+
+    // The next agent finds the record (nothing in the history) and replays the end.
+    let mut c = core();
+    let out = restore(
+        &mut c,
+        vec![job.clone()],
+        vec![ended.adopted(job.clone(), vec![])],
+    );
+    assert_eq!(
+        starts(&out),
+        Vec::<String>::new(),
+        "the job is not run again"
+    );
+    assert!(
+        !events(&out)
+            .iter()
+            .any(|e| matches!(e, EventBody::ContainerStarted { .. })),
+        "a deleted container is not reported started: {out:?}"
+    );
+    assert_eq!(removes_of(&out), ["job"]);
+    let out = removed(&mut c, "job", at(10));
+    let r = runs(&out);
+    assert_eq!(r.len(), 1, "{out:?}");
+    assert_eq!((r[0].started_at_ms, r[0].attempt), (at(0).wall_ms, 1));
+    assert_eq!(r[0].exit.map(|e| e.code), Some(0));
+    assert!(ended.saved_in(&r), "the history names the same run");
+    assert_eq!(forgets(&out), ["job"], "dropped once saved");
+    let saved = out
+        .iter()
+        .find_map(|a| match a {
+            Action::SaveFinished(f) => Some(f.clone()),
+            _ => None,
+        })
+        .expect("finished saved");
+    assert_eq!(saved[0].batch_progress, Some((1, 0)));
+    assert!(!saved[0].resume, "the job is done");
+    assert!(
+        c.handle(Event::Tick, at(600_000))
+            .iter()
+            .all(|a| !matches!(a, Action::StartTask { .. })),
+        "and stays done"
+    );
+}
+
+#[test]
+fn a_run_already_in_the_history_is_not_replayed() {
+    let ended = EndedRun {
+        started_wall_ms: 1_000,
+        attempt: 2,
+        exits: vec![],
+    };
+    let run = |started_at_ms, attempt| RunRecord {
+        task: n("job"),
+        revision: 1,
+        attempt,
+        started_at_ms,
+        ended_at_ms: 2_000,
+        reason: StopReason::EssentialExited,
+        exit: None,
+        failure: None,
+    };
+    assert!(ended.saved_in(&[run(500, 1), run(1_000, 2)]));
+    assert!(!ended.saved_in(&[run(1_000, 1)]), "another attempt");
+    assert!(!ended.saved_in(&[run(900, 2)]), "another run");
+    assert!(!ended.saved_in(&[]));
+}
+
+#[test]
+fn a_task_that_never_ran_a_container_leaves_no_ended_run() {
+    let mut c = core();
+    let svc = task("svc", RestartPolicy::Never);
+    super::tests::apply(&mut c, 1, vec![svc], at(0));
+    let out = c.handle(
+        Event::TaskStartFailed {
+            task: n("svc"),
+            reason: "no image".into(),
+        },
+        at(10),
+    );
+    assert_eq!(removes_of(&out), ["svc"], "{out:?}");
+    assert_eq!(ended_of(&out), None);
+}

@@ -179,7 +179,7 @@ impl Sim {
                         now,
                     )
                 }
-                Action::RemoveTask { task } => {
+                Action::RemoveTask { task, .. } => {
                     self.c.handle(Event::TaskRemoved { task, error: None }, now)
                 }
                 Action::StartContainer { task, container } => self.c.handle(

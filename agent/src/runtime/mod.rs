@@ -299,6 +299,17 @@ pub struct TaskRecord {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// `ended/{task}` (postcard [`EndedRecord`]): a run whose containers are being deleted, kept
+/// until the agent has saved it ([`Runtime::keep_ended`], [`Runtime::forget_ended`]).
+const ENDED_DIR: &str = "ended";
+
+/// A task's record with the run that ended in it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EndedRecord {
+    pub task: TaskRecord,
+    pub run: crate::core::EndedRun,
+}
+
 /// A container the launcher kept from an earlier agent ([`Runtime::adopt`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptContainer {
@@ -541,7 +552,7 @@ impl Runtime {
         cfg: RuntimeConfig,
     ) -> Result<(Runtime, mpsc::Receiver<ContainerExit>), RuntimeError> {
         let parent = cgroup_parent_path(&cfg.cgroup_parent)?;
-        for sub in ["state", "tasks", "netns"] {
+        for sub in ["state", "tasks", "netns", ENDED_DIR] {
             let dir = cfg.run_dir.join(sub);
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
@@ -941,6 +952,15 @@ impl Runtime {
         for t in &tasks {
             self.remove_task_local(t)?;
         }
+        // Ended runs not adopted: saved already, or unreadable (or half written).
+        let ended = self.inner.run_dir.join(ENDED_DIR);
+        for e in fs::read_dir(&ended).map_err(io_err("list", &ended))? {
+            let e = e.map_err(io_err("list", &ended))?;
+            if !e.file_name().to_str().is_some_and(|n| keep.contains(n)) {
+                let path = e.path();
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            }
+        }
         Ok(tasks)
     }
 
@@ -1036,6 +1056,72 @@ impl Runtime {
             return None;
         }
         (rec.def.family == *task && rec.def.validate().is_ok()).then_some(rec)
+    }
+
+    /// Keeps the run that ended in `task` (with the task's record) in `ended/{task}` until
+    /// [`Runtime::forget_ended`]: called before the task's containers are deleted, so that
+    /// the next agent can replay the run's end if this one dies before saving it.
+    pub fn keep_ended(&self, task: &Name, run: &crate::core::EndedRun) -> Result<(), RuntimeError> {
+        let dir = self.inner.run_dir.join(ENDED_DIR);
+        let path = dir.join(task.as_str());
+        let Some(record) = self.task_record(task) else {
+            return Err(RuntimeError::Io {
+                what: "read the task record for",
+                path,
+                source: io::Error::new(io::ErrorKind::NotFound, "no readable task.rec"),
+            });
+        };
+        let ended = EndedRecord {
+            task: record,
+            run: run.clone(),
+        };
+        let bytes = postcard::to_extend(&ended, Vec::new()).map_err(|e| RuntimeError::Io {
+            what: "encode",
+            path: path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+        // Written aside and renamed: a torn file never stands as the record.
+        let part = dir.join(format!(".{task}.part"));
+        fs::write(&part, bytes).map_err(io_err("write", &part))?;
+        fs::rename(&part, &path).map_err(io_err("rename", &part))
+    }
+
+    /// Drops what [`Runtime::keep_ended`] kept for `task` (the run is saved). Idempotent.
+    pub fn forget_ended(&self, task: &Name) -> Result<(), RuntimeError> {
+        let path = self.inner.run_dir.join(ENDED_DIR).join(task.as_str());
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The runs an earlier agent kept with [`Runtime::keep_ended`] and did not forget, each
+    /// checked (size, name, definition); unreadable ones are left to the stale cleanup.
+    pub fn ended_runs(&self) -> Vec<EndedRecord> {
+        let dir = self.inner.run_dir.join(ENDED_DIR);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let Some(task) = e.file_name().to_str().and_then(|n| n.parse::<Name>().ok()) else {
+                continue;
+            };
+            let Ok(bytes) = fs::read(e.path()) else {
+                continue;
+            };
+            if bytes.len() > MAX_TASK_RECORD {
+                continue;
+            }
+            match postcard::take_from_bytes::<EndedRecord>(&bytes) {
+                Ok((rec, [])) if rec.task.def.family == task && rec.task.def.validate().is_ok() => {
+                    out.push(rec);
+                }
+                _ => tracing::warn!(%task, "unreadable record of an ended run; removed"),
+            }
+        }
+        out.sort_by(|a, b| a.task.def.family.cmp(&b.task.def.family));
+        out
     }
 
     /// What the launcher kept for this agent: containers started by an earlier agent that

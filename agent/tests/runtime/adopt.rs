@@ -143,3 +143,76 @@ async fn adopt_a_launcher_of_another_version_is_not_used_and_a_new_one_starts() 
     assert!(Path::new(&format!("/proc/{}", rt.launcher_pid())).exists());
     assert_eq!(rt.take_kept(), vec![]);
 }
+
+#[tokio::test]
+async fn adopt_an_ended_run_is_kept_until_forgotten_and_the_stale_cleanup_drops_the_others() {
+    if !root_or_skip(
+        "adopt_an_ended_run_is_kept_until_forgotten_and_the_stale_cleanup_drops_the_others",
+    ) {
+        return;
+    }
+    let fx = Fixture::new();
+    let (rt, mut exits) = fx.runtime().await;
+    let run_of = |code| skiff_agent::core::EndedRun {
+        started_wall_ms: 1_000,
+        attempt: 1,
+        exits: vec![(
+            "c".parse().expect("name"),
+            skiff_proto::ExitInfo {
+                code,
+                signal: None,
+                oom_killed: false,
+            },
+        )],
+    };
+    let mut defs = Vec::new();
+    for (family, code) in [("one", 3), ("two", 4)] {
+        let t = task(
+            family,
+            vec![container("c", &["sh", "-c", &format!("exit {code}")])],
+            NetworkMode::None,
+        );
+        rt.prepare_task(&t, &fx.images(1)).await.expect("prepare");
+        let (path, _rx) = fx.fifo(family);
+        rt.start_container(&t.family, &t.containers[0].name, &path)
+            .await
+            .expect("start");
+        assert_eq!(next_exit(&mut exits).await.exit.code, code);
+        // As the agent removes a task whose run ended: the run kept first.
+        rt.keep_ended(&t.family, &run_of(code)).expect("keep");
+        rt.remove_task(&t.family).await.expect("remove");
+        defs.push(t);
+    }
+    assert!(
+        rt.keep_ended(&defs[0].family, &run_of(0)).is_err(),
+        "nothing to keep once the task's record is gone (the kept run stands)"
+    );
+    let ended = rt.ended_runs();
+    assert_eq!(ended.len(), 2);
+    assert_eq!(
+        (&ended[0].task.def, &ended[0].run),
+        (&defs[0], &run_of(3)),
+        "the definition it was prepared with and the run"
+    );
+    assert_eq!((&ended[1].task.def, &ended[1].run), (&defs[1], &run_of(4)));
+    // Garbage beside them (a torn or forged file) is not taken for a run.
+    std::fs::write(fx.run_dir().join("ended/three"), b"\xff\x00garbage").expect("write");
+    assert_eq!(rt.ended_runs().len(), 2);
+
+    // Saved: forgotten (twice is fine).
+    rt.forget_ended(&defs[1].family).expect("forget");
+    rt.forget_ended(&defs[1].family).expect("forget again");
+    assert_eq!(rt.ended_runs().len(), 1);
+    // The next agent adopts `one`; the cleanup drops every other record.
+    agent_gone(rt).await;
+    let (rt, _exits) = fx.runtime().await;
+    let keep: BTreeSet<Name> = [defs[0].family.clone()].into();
+    rt.cleanup_stale_keeping(&keep).await.expect("cleanup");
+    let left: Vec<String> = std::fs::read_dir(fx.run_dir().join("ended"))
+        .expect("ended dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["one"]);
+    rt.cleanup_stale().await.expect("cleanup");
+    assert_eq!(rt.ended_runs(), vec![]);
+}
