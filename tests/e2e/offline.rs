@@ -530,6 +530,13 @@ fn a_job_whose_containers_were_deleted_before_its_run_was_saved_does_not_run_aga
     wait_for("the ended run's record dropped once saved", T, || {
         (!ended.exists()).then_some(())
     });
+    assert!(
+        agent
+            .stderr
+            .lock()
+            .is_ok_and(|s| !s.contains("cannot keep its ended run")),
+        "the record taken over is kept as it is when the replayed run ends"
+    );
     sub.drain();
     assert!(
         !sub.seen.iter().any(|(_, m)| matches!(m, Message::Event(e)

@@ -1060,11 +1060,17 @@ impl Runtime {
 
     /// Keeps the run that ended in `task` (with the task's record) in `ended/{task}` until
     /// [`Runtime::forget_ended`]: called before the task's containers are deleted, so that
-    /// the next agent can replay the run's end if this one dies before saving it.
+    /// the next agent can replay the run's end if this one dies before saving it. A task
+    /// already removed whose run is kept (a run taken over from `ended/`, ending again) keeps
+    /// that record.
     pub fn keep_ended(&self, task: &Name, run: &crate::core::EndedRun) -> Result<(), RuntimeError> {
         let dir = self.inner.run_dir.join(ENDED_DIR);
         let path = dir.join(task.as_str());
-        let Some(record) = self.task_record(task) else {
+        let record = self.task_record(task);
+        if record.is_none() && path.exists() {
+            return Ok(());
+        }
+        let Some(record) = record else {
             return Err(RuntimeError::Io {
                 what: "read the task record for",
                 path,
