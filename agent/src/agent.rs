@@ -849,6 +849,7 @@ impl Output {
             .into_iter()
             .partition(|a| matches!(a, Action::RecordRun(_)));
         saves.extend(runs);
+        let mut unsaved = false;
         for save in saves {
             let result = match &save {
                 Action::SaveDesired { scope, doc } => shells.state.save_desired(*scope, doc),
@@ -860,6 +861,7 @@ impl Output {
                 _ => Ok(()),
             };
             if let Err(e) = result {
+                unsaved = true;
                 let what = match &save {
                     Action::SaveDesired { scope, doc } => {
                         format!("{scope:?} desired state version {}", doc.version).to_lowercase()
@@ -889,6 +891,8 @@ impl Output {
                     signal,
                 } => shells.signal(task, container, signal),
                 Action::RemoveTask { task, ended } => shells.remove_task(task, ended),
+                // Kept while what it was kept for is not saved: the next agent replays it.
+                Action::ForgetTask { .. } if unsaved => {}
                 Action::ForgetTask { task } => {
                     if let Err(e) = shells.runtime.forget_ended(&task) {
                         tracing::warn!(%task, error = %e, "cannot drop the record of its ended run");

@@ -341,15 +341,27 @@ fn a_full_data_disk_gives_a_clear_error_and_corrupts_nothing() {
         )
     };
     let (a, b) = (svc("a"), svc("b"));
+    // With a, a one-shot that ends once the disk is full: its run can't be saved then.
+    let job = task_file(
+        files.path(),
+        "job",
+        r#"{"family":"job","restartPolicy":"never","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo job ran; sleep 8"]}]}"#,
+    );
     assert!(agent
         .ctl(
             &broker,
-            &["apply", a.to_str().expect("utf8"), "--node", "pi-1"]
+            &[
+                "apply",
+                a.to_str().expect("utf8"),
+                job.to_str().expect("utf8"),
+                "--node",
+                "pi-1"
+            ]
         )
         .status
         .success());
-    wait_for("a running", T, || {
-        running(&agent, &broker, &["a"]).then_some(())
+    wait_for("a and the job running", T, || {
+        running(&agent, &broker, &["a", "job"]).then_some(())
     });
     // Fill the data dir to the last byte.
     let data = agent.dir.path().join("data");
@@ -381,14 +393,27 @@ fn a_full_data_disk_gives_a_clear_error_and_corrupts_nothing() {
     wait_for("b running anyway", T, || {
         running(&agent, &broker, &["a", "b"]).then_some(())
     });
+    wait_for("the job's run not saved", T, || {
+        let log = agent.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        log.lines()
+            .any(|l| l.contains("STATE NOT SAVED") && l.contains("run history of job"))
+            .then_some(())
+    });
+    let ended = agent.run_dir().join("ended/job");
+    assert!(ended.exists(), "the run is kept while it is not saved");
     // Power cut; the disk gets room again; the restart finds the last state that was saved,
-    // intact (nothing set aside as corrupt), then the broker's newer document.
+    // intact (nothing set aside as corrupt), then the broker's newer document. The job's run
+    // is saved now, not run again.
     agent.kill9();
     std::fs::remove_file(data.join("filler")).expect("rm filler");
     agent.restart();
     wait_for("a and b running again", T, || {
         running(&agent, &broker, &["a", "b"]).then_some(())
     });
+    wait_for("the job's run saved", T, || {
+        (history_runs(&agent, "job") == 1 && !ended.exists()).then_some(())
+    });
+    assert_eq!(local_log(&agent, "job").matches("job ran").count(), 1);
     let corrupt = std::fs::read_dir(data.join("state")).map_or(0, |r| {
         r.filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().ends_with(".corrupt"))
