@@ -89,12 +89,7 @@ fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_re
         1,
         "the one-shot must not run twice"
     );
-    let history = Command::new(SKIFF)
-        .args(["history", "job", "--json", "--config"])
-        .arg(agent.config())
-        .output()
-        .expect("skiff history");
-    let text = String::from_utf8_lossy(&history.stdout);
+    let text = history_json(&agent, "job");
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("\"code\":0"), "{text}");
 
@@ -149,13 +144,18 @@ fn after_kill_9_and_an_offline_restart_services_are_back_and_one_shots_do_not_re
     assert_eq!(starts, 0, "job started again after reconnecting");
 }
 
-fn history_runs(agent: &Agent, task: &str) -> usize {
+/// `skiff history TASK --json` on the device: one line per run, oldest first.
+fn history_json(agent: &Agent, task: &str) -> String {
     let out = Command::new(SKIFF)
         .args(["history", task, "--json", "--limit", "100", "--config"])
         .arg(agent.config())
         .output()
         .expect("skiff history");
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn history_runs(agent: &Agent, task: &str) -> usize {
+    history_json(agent, task).lines().count()
 }
 
 #[test]
@@ -480,12 +480,7 @@ fn with_stop_policy_leave_tasks_outlive_the_agent_and_a_job_ending_meanwhile_is_
         ))
     });
     assert_eq!(status, (Some(7), Some(pids.1), 0));
-    let out = Command::new(SKIFF)
-        .args(["history", "job", "--json", "--config"])
-        .arg(agent.config())
-        .output()
-        .expect("skiff history");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = history_json(&agent, "job");
     assert_eq!(text.lines().count(), 1, "one run: {text}");
     assert!(text.contains("\"code\":7"), "{text}");
     sub.drain();
@@ -544,12 +539,7 @@ fn a_job_whose_containers_were_deleted_before_its_run_was_saved_does_not_run_aga
         1,
         "the job must not run twice"
     );
-    let out = Command::new(SKIFF)
-        .args(["history", "job", "--json", "--config"])
-        .arg(agent.config())
-        .output()
-        .expect("skiff history");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = history_json(&agent, "job");
     assert_eq!(text.lines().count(), 1, "one run: {text}");
     assert!(text.contains("\"code\":4"), "{text}");
     wait_for("the ended run's record dropped once saved", T, || {
