@@ -904,7 +904,11 @@ fn scheduled(
     t
 }
 
-fn every_minute(family: &str, overlap: OverlapPolicy, missed: MissedRunPolicy) -> TaskDefinition {
+pub(super) fn every_minute(
+    family: &str,
+    overlap: OverlapPolicy,
+    missed: MissedRunPolicy,
+) -> TaskDefinition {
     scheduled(
         family,
         ScheduleSpec::Cron {

@@ -1,11 +1,13 @@
 //! Re-adoption tests: a restarted core takes over tasks whose containers outlived the agent.
 
-use super::tests::{at, catalog, container, core, events, exit, n, removed, signals, starts, task};
+use super::tests::{
+    at, catalog, container, core, events, every_minute, exit, n, removed, signals, starts, task,
+};
 use super::*;
 use skiff_proto::Service;
 
 fn restore(c: &mut Core, tasks: Vec<TaskDefinition>, adopted: Vec<AdoptedTask>) -> Vec<Action> {
-    restore_with(c, tasks, vec![], adopted)
+    restore_with(c, tasks, vec![], adopted, at(0))
 }
 
 fn restore_with(
@@ -13,6 +15,7 @@ fn restore_with(
     tasks: Vec<TaskDefinition>,
     finished: Vec<FinishedTask>,
     adopted: Vec<AdoptedTask>,
+    now: Time,
 ) -> Vec<Action> {
     let doc = DesiredState {
         version: 3,
@@ -31,7 +34,7 @@ fn restore_with(
             images: catalog(),
             adopted,
         },
-        at(0),
+        now,
     )
 }
 
@@ -140,7 +143,7 @@ fn an_exit_while_the_agent_was_away_is_replayed_once() {
     assert_eq!(saved[0].def.family, n("job"));
     // A second restart with that record runs nothing either.
     let mut again = core();
-    let out = restore_with(&mut again, vec![job], saved, vec![]);
+    let out = restore_with(&mut again, vec![job], saved, vec![], at(0));
     assert_eq!(starts(&out), Vec::<String>::new());
 }
 
@@ -250,6 +253,7 @@ fn a_batch_job_goes_on_from_its_saved_progress() {
         vec![job.clone()],
         vec![progress],
         vec![kept(&job, &[("main", 11, None)])],
+        at(0),
     );
     assert_eq!(
         starts(&out),
@@ -449,4 +453,57 @@ fn a_task_that_never_ran_a_container_leaves_no_ended_run() {
     );
     assert_eq!(removes_of(&out), ["svc"], "{out:?}");
     assert_eq!(ended_of(&out), None);
+}
+
+#[test]
+fn a_scheduled_firing_running_at_the_restart_counts_as_fired_and_is_not_run_again() {
+    // Every minute, and one run after downtime: the firing at W0 still runs when the agent
+    // comes back 30 s later, and the saved record still says the last firing was the one
+    // before. The running one is neither started again nor taken for a missed firing.
+    let mut c = core();
+    let cron = every_minute("cron", OverlapPolicy::Forbid, MissedRunPolicy::RunOnce);
+    let before = FinishedTask {
+        def: cron.clone(),
+        failed: false,
+        restarts: 0,
+        last_exit: None,
+        last_fire_ms: Some(at(0).wall_ms - 60_000),
+        batch_progress: None,
+        resume: true,
+    };
+    let mut running = kept(&cron, &[("main", 21, None)]);
+    running.started_wall_ms = at(0).wall_ms;
+    let out = restore_with(&mut c, vec![cron], vec![before], vec![running], at(30_000));
+    assert_eq!(starts(&out), Vec::<String>::new(), "{out:?}");
+    assert!(skipped_of(&out).is_empty(), "{out:?}");
+    assert!(events(&out).contains(&EventBody::TaskAdopted {
+        task: n("cron"),
+        running: 1,
+        exited: 0
+    }));
+    assert_eq!(
+        c.next_deadline(),
+        Some(60_000),
+        "the next firing is the next minute"
+    );
+    let out = exit(&mut c, "cron", "main", 0, at(40_000));
+    assert_eq!(removes_of(&out), ["cron"]);
+    let out = removed(&mut c, "cron", at(40_100));
+    assert_eq!(
+        starts(&out),
+        Vec::<String>::new(),
+        "no restart, no catch-up"
+    );
+    let r = runs(&out);
+    assert_eq!(r.len(), 1, "{out:?}");
+    assert_eq!(r[0].started_at_ms, at(0).wall_ms, "the firing's own start");
+    assert!(starts(&c.handle(Event::Tick, at(59_999))).is_empty());
+    assert_eq!(starts(&c.handle(Event::Tick, at(60_000))), ["cron"]);
+}
+
+fn skipped_of(actions: &[Action]) -> Vec<EventBody> {
+    events(actions)
+        .into_iter()
+        .filter(|e| matches!(e, EventBody::ScheduleSkipped { .. }))
+        .collect()
 }
