@@ -340,7 +340,7 @@ pub async fn run(
                     other => (other, None),
                 };
                 if held.is_some() {
-                    crash_point("queue-receive");
+                    crate::crash::point("queue-receive");
                 }
                 if let Some((ev, reply_to)) = handle_inbound(msg, &cfg, &shells, &out).await {
                     out.perform(core.handle(ev, clock.now()), &shells);
@@ -356,7 +356,7 @@ pub async fn run(
                     if let Err(e) = out.outbox().persist_events() {
                         tracing::warn!(error = %e, "cannot write the outbox; queue events may be lost at a restart");
                     }
-                    crash_point("queue-decided");
+                    crate::crash::point("queue-decided");
                     token.ack(client);
                 }
             }
@@ -509,17 +509,6 @@ fn queue_capacity(q: &crate::config::QueueConfig, size: &NodeResources) -> crate
         cpu_units: q.cpu_units.unwrap_or(u64::from(size.cpus.max(1)) * 1024),
         memory_mib: q.memory_mib.unwrap_or(size.mem_total_bytes >> 20),
         max_tasks: q.max_tasks,
-    }
-}
-
-/// Test hook for crash windows: with `SKIFF_TEST_CRASH_AT` set to `queue-receive` (an offer
-/// of the cluster queue arrived, nothing decided), `queue-decided` (decided and saved, not yet
-/// acknowledged to the broker) or `task-removed` (a task's containers deleted, its run not
-/// yet saved) the agent aborts there, as a power cut would stop it.
-fn crash_point(at: &str) {
-    if std::env::var_os("SKIFF_TEST_CRASH_AT").is_some_and(|v| v == at) {
-        tracing::error!(at, "SKIFF_TEST_CRASH_AT: aborting");
-        std::process::abort();
     }
 }
 
@@ -1486,7 +1475,7 @@ impl Shells {
                 .await
                 .err()
                 .map(|e| e.to_string());
-            crash_point("task-removed");
+            crate::crash::point("task-removed");
             me.send(Event::TaskRemoved { task, error });
         });
     }

@@ -36,6 +36,7 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod core;
+mod crash;
 pub mod ctl;
 pub mod display;
 pub mod ecs;

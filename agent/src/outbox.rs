@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use skiff_proto::codec::{decode, encode, Message};
@@ -99,15 +99,22 @@ impl Outbox {
             merged_samples: 0,
             reported: (0, 0),
         };
-        for (kind, bytes) in ob.read_file()? {
+        let (entries, valid) = ob.read_file()?;
+        for (kind, bytes) in entries {
             ob.push_entry(kind, bytes, true);
+        }
+        if let Some(path) = &ob.path {
+            if let Err(e) = cut_torn_tail(path, valid) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot cut the torn tail of the outbox file; entries appended later may be lost at a restart");
+            }
         }
         Ok(ob)
     }
 
-    fn read_file(&self) -> io::Result<Vec<(EntryKind, Vec<u8>)>> {
+    /// The entries of the file, and the length of the good ones (where the next must go).
+    fn read_file(&self) -> io::Result<(Vec<FileEntry>, u64)> {
         let Some(path) = &self.path else {
-            return Ok(vec![]);
+            return Ok((vec![], 0));
         };
         let mut data = Vec::new();
         match File::open(path) {
@@ -115,7 +122,7 @@ impl Outbox {
                 f.take(u64::try_from(self.max_bytes.saturating_mul(2)).unwrap_or(u64::MAX))
                     .read_to_end(&mut data)?;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((vec![], 0)),
             Err(e) => return Err(e),
         }
         let mut out = Vec::new();
@@ -135,7 +142,8 @@ impl Outbox {
             out.push((kind, tail[..len].to_vec()));
             rest = &tail[len..];
         }
-        Ok(out)
+        let valid = u64::try_from(data.len() - rest.len()).unwrap_or(u64::MAX);
+        Ok((out, valid))
     }
 
     /// Messages queued (for tests and diagnostics).
@@ -287,8 +295,12 @@ impl Outbox {
             return Ok(());
         }
         let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-        f.write_all(&buf)?;
-        f.sync_data()?;
+        let before = f.metadata()?.len();
+        if let Err(e) = f.write_all(&buf).and_then(|()| f.sync_data()) {
+            // A part written (a full disk) would be a torn record hiding every later one.
+            let _ = f.set_len(before);
+            return Err(e);
+        }
         for e in &mut self.queue {
             e.on_disk = true;
         }
@@ -408,6 +420,30 @@ impl Outbox {
             delta
         })
     }
+}
+
+/// An entry read back from the outbox file.
+type FileEntry = (EntryKind, Vec<u8>);
+
+/// Cuts what follows the last good entry (a record torn by a crash mid-append), so that the
+/// entries appended next are read back after them.
+fn cut_torn_tail(path: &Path, valid: u64) -> io::Result<()> {
+    let f = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let on_disk = f.metadata()?.len();
+    if on_disk > valid {
+        tracing::warn!(
+            path = %path.display(),
+            cut_bytes = on_disk - valid,
+            "outbox file ends in a torn record (a crash while writing it); cut"
+        );
+        f.set_len(valid)?;
+        f.sync_data()?;
+    }
+    Ok(())
 }
 
 /// One sample averaging several: the first one's time, mean CPU and memory, per task the mean
@@ -561,7 +597,14 @@ mod tests {
         drop(f);
         let mut again = Outbox::open(Some(dir.path().into()), 1 << 20).expect("reopen");
         assert_eq!(again.len(), 2);
-        assert_eq!(seqs(&again.connected()), [1, 10]);
+        // Still offline: what comes next is appended after the good entries, not the torn one.
+        again.push(EntryKind::Event, event(2));
+        again.flush(true).expect("flush after the tear");
+        drop(again);
+        let mut again = Outbox::open(Some(dir.path().into()), 1 << 20).expect("reopen");
+        assert_eq!(again.len(), 3);
+        assert_eq!(seqs(&again.connected()), [1, 10, 2]);
+        again.acked();
         again.acked();
         again.acked();
         assert!(

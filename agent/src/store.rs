@@ -283,14 +283,39 @@ impl StateStore {
         let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
         let mut framed = len.to_le_bytes().to_vec();
         framed.extend(body);
+        let (mut runs, valid) = match read_history(&path) {
+            Ok(read) => read,
+            Err(e) => {
+                // Appended as it is: cutting what could not be read might cut good records.
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the run history before appending to it");
+                (Vec::new(), u64::MAX)
+            }
+        };
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io_err("open", &path))?;
+        let on_disk = f.metadata().map_err(io_err("stat", &path))?.len();
+        if on_disk > valid {
+            // A crash mid-append left a torn record: cut it, or every later record would sit
+            // behind it, unread (and the file would never be compacted).
+            tracing::warn!(
+                path = %path.display(),
+                cut_bytes = on_disk - valid,
+                "run history ends in a torn record (a crash while writing it); cut before appending"
+            );
+            f.set_len(valid)
+                .map_err(io_err("cut the torn tail of", &path))?;
+        }
+        if crate::crash::armed("history-append") {
+            let _ = f.write_all(&framed[..framed.len() / 2]);
+            let _ = f.sync_data();
+            crate::crash::abort("history-append");
+        }
         f.write_all(&framed).map_err(io_err("append to", &path))?;
         f.sync_data().map_err(io_err("sync", &path))?;
-        let runs = read_history(&path);
+        runs.push(record);
         if runs.len() > HISTORY_COMPACT_AT {
             let keep = &runs[runs.len() - MAX_HISTORY..];
             let mut out = Vec::new();
@@ -307,7 +332,14 @@ impl StateStore {
 
     /// A task's runs, oldest first, at most the newest `limit`.
     pub fn history(&self, task: &Name, limit: usize) -> Vec<RunRecord> {
-        let runs = read_history(&self.history_path(task));
+        let path = self.history_path(task);
+        let runs = match read_history(&path) {
+            Ok((runs, _)) => runs,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the run history");
+                Vec::new()
+            }
+        };
         let skip = runs.len().saturating_sub(limit.min(MAX_HISTORY));
         runs.into_iter().skip(skip).collect()
     }
@@ -323,11 +355,16 @@ fn truncate_utf8(s: &mut String, max: usize) {
     }
 }
 
-/// Reads length-prefixed records; stops at the first torn or undecodable one.
-fn read_history(path: &Path) -> Vec<RunRecord> {
+/// Reads length-prefixed records; stops at the first torn or undecodable one. Also returns the
+/// length of the good records, where the next one must go. No file is no runs.
+fn read_history(path: &Path) -> io::Result<(Vec<RunRecord>, u64)> {
     let mut bytes = Vec::new();
-    if let Ok(f) = File::open(path) {
-        let _ = f.take(MAX_STATE_FILE).read_to_end(&mut bytes);
+    match File::open(path) {
+        Ok(f) => {
+            f.take(MAX_STATE_FILE).read_to_end(&mut bytes)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
     }
     let mut runs = Vec::new();
     let mut rest = bytes.as_slice();
@@ -342,7 +379,8 @@ fn read_history(path: &Path) -> Vec<RunRecord> {
         }
         rest = &tail[len..];
     }
-    runs
+    let valid = bytes.len() - rest.len();
+    Ok((runs, u64::try_from(valid).unwrap_or(u64::MAX)))
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
@@ -352,6 +390,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
         f.write_all(bytes).map_err(io_err("write", &tmp))?;
         f.sync_all().map_err(io_err("sync", &tmp))?;
+    }
+    if crate::crash::any_armed() {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        crate::crash::point(&format!("store-replace:{}", name.unwrap_or_default()));
     }
     std::fs::rename(&tmp, path).map_err(io_err("replace", path))?;
     if let Some(dir) = path.parent() {
@@ -432,6 +474,15 @@ mod tests {
         assert_eq!(h.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(store.history(&n("job"), 2).len(), 2);
         assert!(store.history(&n("other"), 10).is_empty());
+        // The next run appended after the restart is read too: the torn tail is cut first.
+        store
+            .append_run(&run("job", 4))
+            .expect("append after the tear");
+        let h = store.history(&n("job"), 10);
+        assert_eq!(
+            h.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
     }
 
     #[test]
@@ -442,7 +493,7 @@ mod tests {
         for i in 1..=n_runs {
             store.append_run(&run("svc", i)).expect("append");
         }
-        let all = read_history(&store.history_path(&n("svc")));
+        let (all, _) = read_history(&store.history_path(&n("svc"))).expect("read");
         assert!(all.len() <= HISTORY_COMPACT_AT, "{}", all.len());
         assert_eq!(all.last().map(|r| r.attempt), Some(n_runs));
     }

@@ -426,6 +426,10 @@ impl Agent {
         self.dir.path().join("run")
     }
 
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).expect("agent running")
     }

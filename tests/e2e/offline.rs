@@ -561,3 +561,111 @@ fn a_job_whose_containers_were_deleted_before_its_run_was_saved_does_not_run_aga
     assert!(sub.seen.iter().any(|(_, m)| matches!(m, Message::Event(e)
         if matches!(&e.body, EventBody::TaskAdopted { task, running: 0, exited: 1 } if task.as_str() == "job"))));
 }
+
+/// Waits for the agent to abort at its `SKIFF_TEST_CRASH_AT` hook.
+fn aborted_at_the_hook(agent: &mut Agent) {
+    let st = wait_for("the agent to abort at the hook", T, || agent.exited());
+    assert!(!st.success(), "{st:?}");
+    assert!(
+        agent
+            .stderr
+            .lock()
+            .is_ok_and(|s| s.contains("SKIFF_TEST_CRASH_AT: aborting")),
+        "aborted by the hook"
+    );
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_store_write_leaves_the_previous_state_and_hides_nothing_later() {
+    require_env!();
+    let broker = Broker::start();
+    let mut agent = Agent::start(&broker, "e2e-torn", "pi-1");
+    // First the agent dies half-way through appending a run to a history file.
+    agent.kill9();
+    agent.restart_with_env(&[("SKIFF_TEST_CRASH_AT", "history-append")]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let svc = task_file(
+        files.path(),
+        "svc",
+        r#"{"family":"svc","restartPolicy":"always","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo svc v1; while true; do sleep 0.2; done"]}]}"#,
+    );
+    let job = task_file(
+        files.path(),
+        "job",
+        r#"{"family":"job","restartPolicy":"never","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo job ran; exit 3"]}],"batch":{"completions":1,"retries":0}}"#,
+    );
+    apply(&agent, &broker, &[&svc, &job]);
+    aborted_at_the_hook(&mut agent);
+    let torn = agent.data_dir().join("state/history/job.log");
+    let torn_len = std::fs::metadata(&torn).map(|m| m.len()).unwrap_or(0);
+    assert!(torn_len > 0, "half a record in {}", torn.display());
+    assert_eq!(history_runs(&agent, "job"), 0, "a torn record is not read");
+
+    // The next agent replays the run (kept in run_dir/ended) and appends it after the good
+    // records, the torn one cut; then it dies between writing the next desired document aside
+    // and renaming it over the saved one.
+    agent.restart_with_env(&[("SKIFF_TEST_CRASH_AT", "store-replace:desired-node.bin")]);
+    wait_for("the job's run saved once", T, || {
+        (history_runs(&agent, "job") == 1).then_some(())
+    });
+    let text = history_json(&agent, "job");
+    assert!(text.contains("\"code\":3"), "{text}");
+    wait_for("svc adopted", T, || {
+        let log = agent.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        log.contains("svc: adopted after an agent restart")
+            .then_some(())
+    });
+    let svc2 = task_file(
+        files.path(),
+        "svc",
+        r#"{"family":"svc","restartPolicy":"always","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo svc v2; while true; do sleep 0.2; done"]}]}"#,
+    );
+    let out = agent.ctl(
+        &broker,
+        &[
+            "apply",
+            &svc2.to_string_lossy(),
+            "--node",
+            "pi-1",
+            "--no-wait",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    aborted_at_the_hook(&mut agent);
+    let state = agent.data_dir().join("state");
+    let aside = std::fs::read(state.join("desired-node.tmp")).unwrap_or_default();
+    assert!(
+        aside.windows(6).any(|w| w == b"svc v2"),
+        "the new document was written aside"
+    );
+
+    // Restarted with no broker: the previous document is in force (svc v1 adopted, not
+    // replaced), nothing was set aside as corrupt, and the history holds its one run.
+    drop(broker);
+    agent.restart();
+    wait_for("svc adopted with no broker", T, || {
+        let log = agent.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        (log.matches("svc: adopted after an agent restart").count() == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let log = local_log(&agent, "svc");
+    assert_eq!(log.matches("svc v1").count(), 1, "{log}");
+    assert_eq!(log.matches("svc v2").count(), 0, "{log}");
+    let corrupt: Vec<_> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".corrupt"))
+        .collect();
+    assert!(corrupt.is_empty(), "set aside: {corrupt:?}");
+    assert_eq!(history_runs(&agent, "job"), 1);
+    assert_eq!(
+        local_log(&agent, "job").matches("job ran").count(),
+        1,
+        "the job must not run twice"
+    );
+}
