@@ -382,6 +382,18 @@ impl Agent {
         self.spawn_with(env);
     }
 
+    /// Waits for the agent to abort at its `SKIFF_TEST_CRASH_AT` hook, and checks it did.
+    pub fn wait_aborted_at_hook(&mut self, timeout: Duration) {
+        let st = wait_for("the agent to abort at the hook", timeout, || self.exited());
+        assert!(!st.success(), "{st:?}");
+        assert!(
+            self.stderr
+                .lock()
+                .is_ok_and(|s| s.contains("SKIFF_TEST_CRASH_AT: aborting")),
+            "aborted by the hook"
+        );
+    }
+
     /// The agent exited on its own (crashed): its status, once it has.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         let st = self.child.as_mut()?.try_wait().ok()??;

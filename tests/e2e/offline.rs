@@ -509,15 +509,7 @@ fn a_job_whose_containers_were_deleted_before_its_run_was_saved_does_not_run_aga
         r#"{"family":"job","restartPolicy":"never","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo job ran; exit 4"]}],"batch":{"completions":1,"retries":0}}"#,
     );
     apply(&agent, &broker, &[&job]);
-    let st = wait_for("the agent to abort at the hook", T, || agent.exited());
-    assert!(!st.success(), "{st:?}");
-    assert!(
-        agent
-            .stderr
-            .lock()
-            .is_ok_and(|s| s.contains("SKIFF_TEST_CRASH_AT: aborting")),
-        "aborted by the hook"
-    );
+    agent.wait_aborted_at_hook(T);
     assert_eq!(history_runs(&agent, "job"), 0, "the run was not saved");
     let ended = agent.run_dir().join("ended/job");
     assert!(ended.exists(), "{} kept", ended.display());
@@ -562,19 +554,6 @@ fn a_job_whose_containers_were_deleted_before_its_run_was_saved_does_not_run_aga
         if matches!(&e.body, EventBody::TaskAdopted { task, running: 0, exited: 1 } if task.as_str() == "job"))));
 }
 
-/// Waits for the agent to abort at its `SKIFF_TEST_CRASH_AT` hook.
-fn aborted_at_the_hook(agent: &mut Agent) {
-    let st = wait_for("the agent to abort at the hook", T, || agent.exited());
-    assert!(!st.success(), "{st:?}");
-    assert!(
-        agent
-            .stderr
-            .lock()
-            .is_ok_and(|s| s.contains("SKIFF_TEST_CRASH_AT: aborting")),
-        "aborted by the hook"
-    );
-}
-
 #[test]
 fn a_crash_in_the_middle_of_a_store_write_leaves_the_previous_state_and_hides_nothing_later() {
     require_env!();
@@ -595,7 +574,7 @@ fn a_crash_in_the_middle_of_a_store_write_leaves_the_previous_state_and_hides_no
         r#"{"family":"job","restartPolicy":"never","containerDefinitions":[{"name":"main","image":"busybox","command":["sh","-c","echo job ran; exit 3"]}],"batch":{"completions":1,"retries":0}}"#,
     );
     apply(&agent, &broker, &[&svc, &job]);
-    aborted_at_the_hook(&mut agent);
+    agent.wait_aborted_at_hook(T);
     let torn = agent.data_dir().join("state/history/job.log");
     let torn_len = std::fs::metadata(&torn).map(|m| m.len()).unwrap_or(0);
     assert!(torn_len > 0, "half a record in {}", torn.display());
@@ -635,7 +614,7 @@ fn a_crash_in_the_middle_of_a_store_write_leaves_the_previous_state_and_hides_no
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    aborted_at_the_hook(&mut agent);
+    agent.wait_aborted_at_hook(T);
     let state = agent.data_dir().join("state");
     let aside = std::fs::read(state.join("desired-node.tmp")).unwrap_or_default();
     assert!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use skiff_proto::codec::Message;
 use skiff_proto::EventBody;
 
-use crate::harness::{task_file, wait_for, Agent, Broker, Sub, SKIFF};
+use crate::harness::{task_file, Agent, Broker, Sub, SKIFF};
 use crate::require_env;
 
 const T: Duration = Duration::from_secs(90);
@@ -216,16 +216,7 @@ fn crash_mid_offer(crash_at: &str, cluster: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("skiff ctl run");
-    let st = wait_for("the victim to abort", T, || victim.exited());
-    assert!(!st.success(), "the victim aborted at the hook: {st:?}");
-    assert!(
-        victim
-            .stderr
-            .lock()
-            .map(|s| s.contains("SKIFF_TEST_CRASH_AT: aborting"))
-            .unwrap_or(false),
-        "aborted by the hook"
-    );
+    victim.wait_aborted_at_hook(T);
     // Down for a moment; offers the broker gives it meanwhile wait in its session.
     std::thread::sleep(Duration::from_secs(2));
     victim.restart();
