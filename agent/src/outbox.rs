@@ -104,7 +104,7 @@ impl Outbox {
             ob.push_entry(kind, bytes, true);
         }
         if let Some(path) = &ob.path {
-            if let Err(e) = cut_torn_tail(path, valid) {
+            if let Err(e) = cut_file_tail(path, valid) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot cut the torn tail of the outbox file; entries appended later may be lost at a restart");
             }
         }
@@ -425,25 +425,13 @@ impl Outbox {
 /// An entry read back from the outbox file.
 type FileEntry = (EntryKind, Vec<u8>);
 
-/// Cuts what follows the last good entry (a record torn by a crash mid-append), so that the
-/// entries appended next are read back after them.
-fn cut_torn_tail(path: &Path, valid: u64) -> io::Result<()> {
-    let f = match OpenOptions::new().write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let on_disk = f.metadata()?.len();
-    if on_disk > valid {
-        tracing::warn!(
-            path = %path.display(),
-            cut_bytes = on_disk - valid,
-            "outbox file ends in a torn record (a crash while writing it); cut"
-        );
-        f.set_len(valid)?;
-        f.sync_data()?;
+/// Cuts what follows the file's last good entry (see [`crate::store::cut_torn_tail`]).
+fn cut_file_tail(path: &Path, valid: u64) -> io::Result<()> {
+    match OpenOptions::new().write(true).open(path) {
+        Ok(f) => crate::store::cut_torn_tail(&f, path, valid, "outbox file"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 /// One sample averaging several: the first one's time, mean CPU and memory, per task the mean

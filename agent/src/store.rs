@@ -296,18 +296,10 @@ impl StateStore {
             .append(true)
             .open(&path)
             .map_err(io_err("open", &path))?;
-        let on_disk = f.metadata().map_err(io_err("stat", &path))?.len();
-        if on_disk > valid {
-            // A crash mid-append left a torn record: cut it, or every later record would sit
-            // behind it, unread (and the file would never be compacted).
-            tracing::warn!(
-                path = %path.display(),
-                cut_bytes = on_disk - valid,
-                "run history ends in a torn record (a crash while writing it); cut before appending"
-            );
-            f.set_len(valid)
-                .map_err(io_err("cut the torn tail of", &path))?;
-        }
+        // Or every later record would sit behind a torn one, unread (and the file would never
+        // be compacted).
+        cut_torn_tail(&f, &path, valid, "run history")
+            .map_err(io_err("cut the torn tail of", &path))?;
         if crate::crash::armed("history-append") {
             let _ = f.write_all(&framed[..framed.len() / 2]);
             let _ = f.sync_data();
@@ -381,6 +373,23 @@ fn read_history(path: &Path) -> io::Result<(Vec<RunRecord>, u64)> {
     }
     let valid = bytes.len() - rest.len();
     Ok((runs, u64::try_from(valid).unwrap_or(u64::MAX)))
+}
+
+/// Cuts an append-only file of records back to `valid` bytes, its good records, when a crash
+/// mid-append (or a part written on a full disk) left a torn one after them: what is appended
+/// next must follow the good records to be read back. `what` names the file in the warning.
+pub(crate) fn cut_torn_tail(f: &File, path: &Path, valid: u64, what: &str) -> io::Result<()> {
+    let on_disk = f.metadata()?.len();
+    if on_disk > valid {
+        tracing::warn!(
+            path = %path.display(),
+            cut_bytes = on_disk - valid,
+            "{what} ends in a torn record (a crash while writing it); cut"
+        );
+        f.set_len(valid)?;
+        f.sync_data()?;
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
